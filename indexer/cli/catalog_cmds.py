@@ -1,0 +1,158 @@
+"""Catalog commands: init, status, genomes, sql, scores import."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from indexer import genomes as genome_lib
+from indexer.catalog import Catalog, resolve_path, run_query, snapshot_path
+from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, out, print_json, print_rows
+from indexer.errors import PhylolmError
+from indexer.settings import load_settings
+from schemas.records import Score
+
+SCORE_COLUMNS = ("model_id", "benchmark", "value", "source")
+scores_app = typer.Typer(help="Measured benchmark scores (the estimates' training data).", no_args_is_help=True)
+
+
+def read_scores_csv(path: Path) -> list[Score]:
+    """Scores from a CSV with columns model_id, benchmark, value, source (values in [0, 1]).
+
+    Every row is validated before anything is written: one bad row refuses the file, with
+    its line number, so a half-imported file never happens.
+    """
+    if not path.is_file():
+        raise PhylolmError(f"no such file: {path}")
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError:
+        raise PhylolmError(f"{path}: not UTF-8 text") from None
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in SCORE_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise PhylolmError(f"{path}: missing column(s) {', '.join(missing)}; expected header "
+                           f"{','.join(SCORE_COLUMNS)}")
+    scores = []
+    for lineno, row in enumerate(reader, 2):
+        if None in row or any(v is None for v in row.values()):
+            raise PhylolmError(f"{path}:{lineno}: wrong number of fields")
+        try:
+            value = float(row["value"])
+        except ValueError:
+            raise PhylolmError(f"{path}:{lineno}: value {row['value']!r} is not a number") from None
+        try:
+            scores.append(Score(model_id=row["model_id"].strip(), benchmark=row["benchmark"].strip().lower(),
+                                value=value, source=row["source"].strip()))
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(x) for x in first["loc"]) or "row"
+            raise PhylolmError(f"{path}:{lineno}: {field}: {first['msg']}") from None
+    if not scores:
+        raise PhylolmError(f"{path}: no rows")
+    return scores
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def init(catalog: CatalogOpt = DEFAULT_CATALOG,
+             genome: Annotated[str, typer.Option(help="Genome to register now (name or JSONL file).")] = "math") -> None:
+        """Create the catalog (or upgrade an older one) and register a genome."""
+        catalog = resolve_path(catalog)
+        existed = catalog.exists()
+        g = genome_lib.load(genome)
+        with Catalog(catalog, create=True) as cat:
+            cat.register_genome(g)
+            for name in genome_lib.BUILTIN:
+                cat.register_genome(genome_lib.builtin(name))
+            cat.publish_snapshot()
+        out.print(f"{'opened' if existed else 'created'} catalog {catalog} (genome {g.name} {g.hash[:12]})")
+
+    @app.command()
+    def status(catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False,
+               config: Annotated[Path | None, typer.Option(help="Config file (TOML).")] = None) -> None:
+        """Where the index stands: models by status, table sizes, the settings in force."""
+        settings, sources = load_settings({"catalog": catalog}, config)
+        catalog = settings.catalog
+        cols, rows = run_query(catalog, "select status, count(*) from models group by status order by status")
+        models = {r[0]: r[1] for r in rows}
+        counts = {}
+        for t in ("probes", "alleles", "distance_pairs", "tree_snapshots", "scores", "estimates"):
+            counts[t] = run_query(catalog, f"select count(*) from {t}")[1][0][0]
+        wm = run_query(catalog, "select value from meta where key = 'watermark'")[1]
+        snap = snapshot_path(catalog)
+        report = {
+            "catalog": str(catalog), "models": models, "tables": counts,
+            "watermark": wm[0][0] if wm else None,
+            "snapshot": str(snap) if snap.exists() else None,
+            "settings": {k: {"value": v, "source": sources[k]} for k, v in settings.model_dump(mode="json").items()},
+        }
+        if json:
+            print_json(report)
+            return
+        out.print(f"catalog {catalog}  watermark {report['watermark'] or '-'}")
+        print_rows(["status", "models"], sorted(models.items()) or [("(none)", 0)])
+        print_rows(["table", "rows"], list(counts.items()))
+        print_rows(["setting", "value", "from"],
+                   [(k, v["value"], v["source"]) for k, v in report["settings"].items()])
+
+    @app.command()
+    def genomes(catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False,
+                register_file: Annotated[Path | None, typer.Option(
+                    "--register", help="Register a genome from a JSONL file (one {\"text\": ...} per line).")] = None) -> None:
+        """The genomes: built-in ones and those registered in the catalog."""
+        catalog = resolve_path(catalog)
+        if register_file is not None:
+            g = genome_lib.load(str(register_file))
+            with Catalog(catalog) as cat:
+                cat.register_genome(g)
+                cat.publish_snapshot()
+            out.print(f"registered genome {g.name} ({len(g)} genes, hash {g.hash[:12]})")
+        rows: dict[str, dict] = {}
+        for name in genome_lib.BUILTIN:
+            g = genome_lib.builtin(name)
+            rows[g.hash] = {"name": g.name, "hash": g.hash, "genes": len(g), "license": g.license,
+                            "source": g.source, "builtin": True}
+        if catalog.exists() or snapshot_path(catalog).exists():
+            _, found = run_query(catalog, "select hash, name, n_genes, license, source from genomes order by created_at")
+            for h, name, n, lic, src in found:
+                rows.setdefault(h, {"name": name, "hash": h, "genes": n, "license": lic, "source": src,
+                                    "builtin": False})
+        if json:
+            print_json(list(rows.values()))
+        else:
+            print_rows(["name", "genes", "hash", "license", "builtin"],
+                       [(r["name"], r["genes"], r["hash"][:16], r["license"], r["builtin"]) for r in rows.values()])
+
+    @app.command()
+    def sql(query: Annotated[str, typer.Argument(help="A SELECT (or EXPLAIN) query.")],
+            catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False) -> None:
+        """Query the catalog with SQL, read-only.
+
+        Statements that would write the catalog or a file, attach a database, or install or
+        load an extension are refused. While a watch holds the catalog, the published
+        snapshot is queried instead.
+        """
+        cols, rows = run_query(catalog, query)
+        if json:
+            print_json([dict(zip(cols, r)) for r in rows])
+        else:
+            print_rows(cols, rows)
+
+    @scores_app.command("import")
+    def scores_import(file: Annotated[Path, typer.Argument(help="CSV: model_id,benchmark,value,source.")],
+                      catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False) -> None:
+        """Import measured scores (values are fractions in [0, 1])."""
+        scores = read_scores_csv(file)
+        with Catalog(catalog) as cat:
+            n = cat.import_scores(scores)
+            cat.publish_snapshot()
+        summary = {"imported": n, "models": len({s.model_id for s in scores}),
+                   "benchmarks": sorted({s.benchmark for s in scores})}
+        print_json(summary) if json else out.print(
+            f"imported {n} scores for {summary['models']} models ({', '.join(summary['benchmarks'])})")
+
+    app.add_typer(scores_app, name="scores")

@@ -1,0 +1,113 @@
+-- The catalog's schema, version 2. Table and column names are a contract (DESIGN section 3):
+-- columns may grow, names do not change. Older catalogs are upgraded by the forward
+-- migrations in schemas/migrations.py.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS models (
+    id                  VARCHAR PRIMARY KEY,
+    revision            VARCHAR NOT NULL DEFAULT 'main',
+    created_at          TIMESTAMPTZ,
+    author              VARCHAR,
+    base_models         VARCHAR[] NOT NULL DEFAULT [],
+    base_model_relation VARCHAR,
+    license             VARCHAR,
+    pipeline_tag        VARCHAR,
+    size_bytes          BIGINT,
+    status              VARCHAR NOT NULL DEFAULT 'discovered',
+    reason              VARCHAR,
+    updated_at          TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS genomes (
+    hash        VARCHAR PRIMARY KEY,
+    name        VARCHAR NOT NULL,
+    n_genes     INTEGER NOT NULL,
+    source      VARCHAR,
+    license     VARCHAR,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS genes (
+    genome_hash VARCHAR NOT NULL,
+    gene        INTEGER NOT NULL,
+    text        VARCHAR NOT NULL,
+    PRIMARY KEY (genome_hash, gene)
+);
+
+CREATE TABLE IF NOT EXISTS probes (
+    probe_id        VARCHAR PRIMARY KEY,  -- hash of model, revision, genome, params, backend
+    model_id        VARCHAR NOT NULL,
+    revision        VARCHAR NOT NULL,
+    genome_hash     VARCHAR NOT NULL,
+    params_hash     VARCHAR NOT NULL,
+    backend         VARCHAR NOT NULL,
+    backend_version VARCHAR NOT NULL,
+    n_samples       INTEGER NOT NULL,
+    temperature     DOUBLE NOT NULL,
+    top_p           DOUBLE NOT NULL,
+    max_tokens      INTEGER NOT NULL,
+    seed            BIGINT NOT NULL,
+    seconds         DOUBLE NOT NULL,
+    started_at      TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS alleles (
+    probe   VARCHAR NOT NULL,
+    gene    INTEGER NOT NULL,
+    allele  VARCHAR NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (probe, gene, allele)
+);
+
+-- One row per unordered pair (model_a < model_b); the view `distances` shows both directions.
+CREATE TABLE IF NOT EXISTS distance_pairs (
+    genome_hash VARCHAR NOT NULL,
+    model_a     VARCHAR NOT NULL,
+    model_b     VARCHAR NOT NULL,
+    similarity  DOUBLE NOT NULL,
+    distance    DOUBLE NOT NULL,
+    PRIMARY KEY (genome_hash, model_a, model_b)
+);
+
+CREATE OR REPLACE VIEW distances AS
+    SELECT genome_hash, model_a, model_b, similarity, distance FROM distance_pairs
+    UNION ALL
+    SELECT genome_hash, model_b AS model_a, model_a AS model_b, similarity, distance FROM distance_pairs;
+
+CREATE SEQUENCE IF NOT EXISTS tree_snapshot_ids START 1;
+
+CREATE TABLE IF NOT EXISTS tree_snapshots (
+    snapshot_id    INTEGER PRIMARY KEY DEFAULT nextval('tree_snapshot_ids'),
+    created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    genome_hash    VARCHAR NOT NULL,
+    method         VARCHAR NOT NULL,  -- incremental | nj
+    reason         VARCHAR NOT NULL,  -- insert | rebuild | bootstrap
+    inserted_model VARCHAR,
+    n_leaves       INTEGER NOT NULL,
+    newick         VARCHAR NOT NULL,
+    stats          JSON
+);
+
+CREATE TABLE IF NOT EXISTS scores (
+    model_id  VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,
+    value     DOUBLE NOT NULL,
+    source    VARCHAR NOT NULL,
+    PRIMARY KEY (model_id, benchmark, source)
+);
+
+CREATE TABLE IF NOT EXISTS estimates (
+    model_id   VARCHAR NOT NULL,
+    benchmark  VARCHAR NOT NULL,
+    estimate   DOUBLE NOT NULL,
+    low        DOUBLE NOT NULL,
+    high       DOUBLE NOT NULL,
+    method     VARCHAR NOT NULL,
+    snapshot   INTEGER,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (model_id, benchmark, method)
+);

@@ -1,0 +1,20 @@
+"""Forward migrations of the catalog schema.
+
+``SCHEMA_VERSION`` is the version ``schemas/catalog.sql`` creates. Opening a catalog of an
+older version applies the steps from its version up, in one transaction; a catalog of a
+newer version is refused (this build does not know its tables).
+"""
+from __future__ import annotations
+
+SCHEMA_VERSION = 2
+
+# version reached -> statements that take a catalog from (version - 1) to it.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # v2: lineage metadata on models (base_model_relation, weights size for the budget)
+    # and per-snapshot statistics (timings, rebuild decisions, support cost).
+    2: (
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS base_model_relation VARCHAR",
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS size_bytes BIGINT",
+        "ALTER TABLE tree_snapshots ADD COLUMN IF NOT EXISTS stats JSON",
+    ),
+}
