@@ -78,10 +78,10 @@ class Catalog:
     # ---- schema ---------------------------------------------------------------------
     def schema_version(self) -> int | None:
         has_meta = self.con.execute(
-            "select count(*) from information_schema.tables where table_name = 'meta'").fetchone()[0]
+            "select count(*) from information_schema.tables where table_name = 'meta'").fetchall()[0][0]
         if not has_meta:
             return None
-        row = self.con.execute("select value from meta where key = 'schema_version'").fetchone()
+        row = _first(self.con.execute("select value from meta where key = 'schema_version'"))
         return int(row[0]) if row else None
 
     def _migrate(self) -> None:
@@ -96,7 +96,7 @@ class Catalog:
         with self.transaction():
             if version is None:
                 # A table-less file is a new catalog; anything else unversioned is not ours.
-                n = self.con.execute("select count(*) from information_schema.tables").fetchone()[0]
+                n = self.con.execute("select count(*) from information_schema.tables").fetchall()[0][0]
                 if n:
                     raise PhylolmError(f"{self.path} is a DuckDB file but not a phylolm catalog")
                 self.con.execute(_schema_sql())
@@ -128,7 +128,7 @@ class Catalog:
 
     # ---- meta -------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        row = self.con.execute("select value from meta where key = ?", [key]).fetchone()
+        row = _first(self.con.execute("select value from meta where key = ?", [key]))
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
@@ -199,7 +199,7 @@ class Catalog:
     # ---- genomes ----------------------------------------------------------------------
     def register_genome(self, genome: Genome) -> None:
         """Record a genome and its genes (idempotent: keyed by content hash)."""
-        if self.con.execute("select 1 from genomes where hash = ?", [genome.hash]).fetchone():
+        if _first(self.con.execute("select 1 from genomes where hash = ?", [genome.hash])):
             return
         with self.transaction():
             self.con.execute("insert into genomes (hash, name, n_genes, source, license) values (?, ?, ?, ?, ?)",
@@ -219,7 +219,7 @@ class Catalog:
 
     # ---- probes and alleles ---------------------------------------------------------
     def has_probe(self, probe_id: str) -> bool:
-        return self.con.execute("select 1 from probes where probe_id = ?", [probe_id]).fetchone() is not None
+        return _first(self.con.execute("select 1 from probes where probe_id = ?", [probe_id])) is not None
 
     def add_probe(self, record: ProbeRecord) -> bool:
         """Store a probe and its alleles (one transaction). Returns False, writing nothing,
@@ -246,10 +246,10 @@ class Catalog:
 
     def probe_for(self, model_id: str, revision: str, genome_hash: str, params: ProbeParams) -> str | None:
         """The id of a stored probe of this model revision with this genome and parameters."""
-        row = self.con.execute(
+        row = _first(self.con.execute(
             """select probe_id from probes where model_id = ? and revision = ? and genome_hash = ?
                and params_hash = ? order by started_at desc limit 1""",
-            [model_id, revision, genome_hash, params.digest()]).fetchone()
+            [model_id, revision, genome_hash, params.digest()]))
         return row[0] if row else None
 
     def load_alleles(self, probe_ids: Sequence[str], n_genes: int) -> dict[str, AlleleCounts]:
@@ -304,11 +304,11 @@ class Catalog:
     # ---- trees --------------------------------------------------------------------------
     def add_tree_snapshot(self, genome_hash: str, newick: str, method: str, reason: str,
                           n_leaves: int, inserted_model: str | None = None, stats: dict | None = None) -> int:
-        row = self.con.execute(
+        row = _first(self.con.execute(
             """insert into tree_snapshots (genome_hash, method, reason, inserted_model, n_leaves, newick, stats)
                values (?, ?, ?, ?, ?, ?, ?) returning snapshot_id""",
             [genome_hash, method, reason, inserted_model, n_leaves, newick,
-             json.dumps(stats) if stats is not None else None]).fetchone()
+             json.dumps(stats) if stats is not None else None]))
         return int(row[0])
 
     def latest_tree(self, genome_hash: str | None = None, method: str = "incremental") -> tuple[int, str] | None:
@@ -317,7 +317,7 @@ class Catalog:
         if genome_hash:
             q += " and genome_hash = ?"
             args.append(genome_hash)
-        row = self.con.execute(q + " order by snapshot_id desc limit 1", args).fetchone()
+        row = _first(self.con.execute(q + " order by snapshot_id desc limit 1", args))
         return (int(row[0]), row[1]) if row else None
 
     # ---- scores and estimates ----------------------------------------------------------
@@ -351,7 +351,7 @@ class Catalog:
         target = snapshot_path(self.path)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
-        db = self.con.execute("select current_database()").fetchone()[0]
+        db = self.con.execute("select current_database()").fetchall()[0][0]
         self.con.execute(f"attach '{_sql_str(tmp)}' as _snap")
         try:
             self.con.execute(f"copy from database {_ident(db)} to _snap")
@@ -362,9 +362,16 @@ class Catalog:
 
     def status_counts(self) -> dict:
         by_status = dict(self.con.execute("select status, count(*) from models group by status").fetchall())
-        counts = {t: self.con.execute(f"select count(*) from {t}").fetchone()[0]
+        counts = {t: self.con.execute(f"select count(*) from {t}").fetchall()[0][0]
                   for t in ("probes", "alleles", "distance_pairs", "tree_snapshots", "scores", "estimates")}
         return {"models": by_status, **counts}
+
+
+def _first(cur: duckdb.DuckDBPyConnection) -> tuple | None:
+    """The first row of a result, consuming the rest (DuckDB 2 refuses new work on a
+    connection that still has an unfinished result)."""
+    rows = cur.fetchall()
+    return rows[0] if rows else None
 
 
 def _sql_str(p: Path | str) -> str:

@@ -129,6 +129,8 @@ class Estimate(Frozen):
     method: str
     snapshot: int | None = None  # tree_snapshots.snapshot_id the estimate was computed at
 
+    _valid_id = field_validator("model_id")(lambda cls, v: check_model_id(v))
+
     @model_validator(mode="after")
     def _ordered(self) -> "Estimate":
         if not (self.low <= self.estimate <= self.high):
@@ -143,6 +145,8 @@ class Score(Frozen):
     benchmark: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
     value: float = Field(ge=0.0, le=1.0)
     source: str = Field(min_length=1, max_length=512)
+
+    _valid_id = field_validator("model_id")(lambda cls, v: check_model_id(v))
 
 
 def sha256_json(obj: object) -> str:

@@ -1,0 +1,4 @@
+"""`python -m indexer` is the `phylolm` command."""
+from indexer.cli import main
+
+main()
