@@ -1,0 +1,140 @@
+"""Lineage check: declared base models against the phylogeny (domain core, no I/O).
+
+A model card's ``base_model`` is a claim. PhyloLM distances test it (Yax et al. 2024 show
+fine-tunes sit next to their parents): a declared parent should be among the child's
+nearest relatives, and a model that sits right next to another while declaring nothing is
+likely an undeclared fine-tune, merge or re-upload.
+
+Rules (every finding carries the distances that support it):
+
+* ``confirmed`` -- the declared parent is among the child's ``confirm_rank`` nearest models.
+* ``suspicious`` -- the declared parent is farther than ``suspicious_fraction`` of the
+  index *and* at least ``ratio`` times the distance to the child's nearest model (the
+  second guard keeps an index where everything is equidistant from raising alarms).
+* ``unclear`` -- neither.
+* ``not_indexed`` -- the declared parent is not in the index (nothing to check against).
+* ``undeclared`` -- a model declaring no base whose nearest relative lies within the close
+  distance, where neither declares the other and they share no declared base. The later
+  upload (by ``created``) is named as the likely derivative when upload times are known.
+  The close distance is ``close_distance`` when given, else ``ratio`` times the median
+  distance of the confirmed declared pairs, else the 5th percentile of all distances.
+
+Cost: O(n^2) for the ranks (one row scan per declared pair and per undeclared model).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LineageFinding:
+    kind: str  # confirmed | suspicious | unclear | not_indexed | undeclared
+    model_id: str
+    other_id: str  # the declared parent, or the close undeclared relative
+    distance: float | None  # distance between model and other
+    rank: int | None  # other's rank among model's relatives (1 = nearest)
+    nearest_id: str | None  # model's nearest relative in the index
+    nearest_distance: float | None
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_lineage(D: np.ndarray, ids: Sequence[str], declared: Mapping[str, Sequence[str]],
+                  created: Mapping[str, object] | None = None, *, confirm_rank: int = 3,
+                  suspicious_fraction: float = 0.25, ratio: float = 2.0,
+                  close_distance: float | None = None) -> list[LineageFinding]:
+    """Check every declared base model, and look for undeclared close relatives.
+
+    ``D`` is the n x n distance matrix in the order of ``ids``; ``declared`` maps a model
+    id to its declared base model ids (from its card); ``created`` optionally maps ids to
+    comparable upload times.
+    """
+    D = np.asarray(D, dtype=float)
+    ids = list(ids)
+    n = len(ids)
+    if D.shape != (n, n):
+        raise ValueError(f"D is {D.shape}, expected {n}x{n} for {n} ids")
+    if len(set(ids)) != n:
+        raise ValueError("ids must be unique")
+    if not 0 < suspicious_fraction <= 1 or confirm_rank < 1 or ratio <= 1:
+        raise ValueError("need confirm_rank >= 1, 0 < suspicious_fraction <= 1, ratio > 1")
+    return _check(D, ids, declared, created or {}, confirm_rank, suspicious_fraction, ratio, close_distance)
+
+
+def _check(D, ids, declared, created, confirm_rank, suspicious_fraction, ratio, close_distance):
+    n = len(ids)
+    pos = {m: i for i, m in enumerate(ids)}
+    masked = D.copy()
+    np.fill_diagonal(masked, np.inf)
+    nearest = masked.argmin(1) if n > 1 else np.zeros(n, dtype=int)
+    findings: list[LineageFinding] = []
+    confirmed_d: list[float] = []
+
+    for child in ids:
+        i = pos[child]
+        nn = ids[nearest[i]] if n > 1 else None
+        nn_d = float(masked[i, nearest[i]]) if n > 1 else None
+        for parent in declared.get(child, ()):
+            if parent == child:
+                continue
+            if parent not in pos:
+                findings.append(LineageFinding("not_indexed", child, parent, None, None, nn, nn_d,
+                                               "declared base model is not in the index"))
+                continue
+            d = float(D[i, pos[parent]])
+            rank = 1 + int(np.sum(masked[i] < d))  # models strictly closer than the parent
+            frac = (rank - 1) / max(1, n - 1)
+            if rank <= confirm_rank:
+                kind, why = "confirmed", f"declared base is relative #{rank} of {n - 1}"
+                confirmed_d.append(d)
+            elif frac >= suspicious_fraction and nn_d is not None and d >= ratio * nn_d:
+                kind = "suspicious"
+                why = (f"declared base is relative #{rank} of {n - 1}, {d / max(nn_d, 1e-12):.1f}x "
+                       f"the distance to the nearest model {nn}")
+            else:
+                kind, why = "unclear", f"declared base is relative #{rank} of {n - 1}"
+            findings.append(LineageFinding(kind, child, parent, d, rank, nn, nn_d, why))
+
+    if close_distance is None:
+        if confirmed_d:
+            close_distance = ratio * float(np.median(confirmed_d))
+        elif n > 2:
+            close_distance = float(np.percentile(D[np.triu_indices(n, 1)], 5))
+        else:
+            close_distance = 0.0
+
+    def related(a: str, b: str) -> bool:
+        da, db = set(declared.get(a, ())), set(declared.get(b, ()))
+        return b in da or a in db or bool(da & db)
+
+    seen: set[frozenset] = set()
+    for model in ids:
+        if declared.get(model) or n < 2:
+            continue
+        i = pos[model]
+        j = int(nearest[i])
+        other = ids[j]
+        d = float(masked[i, j])
+        pair = frozenset((model, other))
+        if d > close_distance or related(model, other) or pair in seen:
+            continue
+        seen.add(pair)
+        # Name the later upload as the likely derivative when both times are known.
+        child, relative = model, other
+        if model in created and other in created and not declared.get(other):
+            if created[other] > created[model]:
+                child, relative = other, model
+        elif declared.get(other):
+            child, relative = model, other
+        ci = pos[child]
+        findings.append(LineageFinding(
+            "undeclared", child, relative, d, 1 + int(np.sum(masked[ci] < d)), ids[nearest[ci]],
+            float(masked[ci, nearest[ci]]),
+            f"declares no base model but sits {d:.3f} from {relative} "
+            f"(close distance {close_distance:.3f})"))
+    return findings
