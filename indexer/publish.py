@@ -323,15 +323,7 @@ def export(con, out_dir: str | Path, *, k_nearest: int = 3, lineage: Sequence[Ma
                    gh_args + [k_nearest]):
         nearest.setdefault(r["model_a"], []).append((r["model_b"], float(r["distance"])))
     if lineage is None:
-        from indexer.lineage import check_lineage
-
-        ids, d = distance_matrix(con, genome_hash)
-        known = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
-        ids = [ids[i] for i in known]
-        d = d[np.ix_(known, known)]
-        declared = {m["id"]: list(m["base_models"] or []) for m in models}
-        created = {m["id"]: m["created_at"] for m in models if m["created_at"] is not None}
-        lineage = [f.as_dict() for f in check_lineage(d, ids, declared, created)] if len(ids) > 1 else []
+        lineage = lineage_from_catalog(con)
     page = render_report(newick=newick, snapshot=snapshot, models=models, estimates=estimates,
                          scores=scores, nearest=nearest, lineage=lineage, generated_at=generated_at)
     _atomic_write_text(out / "report.html", page)
@@ -339,3 +331,41 @@ def export(con, out_dir: str | Path, *, k_nearest: int = 3, lineage: Sequence[Ma
     _atomic_write_text(out / "manifest.json", json.dumps(
         {"snapshot": snapshot, "genome_hash": genome_hash, "files": sorted(written)}, indent=2) + "\n")
     return written
+
+
+def estimates_from_catalog(con, *, method: str = "kinship-ensemble", changed: set[str] | None = None,
+                           cache=None) -> list:
+    """Estimates for every indexed model without a score, from the catalog's distances.
+
+    CV groups are the declared families (root of the declared base-model chain, else
+    author); the estimates name the newest tree snapshot. Models whose row of the matrix
+    is incomplete are left out (they are not yet fully indexed).
+    """
+    from indexer.predict import refresh_estimates
+
+    snapshot, _, genome_hash = latest_snapshot(con)
+    ids, d = distance_matrix(con, genome_hash)
+    complete = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
+    ids = [ids[i] for i in complete]
+    d = d[np.ix_(complete, complete)]
+    models = _rows(con, "select id, author, base_models from models")
+    groups = declared_families(models)
+    scores = {(m, b): float(v) for m, b, v in con.execute(
+        "select model_id, benchmark, avg(value) from scores group by model_id, benchmark").fetchall()}
+    return refresh_estimates(d, ids, scores, changed=changed, snapshot=snapshot, model=method,
+                             groups={m: groups.get(m, m.split("/")[0]) for m in ids}, cache=cache)
+
+
+def lineage_from_catalog(con) -> list[dict]:
+    """The lineage check on the catalog's distances and declared base models."""
+    from indexer.lineage import check_lineage
+
+    _, _, genome_hash = latest_snapshot(con)
+    ids, d = distance_matrix(con, genome_hash)
+    known = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
+    ids = [ids[i] for i in known]
+    d = d[np.ix_(known, known)]
+    models = _rows(con, "select id, base_models, created_at from models")
+    declared = {m["id"]: list(m["base_models"] or []) for m in models}
+    created = {m["id"]: m["created_at"] for m in models if m["created_at"] is not None}
+    return [f.as_dict() for f in check_lineage(d, ids, declared, created)] if len(ids) > 1 else []
