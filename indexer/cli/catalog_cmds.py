@@ -143,10 +143,21 @@ def register(app: typer.Typer) -> None:
             print_rows(cols, rows)
 
     @scores_app.command("import")
-    def scores_import(file: Annotated[Path, typer.Argument(help="CSV: model_id,benchmark,value,source.")],
+    def scores_import(file: Annotated[Path | None, typer.Argument(help="CSV: model_id,benchmark,value,source.")] = None,
+                      reference: Annotated[str | None, typer.Option(
+                          "--reference", help="Import a packaged reference set instead: leaderboard-v1 "
+                                              "(Open LLM Leaderboard v1 scores of the PhyloLM paper's models).")] = None,
                       catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False) -> None:
         """Import measured scores (values are fractions in [0, 1])."""
-        scores = read_scores_csv(file)
+        if (file is None) == (reference is None):
+            raise PhylolmError("give either a CSV file or --reference NAME (not both)")
+        if reference is not None:
+            from indexer.reference import REFERENCE_SETS, reference_scores
+            if reference not in REFERENCE_SETS:
+                raise PhylolmError(f"--reference: unknown set {reference!r}; known: {', '.join(REFERENCE_SETS)}")
+            scores = reference_scores(reference)
+        else:
+            scores = read_scores_csv(file)
         with Catalog(catalog) as cat:
             n = cat.import_scores(scores)
             cat.publish_snapshot()
