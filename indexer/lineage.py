@@ -7,15 +7,18 @@ likely an undeclared fine-tune, merge or re-upload.
 
 Rules (every finding carries the distances that support it):
 
-* ``confirmed`` -- the declared parent is among the child's ``confirm_rank`` nearest models.
+* ``confirmed`` -- the declared parent is among the child's ``confirm_rank`` nearest models
+  or its nearest ``confirm_fraction`` of the index (fine-tunes of one base often sit closer
+  to each other than to the base, so the parent need not be the very nearest).
 * ``suspicious`` -- the declared parent is farther than ``suspicious_fraction`` of the
   index *and* at least ``ratio`` times the distance to the child's nearest model (the
   second guard keeps an index where everything is equidistant from raising alarms).
 * ``unclear`` -- neither.
 * ``not_indexed`` -- the declared parent is not in the index (nothing to check against).
-* ``undeclared`` -- a model declaring no base whose nearest relative lies within the close
-  distance, where neither declares the other and they share no declared base. The later
-  upload (by ``created``) is named as the likely derivative when upload times are known.
+* ``undeclared`` -- a model whose nearest relative lies within the close distance, where
+  neither declares the other and they share no declared base. The later upload (by
+  ``created``) is named as the likely derivative when upload times are known, else the one
+  that declares nothing.
   The close distance is ``close_distance`` when given, else ``ratio`` times the median
   distance of the confirmed declared pairs, else the 5th percentile of all distances.
 
@@ -46,8 +49,8 @@ class LineageFinding:
 
 def check_lineage(D: np.ndarray, ids: Sequence[str], declared: Mapping[str, Sequence[str]],
                   created: Mapping[str, object] | None = None, *, confirm_rank: int = 3,
-                  suspicious_fraction: float = 0.25, ratio: float = 2.0,
-                  close_distance: float | None = None) -> list[LineageFinding]:
+                  confirm_fraction: float = 0.05, suspicious_fraction: float = 0.25,
+                  ratio: float = 2.0, close_distance: float | None = None) -> list[LineageFinding]:
     """Check every declared base model, and look for undeclared close relatives.
 
     ``D`` is the n x n distance matrix in the order of ``ids``; ``declared`` maps a model
@@ -63,10 +66,12 @@ def check_lineage(D: np.ndarray, ids: Sequence[str], declared: Mapping[str, Sequ
         raise ValueError("ids must be unique")
     if not 0 < suspicious_fraction <= 1 or confirm_rank < 1 or ratio <= 1:
         raise ValueError("need confirm_rank >= 1, 0 < suspicious_fraction <= 1, ratio > 1")
-    return _check(D, ids, declared, created or {}, confirm_rank, suspicious_fraction, ratio, close_distance)
+    return _check(D, ids, declared, created or {}, confirm_rank, confirm_fraction, suspicious_fraction,
+                  ratio, close_distance)
 
 
-def _check(D, ids, declared, created, confirm_rank, suspicious_fraction, ratio, close_distance):
+def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious_fraction, ratio,
+           close_distance):
     n = len(ids)
     pos = {m: i for i, m in enumerate(ids)}
     masked = D.copy()
@@ -89,7 +94,7 @@ def _check(D, ids, declared, created, confirm_rank, suspicious_fraction, ratio, 
             d = float(D[i, pos[parent]])
             rank = 1 + int(np.sum(masked[i] < d))  # models strictly closer than the parent
             frac = (rank - 1) / max(1, n - 1)
-            if rank <= confirm_rank:
+            if rank <= confirm_rank or frac <= confirm_fraction:
                 kind, why = "confirmed", f"declared base is relative #{rank} of {n - 1}"
                 confirmed_d.append(d)
             elif frac >= suspicious_fraction and nn_d is not None and d >= ratio * nn_d:
@@ -114,8 +119,8 @@ def _check(D, ids, declared, created, confirm_rank, suspicious_fraction, ratio, 
 
     seen: set[frozenset] = set()
     for model in ids:
-        if declared.get(model) or n < 2:
-            continue
+        if n < 2:
+            break
         i = pos[model]
         j = int(nearest[i])
         other = ids[j]
@@ -124,17 +129,18 @@ def _check(D, ids, declared, created, confirm_rank, suspicious_fraction, ratio, 
         if d > close_distance or related(model, other) or pair in seen:
             continue
         seen.add(pair)
-        # Name the later upload as the likely derivative when both times are known.
+        # The later upload is the likely derivative when both upload times are known;
+        # otherwise the model that declares nothing at all.
         child, relative = model, other
-        if model in created and other in created and not declared.get(other):
+        if model in created and other in created:
             if created[other] > created[model]:
                 child, relative = other, model
-        elif declared.get(other):
-            child, relative = model, other
+        elif declared.get(model) and not declared.get(other):
+            child, relative = other, model
         ci = pos[child]
+        claim = "declares no base model" if not declared.get(child) else "does not declare it"
         findings.append(LineageFinding(
             "undeclared", child, relative, d, 1 + int(np.sum(masked[ci] < d)), ids[nearest[ci]],
             float(masked[ci, nearest[ci]]),
-            f"declares no base model but sits {d:.3f} from {relative} "
-            f"(close distance {close_distance:.3f})"))
+            f"sits {d:.3f} from {relative} (close distance {close_distance:.3f}) but {claim}"))
     return findings

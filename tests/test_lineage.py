@@ -1,0 +1,59 @@
+"""Lineage check: declared bases confirmed or flagged, undeclared relatives found."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from indexer.lineage import check_lineage
+from indexer import reference
+
+
+def _world():
+    # base A with fine-tunes a1, a2; base B with fine-tune b1; a re-upload of a1; an out-group
+    ids = ["A/base", "x/a1", "y/a2", "B/base", "z/b1", "w/a1-copy", "far/out"]
+    pts = {"A/base": (0, 0), "x/a1": (0.3, 0), "y/a2": (0, 0.35), "B/base": (5, 0),
+           "z/b1": (5.3, 0.2), "w/a1-copy": (0.32, 0.02), "far/out": (20, 20)}
+    p = np.array([pts[i] for i in ids])
+    return ids, np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1))
+
+
+def test_true_claim_confirmed_false_claim_flagged_copy_found():
+    ids, d = _world()
+    declared = {"x/a1": ["A/base"], "y/a2": ["A/base"], "z/b1": ["far/out"], "A/base": ["gone/x"]}
+    created = {m: datetime(2024, 1, 1 + i) for i, m in enumerate(ids)}
+    f = check_lineage(d, ids, declared, created)
+    by = {(x.kind, x.model_id, x.other_id): x for x in f}
+    assert ("confirmed", "x/a1", "A/base") in by and by[("confirmed", "x/a1", "A/base")].rank <= 3
+    bad = by[("suspicious", "z/b1", "far/out")]
+    assert bad.nearest_id == "B/base" and bad.distance > 10 * bad.nearest_distance
+    assert ("not_indexed", "A/base", "gone/x") in by
+    und = [x for x in f if x.kind == "undeclared"]
+    # the re-upload of a1, and b1 sitting on B/base while claiming the out-group
+    assert sorted((x.model_id, x.other_id) for x in und) == [("w/a1-copy", "x/a1"), ("z/b1", "B/base")]
+    copy = next(x for x in und if x.model_id == "w/a1-copy")
+    assert copy.distance == pytest.approx(np.hypot(0.02, 0.02)) and "declares no base" in copy.detail
+
+
+def test_equidistant_index_raises_no_alarm():
+    ids = [f"o/m{i}" for i in range(6)]
+    d = np.ones((6, 6)) - np.eye(6)
+    f = check_lineage(d, ids, {"o/m1": ["o/m5"]}, close_distance=0.5)
+    assert [x.kind for x in f] == ["confirmed"]  # ties: nothing is strictly closer
+
+
+def test_paper_matrix_llama_finetunes_confirm_and_a_false_claim_is_flagged():
+    pm = reference.paper_matrix()
+    declared = {"lmsys/vicuna-7b-v1.3": ["huggyllama/llama-7b"],
+                "Qwen/Qwen1.5-7B-Chat": ["EleutherAI/pythia-12b"]}  # the second is false
+    kinds = {(x.model_id, x.kind) for x in check_lineage(pm.distance, pm.ids, declared)}
+    assert ("lmsys/vicuna-7b-v1.3", "confirmed") in kinds
+    assert ("Qwen/Qwen1.5-7B-Chat", "suspicious") in kinds
+
+
+def test_validation():
+    with pytest.raises(ValueError):
+        check_lineage(np.zeros((2, 3)), ["a/b", "c/d"], {})
+    with pytest.raises(ValueError):
+        check_lineage(np.zeros((2, 2)), ["a/b", "c/d"], {}, ratio=1.0)
