@@ -168,3 +168,17 @@ def test_open_hub_resolves_urls_folders_and_errors(zoo: Path, tmp_path: Path, mo
     with pytest.raises(PhylolmError, match="neither an http"):
         with open_hub(tmp_path / "missing"):
             pass
+
+
+def test_backlog_larger_than_one_poll_drains_in_order_without_loss(zoo: Path) -> None:
+    with HubServer(zoo) as url:
+        watcher = _watcher(url, max_items=4)
+        since, seen, polls = None, [], 0
+        while True:
+            batch = list(watcher.list_new_models(since, skip_ids=[r.id for r in seen if r.created_at == since]))
+            if not batch:
+                break
+            polls += 1
+            seen += batch
+            since = next_watermark(batch, since)
+        assert [r.id for r in seen] == list(EXPECTED) and polls == 3

@@ -80,8 +80,8 @@ def list_new(
     print_rows(["id", "created_at", "status", "reason", "size_bytes", "base_models"],
                [(r.id, r.created_at, r.status.value, r.reason, r.size_bytes, ", ".join(r.base_models))
                 for r in records], title=f"{len(records)} models")
-    if watcher.report.truncated or watcher.report.loop_detected:
-        out.print(f"note: listing {'truncated' if watcher.report.truncated else 'pagination loop detected'}")
+    if watcher.report.truncated or watcher.report.truncated_pages:
+        out.print("note: more new models than one poll keeps; these are the oldest")
 
 
 def register(app: typer.Typer) -> None:

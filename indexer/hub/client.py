@@ -188,7 +188,8 @@ class ListingReport:
     items: int = 0
     retries: int = 0
     loop_detected: bool = False
-    truncated: bool = False
+    truncated_pages: bool = False  # stopped at max_pages
+    truncated: bool = False  # more new models than one poll keeps
     error: str | None = None
     invalid_items: list[str] = field(default_factory=list)
 
@@ -274,7 +275,7 @@ class HubClient:
         first = True
         while url is not None:
             if report.pages >= max_pages:
-                report.truncated = True
+                report.truncated_pages = True
                 log.warning("listing: stopped after %d pages", max_pages)
                 return
             key = url if not first else url + "?" + json.dumps(params)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -165,8 +166,12 @@ def _aware(dt: datetime | None) -> datetime | None:
 class Watcher:
     """Lists new models through a ``HubClient`` and screens them with a ``ScreenPolicy``.
 
-    ``max_items`` / ``max_pages`` bound one poll (a listing that never ends is cut there and
-    ``report.truncated`` is set). ``report`` describes the last listing.
+    One poll keeps at most ``max_items`` new models, the oldest ones (``report.truncated``:
+    the rest come in the next polls, as the watermark advances only to what was yielded), and
+    reads at most ``max_pages`` pages. A listing that fails, loops, or does not reach the
+    watermark within ``max_pages`` yields nothing and sets ``report.error``. With no watermark
+    (``since=None``) the listing's end is wherever ``max_pages`` stops it. ``report``
+    describes the last poll.
     """
 
     def __init__(self, client: HubClient, policy: ScreenPolicy | None = None, *, page_size: int | None = None,
@@ -190,7 +195,11 @@ class Watcher:
         skip = set(skip_ids)
         report = self.report = ListingReport()
         started = time.perf_counter()
-        raw: list[dict] = []
+        # id -> (created_at, item), newest first as listed; bounded to the `max_items` OLDEST new
+        # models (the newest are dropped first), so that a backlog drains over polls in upload
+        # order and nothing between the watermark and what is yielded is ever skipped.
+        records: OrderedDict[str, tuple[datetime | None, dict]] = OrderedDict()
+        reached_end = False
         try:
             for page in self.client.iter_listing(author=author, search=search, expand=LISTING_EXPAND,
                                                  page_size=self.page_size, max_pages=self.max_pages,
@@ -201,30 +210,39 @@ class Watcher:
                     if since is not None and created is not None and created < since:
                         older_seen = True
                         continue
-                    raw.append(item)
+                    model_id = item.get("id") if isinstance(item, dict) else None
+                    try:
+                        check_model_id(model_id)  # type: ignore[arg-type]
+                    except ValueError:
+                        report.invalid_items.append(self.client.scrub(repr(model_id))[:100])
+                        log.warning("listing: item without a valid model id left out: %s",
+                                    report.invalid_items[-1])
+                        continue
+                    if model_id in skip or model_id in records:
+                        continue
+                    records[model_id] = (created, item)
+                    if len(records) > self.max_items:
+                        records.popitem(last=False)
+                        report.truncated = True
                 if older_seen:
+                    reached_end = True
                     break
-                if len(raw) >= self.max_items:
-                    report.truncated = True
-                    log.warning("listing: more than %d new models; keeping the newest %d this poll",
-                                self.max_items, self.max_items)
-                    break
+            else:
+                reached_end = not (report.loop_detected or report.truncated_pages)
         except HubError as exc:
             report.error = exc.reason
-            log.warning("listing failed, nothing recorded this poll: %s", exc.reason)
+        if report.error is None and report.loop_detected:
+            report.error = "the listing's pagination loops"
+        if report.error is None and not reached_end and since is not None:
+            report.error = f"the listing did not reach the watermark within {self.max_pages} pages"
+        if report.error is not None:
+            # An incomplete listing yields nothing: yielding its newest part would move the
+            # watermark past models not yet seen. The next poll starts from the same watermark.
+            log.warning("listing failed, nothing recorded this poll: %s", report.error)
             return
-        records: dict[str, tuple[datetime | None, dict]] = {}
-        for item in raw:
-            model_id = item.get("id") if isinstance(item, dict) else None
-            try:
-                check_model_id(model_id)  # type: ignore[arg-type]
-            except ValueError:
-                report.invalid_items.append(self.client.scrub(repr(model_id))[:100])
-                log.warning("listing: item without a valid model id skipped: %r", report.invalid_items[-1])
-                continue
-            if model_id in skip or model_id in records:
-                continue
-            records[model_id] = (_created(item), item)
+        if report.truncated:
+            log.warning("listing: more than %d new models; the %d oldest this poll, the rest next",
+                        self.max_items, self.max_items)
         ordered = sorted(records.items(), key=lambda kv: (kv[1][0] is None, kv[1][0] or since, kv[0]))
         if limit is not None:
             ordered = ordered[:limit]
