@@ -33,7 +33,7 @@ class Settings(BaseModel):
     seed: int = Field(0, ge=0, description="sampling seed recorded with each probe")
     publish_dir: Path | None = Field(None, description="folder refreshed after every update (export + report)")
     cache_dir: Path = Field(Path.home() / ".cache" / "phylolm", description="downloads, the zoo")
-    max_params: float = Field(8e9, gt=0, description="skip models with more parameters (from metadata)")
+    max_weights_gb: float = Field(16.0, gt=0, description="skip models whose weights exceed this (from metadata)")
     interval: float = Field(300.0, gt=0, description="seconds between Hub polls in `watch`")
     author: str | None = Field(None, description="watch only this author's uploads")
     device: str | None = Field(None, description="torch device for the transformers backend (cpu, cuda)")

@@ -1,0 +1,66 @@
+"""Building and running the pipelines: the streaming watch, one bounded poll, a backfill.
+
+Locally they run on Beam's in-process runner (``FnApiRunner``); the default DirectRunner
+would first try to download the Prism runner, which fails offline. Any ``--runner`` and
+pipeline options given by the user pass through unchanged (Flink, Spark, Dataflow, or
+``--direct_num_workers N --direct_running_mode multi_processing``).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+from indexer.service import JobConfig, ListStep
+from pipelines.transforms import WRITER_KEY, IndexNewModels, ProbeAndIndex, ReportProgress
+
+MAX_TIMESTAMP = 2**62 / 1e6  # "forever" in seconds, well inside Beam's timestamp range
+
+
+def pipeline_options(runner_args: Sequence[str] = (), *, streaming: bool = False) -> PipelineOptions:
+    args = list(runner_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append("--runner=FnApiRunner")
+    opts = PipelineOptions(args)
+    if streaming:
+        opts.view_as(StandardOptions).streaming = True
+    return opts
+
+
+def _report(pcoll, total: int | None = None):
+    return (pcoll
+            | "KeyForReport" >> beam.Map(lambda s: (WRITER_KEY, s))
+            | "Report" >> beam.ParDo(ReportProgress(total)))
+
+
+def run_watch(config: JobConfig, *, interval: float, once: bool = False, duration: float | None = None,
+              runner_args: Sequence[str] = (), publish_every: float = 0.0) -> None:
+    """The streaming job (or, with ``once``, one poll → probe → update → publish cycle)."""
+    opts = pipeline_options(runner_args, streaming=not once)
+    with beam.Pipeline(options=opts) as p:
+        if once:
+            polls = p | "OnePoll" >> beam.Create([time.time()])
+        else:
+            start = time.time()
+            stop = start + duration if duration else MAX_TIMESTAMP
+            polls = p | "Poll" >> PeriodicImpulse(start_timestamp=start, stop_timestamp=stop,
+                                                  fire_interval=interval)
+        _report(polls | "IndexNewModels" >> IndexNewModels(config, publish_every=publish_every))
+
+
+def run_backfill(config: JobConfig, *, runner_args: Sequence[str] = (), publish_every: float = 10.0) -> int:
+    """List the models to backfill now (upload order), then probe and insert each one.
+
+    Returns how many models were listed. Progress is printed as ``[k/N]`` per model.
+    """
+    models = ListStep(config)()
+    print(f"backfill: {len(models)} model(s) to index", flush=True)
+    if not models:
+        return 0
+    with beam.Pipeline(options=pipeline_options(runner_args)) as p:
+        listed = p | "Listed" >> beam.Create(models, reshuffle=False)
+        _report(listed | "ProbeAndIndex" >> ProbeAndIndex(config, publish_every=publish_every), len(models))
+    return len(models)

@@ -1,0 +1,194 @@
+"""The job as Beam composite transforms: poll → list new models → probe → update index.
+
+The same transforms serve the streaming watch (a ``PeriodicImpulse`` drives the polls) and
+the bounded runs (``watch --once``, ``backfill``: one poll). The streaming path uses only
+ParDos and stateful DoFns — no GroupByKey, which never fires after an unbounded source on
+Beam's in-process runner. Heavy resources (a Hub client, an inference engine, the catalog)
+are built in ``setup`` or on first use, once per worker; DoFns carry only their picklable
+``JobConfig``, so the pipeline runs unchanged on a cluster runner: the probe step fans out
+over workers, and the index update is the one single-writer step (all its elements carry one
+key, and it takes the catalog's write lock for each bundle).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from contextlib import contextmanager
+
+import apache_beam as beam
+from apache_beam.coders import StrUtf8Coder
+from apache_beam.transforms import userstate
+
+from indexer.service import IndexWriter, JobConfig, ListStep, ProbeOutcome, ProbeStep, UpdateSummary
+from schemas.records import ModelRecord
+
+log = logging.getLogger("phylolm")
+WRITER_KEY = "index"
+
+
+class ListNewModelsFn(beam.DoFn):
+    """One poll (any element) → the screened new models, oldest first."""
+
+    def __init__(self, config: JobConfig):
+        self.config = config
+
+    def setup(self) -> None:
+        self.step = ListStep(self.config)
+
+    def process(self, _poll):
+        for record in self.step():
+            yield record
+
+
+class FirstSightFn(beam.DoFn):
+    """Passes each (model, revision) once per job: a model still being probed when the next
+    poll lists it again is not probed twice. Keyed state, so it holds across workers."""
+
+    SEEN = userstate.ReadModifyWriteStateSpec("revision", StrUtf8Coder())
+
+    def process(self, keyed, seen=beam.DoFn.StateParam(SEEN)):
+        _, record = keyed
+        if seen.read() == record.revision:
+            return
+        seen.write(record.revision)
+        yield record
+
+
+class ProbeModelsFn(beam.DoFn):
+    """Download and probe; the inference engine is built once per worker and reused."""
+
+    def __init__(self, config: JobConfig):
+        self.config = config
+
+    def setup(self) -> None:
+        self.step = ProbeStep(self.config)
+
+    def process(self, record: ModelRecord):
+        yield WRITER_KEY, self.step(record)
+
+    def teardown(self) -> None:
+        step = getattr(self, "step", None)
+        if step is not None:
+            step.close()
+
+
+class UpdateIndexFn(beam.DoFn):
+    """The single writer: applies each outcome in one catalog transaction, then publishes.
+
+    The catalog is opened per bundle under an exclusive file lock, so two workers of a
+    multi-process or cluster runner never write at once, and nothing is held between bundles
+    but the configuration. Publishing (snapshot, export, report) is throttled to once per
+    ``publish_every`` seconds within a bundle and always done at its end.
+    """
+
+    APPLIED = userstate.ReadModifyWriteStateSpec("last", StrUtf8Coder())
+
+    def __init__(self, config: JobConfig, publish_every: float = 0.0):
+        self.config = config
+        self.publish_every = publish_every
+
+    def start_bundle(self) -> None:
+        self._writer: IndexWriter | None = None
+        self._lock = None
+        self._last_publish = 0.0
+        self._dirty = False
+
+    def _open(self) -> IndexWriter:
+        if self._writer is None:
+            self._lock = _bundle_lock(self.config)
+            self._lock.__enter__()
+            self._writer = IndexWriter(self.config)
+        return self._writer
+
+    def process(self, keyed, last=beam.DoFn.StateParam(APPLIED)):
+        _, outcome = keyed
+        writer = self._open()
+        summary = writer.apply(outcome)
+        last.write(outcome.key)
+        self._dirty = True
+        if time.monotonic() - self._last_publish >= self.publish_every:
+            writer.publish()
+            self._last_publish = time.monotonic()
+            self._dirty = False
+        yield summary
+
+    def finish_bundle(self) -> None:
+        if self._writer is not None:
+            try:
+                if self._dirty:
+                    self._writer.publish()
+            finally:
+                self._writer.close()
+                self._lock.__exit__(None, None, None)
+                self._writer = None
+
+
+@contextmanager
+def _bundle_lock(config: JobConfig):
+    path = config.catalog.with_name(config.catalog.name + ".writer.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks: writers take turns
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class ProbeAndIndex(beam.PTransform):
+    """Listed models → probes (fanned out over workers) → single-writer index updates."""
+
+    def __init__(self, config: JobConfig, *, publish_every: float = 0.0):
+        super().__init__()
+        self.config = config
+        self.publish_every = publish_every
+
+    def expand(self, models):
+        return (models
+                | "Probe" >> beam.ParDo(ProbeModelsFn(self.config))
+                | "UpdateIndex" >> beam.ParDo(UpdateIndexFn(self.config, self.publish_every)))
+
+
+class IndexNewModels(beam.PTransform):
+    """Polls → new models (each passed once) → probes → single-writer index updates."""
+
+    def __init__(self, config: JobConfig, *, publish_every: float = 0.0):
+        super().__init__()
+        self.config = config
+        self.publish_every = publish_every
+
+    def expand(self, polls):
+        return (polls
+                | "ListNewModels" >> beam.ParDo(ListNewModelsFn(self.config))
+                | "KeyByModel" >> beam.Map(lambda m: (m.id, m))
+                | "FirstSight" >> beam.ParDo(FirstSightFn())
+                | "ProbeAndIndex" >> ProbeAndIndex(self.config, publish_every=self.publish_every))
+
+
+class ReportProgress(beam.DoFn):
+    """Prints one line per update (the job's log a user watches); with ``total``, a counter."""
+
+    COUNT = userstate.ReadModifyWriteStateSpec("count", StrUtf8Coder())
+
+    def __init__(self, total: int | None = None):
+        self.total = total
+
+    def process(self, summary: UpdateSummary, count=beam.DoFn.StateParam(COUNT)):
+        done = int(count.read() or 0) + 1
+        count.write(str(done))
+        near = ", ".join(f"{m} {d:.3f}" for m, d in summary.nearest[:3])
+        prefix = f"[{done}/{self.total}] " if self.total else ""
+        line = f"{prefix}{summary.status:9s} {summary.model_id}"
+        if summary.snapshot is not None:
+            line += f"  (tree #{summary.snapshot}, {summary.n_models} models; nearest: {near or '-'})"
+        elif summary.reason:
+            line += f"  ({summary.reason})"
+        print(line, flush=True)
+        yield summary
+
+
+__all__ = ["IndexNewModels", "ProbeAndIndex", "ReportProgress", "ListNewModelsFn", "ProbeModelsFn", "UpdateIndexFn",
+           "FirstSightFn", "ProbeOutcome", "WRITER_KEY"]
