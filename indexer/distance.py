@@ -149,6 +149,17 @@ class AlleleIndex:
         self._append(model_id, cols, vals)
         return row
 
+    def add_unscored(self, model_id: str, counts: Sequence[dict[str, int]], n_samples: int | None = None) -> None:
+        """Add one model without computing its row (bulk loading; see ``similarity_matrix``)."""
+        n_samples = self.n_samples if n_samples is None else n_samples
+        if model_id in self._row_of:
+            raise ValueError(f"model {model_id!r} is already in the index")
+        if self.n_genes is None:
+            self.n_genes = len(counts)
+        if len(counts) != self.n_genes:
+            raise ValueError(f"model {model_id!r} has {len(counts)} genes; the index has {self.n_genes}")
+        self._append(model_id, *self._encode(counts, n_samples))
+
     def similarity_row(self, counts: Sequence[dict[str, int]], n_samples: int | None = None) -> np.ndarray:
         """Similarity of a model to every indexed model, without adding it."""
         n_samples = self.n_samples if n_samples is None else n_samples
