@@ -323,6 +323,9 @@ class HubClient:
             raise HubError(f"{model_id}: repository not found (deleted or private)") from None
         except HubError:
             raise
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            # huggingface_hub could not build a ModelInfo from what the Hub sent.
+            raise HubError(f"{model_id}: malformed Hub metadata (model info): {_describe(exc)}") from None
         except Exception as exc:
             raise HubError(f"model info {model_id}: {_describe(exc)}") from None
 

@@ -802,6 +802,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Sink:
     """Where a handler writes after its connection was reset: nowhere."""
 
+    closed = True
+
     def write(self, data: bytes) -> int:
         return len(data)
 
