@@ -116,12 +116,40 @@ def _try_edge(tree: Tree, b: int, dist, row_sums, row_of_node, is_leaf) -> bool:
         x, y, z, w = A, C, B, U  # new split XY | ZW
     else:
         tree.swap(b1, s)
-        x, y, z, w = B, C, A, U
-    lam = (n[x] * n[w] + n[y] * n[z]) / ((n[x] + n[y]) * (n[z] + n[w]))
-    length = 0.5 * (lam * (avg[x, z] + avg[y, w]) + (1 - lam) * (avg[x, w] + avg[y, z])
-                    - (avg[x, y] + avg[z, w]))
-    tree.length[b] = max(length, 0.0)
+        x, y, z, w = C, B, A, U  # b now holds (s, b2)
+    _refit_lengths(tree, b, avg, n, (x, y, z, w), is_leaf)
     return True
+
+
+def _refit_lengths(tree: Tree, b: int, avg: np.ndarray, n: dict, groups: tuple, is_leaf) -> None:
+    """Least-squares (OLS) lengths of the internal edge and the three subtree edges of the
+    quartet XY|ZW from group averages (Desper & Gascuel, 2002); W's edge is kept."""
+    x, y, z, w = groups
+    node_x, node_y = tree.children[b]
+    node_z = next(c for c in tree.children[int(tree.parent[b])] if c != b) if n[z] else -1
+    # which child of b holds which group: match by leaf counts is ambiguous, so by identity
+    nodes = {x: node_x, y: node_y, z: node_z}
+    dep = tree.depths()
+
+    def height(v: int) -> float:  # mean path length from v down to its leaves
+        sub = tree.subtree(v)
+        leaves = sub[is_leaf[sub]]
+        return float(dep[leaves].mean() - dep[v])
+
+    def mix(g: int, h1: int, h2: int) -> float:  # average from g to the union of h1, h2
+        return (n[h1] * avg[g, h1] + n[h2] * avg[g, h2]) / (n[h1] + n[h2])
+
+    lam = (n[x] * n[w] + n[y] * n[z]) / ((n[x] + n[y]) * (n[z] + n[w]))
+    inner = 0.5 * (lam * (avg[x, z] + avg[y, w]) + (1 - lam) * (avg[x, w] + avg[y, z])
+                   - (avg[x, y] + avg[z, w]))
+    lx = 0.5 * (avg[x, y] + mix(x, z, w) - mix(y, z, w)) - height(nodes[x])
+    ly = 0.5 * (avg[x, y] + mix(y, z, w) - mix(x, z, w)) - height(nodes[y])
+    xy_w = (n[x] * avg[x, w] + n[y] * avg[y, w]) / (n[x] + n[y])
+    lz = 0.5 * (mix(z, x, y) + avg[z, w] - xy_w) - height(nodes[z])
+    tree.length[b] = max(inner, 0.0)
+    tree.length[nodes[x]] = max(lx, 0.0)
+    tree.length[nodes[y]] = max(ly, 0.0)
+    tree.length[nodes[z]] = max(lz, 0.0)
 
 
 def _count_leaves(tree: Tree, v: int, is_leaf: np.ndarray) -> int:
