@@ -67,10 +67,15 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
 
     _say(f"== 1. the zoo: real models with known lineage (cached build) ==")
     t0 = time.perf_counter()
-    zoo = zoo_lib.build_zoo(zoo_dir)
-    _say(f"   {len(zoo.models)} models ready in {zoo.root} ({time.perf_counter() - t0:.1f} s)")
-    for m in zoo.models:
-        _say(f"   - {m.model_id:42s} {m.description}")
+    build = zoo_lib.build_zoo(zoo_dir or workdir / "zoo", log=lambda s: _say(f"   {s}"))
+    models = sorted(zoo_lib.ZOO, key=lambda m: m.created_at)
+    _say(f"   {len(models)} models ready in {build.directory} ({time.perf_counter() - t0:.1f} s, "
+         f"{build.bytes / 1e6:.0f} MB{', built now' if build.built else ', from the cache'})")
+    for m in models:
+        how = {"gguf": "released model (from its GGUF package)", "quantize": "int8-rounded copy of",
+               "finetune": "fine-tune of", "merge": "weight average of"}[m.make]
+        truth = f"{how} {' + '.join(m.parents)}".strip()
+        _say(f"   - {m.id:38s} {truth}" + (f"  [planted: {m.planted}]" if m.planted else ""))
 
     _say(f"\n== 2. streaming watch on a loopback Hub; uploading the zoo one model at a time ==")
     _say(f"   probing with the {backend} backend, {genes} genes x {samples} samples "
@@ -83,24 +88,24 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
         watch = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  start_new_session=True)
         try:
-            for m in sorted(zoo.models, key=lambda m: m.created_at):
+            for m in models:
                 t1 = time.perf_counter()
-                _upload(zoo.root / m.model_id, served, m.model_id)
+                _upload(build.directory / m.id, served, m.id)
                 deadline = time.monotonic() + timeout_per_model
                 st = None
                 while time.monotonic() < deadline:
-                    st = _status(catalog, m.model_id)
+                    st = _status(catalog, m.id)
                     if st and st[0] in ("indexed", "skipped", "failed"):
                         break
                     if watch.poll() is not None:
                         raise PhylolmError(f"the watch stopped unexpectedly:\n{watch.stdout.read()[-2000:]}")
                     time.sleep(0.5)
                 else:
-                    raise PhylolmError(f"{m.model_id} was not indexed within {timeout_per_model:.0f} s")
+                    raise PhylolmError(f"{m.id} was not indexed within {timeout_per_model:.0f} s")
                 near = run_query(catalog, "select model_b, distance from distances where model_a = "
-                                          f"'{m.model_id}' order by distance limit 2")[1]
+                                          f"'{m.id}' order by distance limit 2")[1]
                 shown = ", ".join(f"{b} ({d:.3f})" for b, d in near) or "(first leaf)"
-                _say(f"   + {m.model_id:42s} {st[0]:8s} {time.perf_counter() - t1:5.1f} s   nearest: {shown}")
+                _say(f"   + {m.id:42s} {st[0]:8s} {time.perf_counter() - t1:5.1f} s   nearest: {shown}")
         finally:
             os.killpg(watch.pid, signal.SIGTERM)
             try:

@@ -257,7 +257,8 @@ class IndexWriter:
         ids, counts = self._indexed_alleles()
         latest = self.catalog.latest_tree(self.genome.hash)
         newick = latest[1] if latest else None
-        self.index = PhyloIndex.from_state(self.genome.hash, config.params.n_samples, ids, counts, newick)
+        self.index = PhyloIndex.from_state(ids, counts, newick, genome_hash=self.genome.hash,
+                                           n_samples=config.params.n_samples)
         self.estimator = _Estimator(self.catalog)
 
     def _indexed_alleles(self) -> tuple[list[str], list]:
@@ -345,8 +346,8 @@ def _reload(writer: IndexWriter):
 
     ids, counts = writer._indexed_alleles()
     latest = writer.catalog.latest_tree(writer.genome.hash)
-    return PhyloIndex.from_state(writer.genome.hash, writer.config.params.n_samples, ids, counts,
-                                 latest[1] if latest else None)
+    return PhyloIndex.from_state(ids, counts, latest[1] if latest else None, genome_hash=writer.genome.hash,
+                                 n_samples=writer.config.params.n_samples)
 
 
 class _Estimator:
