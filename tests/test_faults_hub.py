@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_repos import make_repo
+from tests.hub_repos import make_repo
 from indexer.hub import faults as F
 from indexer.hub.client import HubClient, RetryPolicy
 from indexer.hub.server import HubServer

@@ -21,7 +21,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from hub_repos import make_repo
+from tests.hub_repos import make_repo
 from indexer.hub.server import HubServer
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from hub_repos import make_repo
+from tests.hub_repos import make_repo
 from indexer.errors import PhylolmError
 from indexer.hub.client import HubClient, RetryPolicy, open_hub, scrub
 from indexer.hub.server import HubServer

@@ -40,6 +40,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import tqdm as _hf_tqdm
 
 from schemas.records import ModelStatus
 
@@ -110,6 +111,14 @@ class _ScrubFilter(logging.Filter):
 
 for _name in ("indexer.hub", "huggingface_hub"):
     logging.getLogger(_name).addFilter(_ScrubFilter())
+
+
+class _QuietBar(_hf_tqdm):
+    """Download progress bars, switched off (a scheduled job's logs are not a terminal)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
 
 
 class HubError(Exception):
@@ -199,18 +208,20 @@ class HubClient:
 
     ``endpoint``: a Hub URL (default ``HF_ENDPOINT`` or the public Hub). The token is read from
     the environment variable ``token_env`` (``HF_TOKEN``) and nowhere else. ``timeout`` bounds
-    each request (seconds); ``retry`` sets the backoff; ``sleep`` is how waiting is done.
+    each request (seconds); ``retry`` sets the backoff; ``sleep`` is how waiting is done;
+    ``progress`` shows download progress bars.
     """
 
     def __init__(self, endpoint: str | None = None, *, token_env: str = TOKEN_ENV, timeout: float = 10.0,
                  retry: RetryPolicy = RetryPolicy(), sleep: Callable[[float], None] = time.sleep,
-                 max_workers: int = 4):
+                 max_workers: int = 4, progress: bool = False):
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or PUBLIC_ENDPOINT).rstrip("/")
         self._token = env_token(token_env)
         self.timeout = timeout
         self.retry = retry
         self.sleep = sleep
         self.max_workers = max_workers
+        self.progress = progress
         self._rng = random.Random(retry.seed)
         # token=False: never fall back on a token stored by `hf auth login`.
         self.api = HfApi(endpoint=self.endpoint, token=self._token or False,
@@ -361,7 +372,8 @@ class HubClient:
                 model_id, revision=pinned, cache_dir=str(cache_dir), endpoint=self.endpoint,
                 token=self._token or False, allow_patterns=list(ALLOW_PATTERNS),
                 ignore_patterns=list(DENY_PATTERNS), etag_timeout=self.timeout,
-                max_workers=self.max_workers, library_name="phylolm-indexer")
+                max_workers=self.max_workers, library_name="phylolm-indexer",
+                tqdm_class=None if self.progress else _QuietBar)
 
         try:
             folder = Path(self._call(f"download {model_id}", fetch))
