@@ -1,0 +1,267 @@
+"""Index commands: simulate an ecosystem, benchmark the index, show the tree, nearest models.
+
+``simulate`` and ``bench index`` need no catalog; ``tree`` and ``nearest`` read it
+(read-only, so they work while a watch writes).
+"""
+from __future__ import annotations
+
+import json as jsonlib
+import statistics
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from indexer.cli.bench import bench_app
+from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, out, print_json, print_rows
+from indexer.errors import PhylolmError
+
+METHODS = ("incremental", "nj")
+FORMATS = ("newick", "ascii", "json")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def simulate(
+        models: Annotated[int, typer.Option("--models", help="Number of simulated models.")] = 100,
+        out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the repositories into.")] = Path("sim-hub"),
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+        genes: Annotated[int, typer.Option(help="Genes per model (match the genome you probe with).")] = 128,
+        samples: Annotated[int, typer.Option(help="Samples per gene a probe draws (recorded).")] = 32,
+        shape: Annotated[str, typer.Option(help="Tree shape: yule | uniform | caterpillar | balanced.")] = "yule",
+        json: JsonOpt = False,
+    ) -> None:
+        """Write a simulated ecosystem: Hub-style repositories for the `simulated` backend
+        and the true tree as OUT/truth.nwk."""
+        from indexer.probers.simulated import write_repositories
+        from indexer.simulate import SHAPES
+        from indexer.simulate import simulate as run
+
+        if models < 2:
+            raise PhylolmError("--models must be at least 2")
+        if shape not in SHAPES:
+            raise PhylolmError(f"--shape must be one of {', '.join(SHAPES)}")
+        if genes < 1 or samples < 1:
+            raise PhylolmError("--genes and --samples must be positive")
+        if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "simulation.json").exists():
+            raise PhylolmError(f"{out_dir} exists and is not a simulated hub; choose an empty folder")
+        t0 = time.perf_counter()
+        eco = run(models, seed=seed, n_genes=genes, shape=shape)
+        write_repositories(eco, out_dir, probe_samples=samples)
+        info = {"out": str(out_dir), "models": models, "seed": seed, "genes": genes, "samples": samples,
+                "shape": shape, "truth": str(out_dir / "truth.nwk"), "seconds": round(time.perf_counter() - t0, 3)}
+        if json:
+            print_json(info)
+        else:
+            out.print(f"wrote {models} simulated models to {out_dir} (true tree: {out_dir / 'truth.nwk'})")
+
+    @app.command()
+    def tree(
+        catalog: CatalogOpt = DEFAULT_CATALOG,
+        method: Annotated[str, typer.Option(help="incremental (as maintained) | nj (fresh build).")] = "incremental",
+        fmt: Annotated[str, typer.Option("--format", help="newick | ascii | json.")] = "newick",
+        genome: Annotated[str | None, typer.Option(help="Genome hash (or prefix); default: the latest tree's.")] = None,
+    ) -> None:
+        """The index's tree: the incrementally maintained one, or a fresh neighbour-joining
+        build of the current distance matrix. Leaves are model ids."""
+        from indexer.catalog import open_read_only
+        from indexer.tree import neighbor_joining, parse_newick
+
+        if method not in METHODS:
+            raise PhylolmError(f"--method must be one of {', '.join(METHODS)}")
+        if fmt not in FORMATS:
+            raise PhylolmError(f"--format must be one of {', '.join(FORMATS)}")
+        con, _ = open_read_only(catalog)
+        try:
+            genome_hash = _pick_genome(con, genome)
+            if method == "incremental":
+                row = con.execute(
+                    "select snapshot_id, newick from tree_snapshots where genome_hash = ? "
+                    "order by snapshot_id desc limit 1", [genome_hash]).fetchone()
+                if row is None:
+                    raise PhylolmError("no tree in the catalog yet; index some models first")
+                t = parse_newick(row[1])
+            else:
+                pairs = con.execute("select model_a, model_b, distance from distance_pairs where genome_hash = ?",
+                                    [genome_hash]).fetchall()
+                ids, dist = _matrix(pairs)
+                if len(ids) < 2:
+                    raise PhylolmError("fewer than two models have distances; nothing to join")
+                t = neighbor_joining(dist, ids)
+        finally:
+            con.close()
+        _print_tree(t, fmt)
+
+    @app.command()
+    def nearest(
+        model_id: Annotated[str, typer.Argument(help="Model id (owner/name).")],
+        k: Annotated[int, typer.Option("-k", "--k", help="How many neighbours.")] = 5,
+        catalog: CatalogOpt = DEFAULT_CATALOG,
+        genome: Annotated[str | None, typer.Option(help="Genome hash (or prefix).")] = None,
+        json: JsonOpt = False,
+    ) -> None:
+        """The K models nearest to MODEL_ID by PhyloLM distance (from the `distances` view)."""
+        from indexer.catalog import open_read_only
+
+        if k < 1:
+            raise PhylolmError("-k must be at least 1")
+        con, _ = open_read_only(catalog)
+        try:
+            genome_hash = _pick_genome(con, genome)
+            rows = con.execute(
+                "select model_b, distance, similarity from distances where genome_hash = ? and model_a = ? "
+                "order by distance, model_b limit ?", [genome_hash, model_id, k]).fetchall()
+        finally:
+            con.close()
+        if not rows:
+            raise PhylolmError(f"{model_id!r} has no distances in the catalog (not indexed, or a different genome)")
+        if json:
+            print_json([{"model_id": m, "distance": d, "similarity": s} for m, d, s in rows])
+        else:
+            print_rows(["model", "distance", "similarity"], [(m, f"{d:.4f}", f"{s:.4f}") for m, d, s in rows],
+                       title=f"nearest to {model_id}")
+
+
+@bench_app.command("index")
+def bench_index(
+    models: Annotated[int, typer.Option("--models", help="Models in the simulated ecosystem.")] = 1000,
+    seed: Annotated[int, typer.Option(help="First random seed.")] = 0,
+    seeds: Annotated[int, typer.Option(help="Repeat with this many seeds (seed, seed+1, ...); figures are averaged.")] = 1,
+    genes: Annotated[int, typer.Option(help="Genes per model.")] = 128,
+    samples: Annotated[int, typer.Option(help="Samples per gene (N).")] = 32,
+    shape: Annotated[str, typer.Option(help="Tree shape: yule | uniform | caterpillar | balanced.")] = "yule",
+    growth: Annotated[float, typer.Option(help="Rebuild policy: full NJ once the index grew by this fraction "
+                                                "(0 = never rebuild).")] = 0.5,
+    json: JsonOpt = False,
+) -> None:
+    """Index benchmark on a simulated ecosystem: insert latency (distance row + placement +
+    local NNI), amortised rebuild cost, full NJ time at the same n, tree quality (nRF) of
+    the incremental tree and of NJ against the true tree."""
+    from indexer.simulate import SHAPES
+
+    if models < 5:
+        raise PhylolmError("--models must be at least 5")
+    if shape not in SHAPES:
+        raise PhylolmError(f"--shape must be one of {', '.join(SHAPES)}")
+    if seeds < 1 or genes < 1 or samples < 1 or growth < 0:
+        raise PhylolmError("--seeds, --genes and --samples must be positive and --growth non-negative")
+    runs = [run_index_benchmark(models, s, genes, samples, shape, growth or None) for s in range(seed, seed + seeds)]
+    result = runs[0] if seeds == 1 else _average(runs)
+    if json:
+        print_json(result)
+    else:
+        rows = [(k, v) for k, v in result.items() if not isinstance(v, (dict, list))]
+        print_rows(["figure", "value"], rows, title=f"phylolm bench index (n={models})")
+
+
+def run_index_benchmark(n_models: int, seed: int, n_genes: int, n_samples: int, shape: str,
+                        growth: float | None) -> dict:
+    """One benchmark run: simulate, sample probes, insert in upload order, then compare."""
+    import os
+
+    from indexer.phylo_index import PhyloIndex
+    from indexer.simulate import simulate
+    from indexer.tree import RebuildPolicy, robinson_foulds
+
+    t0 = time.perf_counter()
+    eco = simulate(n_models, seed=seed, n_genes=n_genes, shape=shape)
+    counts = [eco.sample_counts(i, n_samples, seed) for i in range(n_models)]
+    sim_seconds = time.perf_counter() - t0
+    policy = RebuildPolicy(growth=growth)
+    index = PhyloIndex(genome_hash=f"simulated-{seed}", n_samples=n_samples, policy=policy)
+    insert_ms, stage = [], {"distance": [], "placement": [], "nni": []}
+    t1 = time.perf_counter()
+    for i, model_id in enumerate(eco.ids):
+        r = index.insert(model_id, counts[i])
+        if r.placement is not None:
+            insert_ms.append(r.insert_ms)
+            for k in stage:
+                stage[k].append(r.timings_ms.get(k, 0.0))
+    stream_seconds = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    nj = index.nj_tree()
+    nj_seconds = time.perf_counter() - t2
+    last = insert_ms[-max(1, len(insert_ms) // 10):]
+    med = statistics.median(insert_ms)
+    nrf_inc = robinson_foulds(index.tree, eco.truth)
+    nrf_nj = robinson_foulds(nj, eco.truth)
+    return {
+        "models": n_models, "seed": seed, "genes": n_genes, "samples": n_samples, "shape": shape,
+        "cpu_count": os.cpu_count(),
+        "policy": {"growth": growth, "min_models": policy.min_models},
+        "insert_ms_median": round(med, 3),
+        "insert_ms_p95": round(float(np.percentile(insert_ms, 95)), 3),
+        "insert_ms_median_last_10pct": round(statistics.median(last), 3),
+        "insert_ms_p95_last_10pct": round(float(np.percentile(last, 95)), 3),
+        "stage_ms_median": {k: round(statistics.median(v), 3) for k, v in stage.items()},
+        "rebuilds": index.n_rebuilds,
+        "rebuild_seconds_total": round(index.rebuild_seconds_total, 3),
+        "amortised_rebuild_ms_per_insert": round(1e3 * index.rebuild_seconds_total / n_models, 3),
+        "stream_seconds": round(stream_seconds, 3),
+        "nj_seconds_at_n": round(nj_seconds, 3),
+        "nj_over_insert_median": round(1e3 * nj_seconds / med, 1),
+        "nj_over_insert_median_last_10pct": round(1e3 * nj_seconds / statistics.median(last), 1),
+        "nrf_incremental_truth": round(nrf_inc, 4),
+        "nrf_nj_truth": round(nrf_nj, 4),
+        "nrf_ratio_incremental_over_nj": round(nrf_inc / nrf_nj, 4) if nrf_nj > 0 else None,
+        "nrf_incremental_nj": round(robinson_foulds(index.tree, nj), 4),
+        "simulation_seconds": round(sim_seconds, 3),
+    }
+
+
+def _average(runs: list[dict]) -> dict:
+    out_: dict = {"runs": runs, "seeds": [r["seed"] for r in runs]}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("seed", "models"):
+            vals = [r[key] for r in runs if r.get(key) is not None]
+            out_[f"mean_{key}"] = round(float(np.mean(vals)), 4)
+    mi, mn = out_["mean_nrf_incremental_truth"], out_["mean_nrf_nj_truth"]
+    out_["ratio_of_mean_nrf"] = round(mi / mn, 4) if mn > 0 else None
+    out_["models"] = runs[0]["models"]
+    return out_
+
+
+def _pick_genome(con, genome: str | None) -> str:
+    if genome:
+        rows = con.execute("select distinct genome_hash from distance_pairs where starts_with(genome_hash, ?) "
+                           "union select distinct genome_hash from tree_snapshots where starts_with(genome_hash, ?)",
+                           [genome, genome]).fetchall()
+        if not rows:
+            raise PhylolmError(f"no distances or trees for a genome {genome!r}")
+        if len(rows) > 1:
+            raise PhylolmError(f"genome prefix {genome!r} is ambiguous; give more characters")
+        return rows[0][0]
+    row = con.execute("select genome_hash from tree_snapshots order by snapshot_id desc limit 1").fetchone()
+    if row is None:
+        row = con.execute("select genome_hash from distance_pairs group by genome_hash "
+                          "order by count(*) desc limit 1").fetchone()
+    if row is None:
+        raise PhylolmError("the catalog has no distances yet; index some models first")
+    return row[0]
+
+
+def _matrix(pairs: list[tuple[str, str, float]]) -> tuple[list[str], np.ndarray]:
+    ids = sorted({a for a, _, _ in pairs} | {b for _, b, _ in pairs})
+    at = {m: i for i, m in enumerate(ids)}
+    dist = np.full((len(ids), len(ids)), np.nan)
+    np.fill_diagonal(dist, 0.0)
+    for a, b, d in pairs:
+        dist[at[a], at[b]] = dist[at[b], at[a]] = d
+    missing = int(np.isnan(dist).sum()) // 2
+    if missing:
+        raise PhylolmError(f"the distance matrix has {missing} missing pairs; re-run the index update")
+    return ids, dist
+
+
+def _print_tree(t, fmt: str) -> None:
+    from indexer.tree import to_newick
+    from indexer.tree.render import to_ascii, to_dict
+
+    if fmt == "newick":
+        print(to_newick(t))
+    elif fmt == "ascii":
+        print(to_ascii(t))
+    else:
+        print(jsonlib.dumps(to_dict(t), indent=1))
