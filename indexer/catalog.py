@@ -59,6 +59,7 @@ class Catalog:
 
     def __init__(self, path: str | Path | None = None, *, create: bool = False):
         self.path = resolve_path(path)
+        self._depth = 0
         if not create and not self.path.exists():
             raise PhylolmError(f"no catalog at {self.path}; run `phylolm init` first (or pass --catalog)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,12 +110,23 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction; nested uses join the outermost (an update is all or nothing)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.con
+            finally:
+                self._depth -= 1
+            return
         self.con.execute("begin transaction")
+        self._depth = 1
         try:
             yield self.con
         except BaseException:
             self.con.execute("rollback")
             raise
+        finally:
+            self._depth = 0
         self.con.execute("commit")
 
     def close(self) -> None:

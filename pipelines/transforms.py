@@ -176,7 +176,8 @@ class ReportProgress(beam.DoFn):
     def __init__(self, total: int | None = None):
         self.total = total
 
-    def process(self, summary: UpdateSummary, count=beam.DoFn.StateParam(COUNT)):
+    def process(self, keyed, count=beam.DoFn.StateParam(COUNT)):
+        _, summary = keyed
         done = int(count.read() or 0) + 1
         count.write(str(done))
         near = ", ".join(f"{m} {d:.3f}" for m, d in summary.nearest[:3])
