@@ -86,12 +86,17 @@ def register(app: typer.Typer) -> None:
         """Index existing models, oldest upload first, each inserted incrementally (bounded job)."""
         from pipelines.run import run_backfill
 
-        ids = tuple(check_id(m) for m in model_ids or ())
+        # Unknown --options land among the positional ids: everything from the first one on
+        # is a Beam pipeline option (model ids never start with '-').
+        given = list(model_ids or ())
+        cut = next((i for i, a in enumerate(given) if a.startswith("-")), len(given))
+        runner_args = given[cut:] + list(ctx.args)
+        ids = tuple(check_id(m) for m in given[:cut])
         since_dt = parse_date(since, "--since")
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
                          samples=samples, publish_dir=publish_dir, author=author)
         with job(s) as url:
-            run_backfill(job_config(s, url, since=since_dt, limit=limit, model_ids=ids), runner_args=ctx.args)
+            run_backfill(job_config(s, url, since=since_dt, limit=limit, model_ids=ids), runner_args=runner_args)
 
     @app.command()
     def probe(model_id: Annotated[str, typer.Argument(help="The model to probe now.")],
