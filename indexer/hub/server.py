@@ -95,7 +95,7 @@ class HubRequestError(Exception):
 @dataclass(frozen=True)
 class FileEntry:
     rel: str
-    path: Path  # resolved path, inside the repository's real directory
+    path: str  # a path inside the repository's real directory
     size: int
     mtime_ns: int
 
@@ -129,8 +129,8 @@ class _HashCache:
         self._cache: dict[tuple, tuple[str, str]] = {}
 
     def get(self, entry: FileEntry) -> tuple[str, str]:
-        st = entry.path.stat()
-        key = (str(entry.path), st.st_size, st.st_mtime_ns, st.st_ino)
+        st = os.stat(entry.path)
+        key = (entry.path, st.st_size, st.st_mtime_ns, st.st_ino)
         with self._lock:
             hit = self._cache.get(key)
         if hit:
@@ -163,10 +163,11 @@ def _parse_time(value: Any) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def _read_card(path: Path) -> dict:
+def _read_card(path: str) -> dict:
     """YAML front matter of a model card (``---`` ... ``---``), or {}."""
     try:
-        text = path.read_bytes()[:_MAX_CARD_BYTES].decode("utf-8", errors="replace")
+        with open(path, "rb") as fh:
+            text = fh.read(_MAX_CARD_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return {}
     if not text.startswith("---"):
@@ -181,17 +182,18 @@ def _read_card(path: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _read_json(path: Path, limit: int) -> dict:
+def _read_json(path: str | Path, limit: int) -> dict:
     try:
-        if path.stat().st_size > limit:
+        if os.stat(path).st_size > limit:
             return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _safetensors_params(path: Path) -> dict[str, int]:
+def _safetensors_params(path: str) -> dict[str, int]:
     """Parameter count per dtype from a safetensors header (8-byte length + JSON); no tensor read."""
     counts: dict[str, int] = {}
     try:
@@ -270,25 +272,42 @@ class RepoFolder:
         return d if d.is_dir() else None
 
     def _scan_files(self, directory: Path) -> dict[str, FileEntry]:
-        real_root = directory.resolve()
+        """Served files of a repository: one stat each. Subdirectory links are not followed;
+        file links are resolved and kept only if they stay inside the repository's real
+        directory."""
+        real_root: Path | None = None
         files: dict[str, FileEntry] = {}
-        for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fn in sorted(filenames):
-                if fn.startswith(".") and fn != ".gitattributes":
+        stack = [(str(directory), "")]
+        while stack:
+            here, prefix = stack.pop()
+            try:
+                entries = list(os.scandir(here))
+            except OSError:
+                continue
+            for e in entries:
+                name = e.name
+                if name.startswith(".") and name != ".gitattributes":
                     continue
-                p = Path(dirpath) / fn
+                rel = prefix + name
                 try:
-                    real = p.resolve(strict=True)
-                    st = real.stat()
+                    if e.is_symlink():
+                        real_root = real_root or directory.resolve()
+                        real = Path(e.path).resolve(strict=True)
+                        if not real.is_relative_to(real_root) or not real.is_file():
+                            log.warning("not serving %s: it resolves outside its repository", e.path)
+                            continue
+                        path, st = str(real), real.stat()
+                    elif e.is_dir(follow_symlinks=False):
+                        stack.append((e.path, rel + "/"))
+                        continue
+                    elif e.is_file(follow_symlinks=False):
+                        path, st = e.path, e.stat(follow_symlinks=False)
+                    else:
+                        continue
                 except (OSError, RuntimeError):
                     continue
-                if not real.is_relative_to(real_root) or not real.is_file():
-                    log.warning("not serving %s: it resolves outside its repository", p)
-                    continue
-                rel = p.relative_to(directory).as_posix()
-                files[rel] = FileEntry(rel, real, st.st_size, st.st_mtime_ns)
-        return files
+                files[rel] = FileEntry(rel, path, st.st_size, st.st_mtime_ns)
+        return dict(sorted(files.items()))
 
     def state(self, repo_id: str, directory: Path | None = None) -> RepoState | None:
         """The repository's current state (None if it is not in the folder now)."""
