@@ -76,6 +76,7 @@ def parse_newick(text: str) -> Tree:
     stack: list[int] = []
     expect_length = False
     done = False
+    labelled: set[int] = set()  # internal nodes whose label was read
     while pos < n:
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
@@ -125,6 +126,9 @@ def parse_newick(text: str) -> Tree:
                 except ValueError:
                     raise NewickError(f"branch length {token!r} is not a number") from None
             elif current >= 0 and tree.children[current]:
+                if current in labelled:
+                    raise NewickError(f"two labels for one node near offset {pos}")
+                labelled.add(current)
                 try:
                     tree.support[current] = float(token)
                 except ValueError:

@@ -1,0 +1,72 @@
+"""The sparse allele index: one new row equals the full recomputation and the paper's formula."""
+import numpy as np
+import pytest
+
+from indexer.distance import AlleleIndex, distance_from_similarity, nei_similarity
+
+
+def random_counts(rng, n_genes=40, n_samples=32, max_alleles=6):
+    out = []
+    for _ in range(n_genes):
+        k = int(rng.integers(1, max_alleles + 1))
+        c = rng.multinomial(n_samples, rng.dirichlet(np.ones(k) * 0.5))
+        out.append({f"a{j}": int(x) for j, x in enumerate(c) if x > 0})
+    return out
+
+
+def test_incremental_rows_equal_full_recomputation_and_direct_formula():
+    rng = np.random.default_rng(7)
+    models = [random_counts(rng) for _ in range(60)]
+    index = AlleleIndex(n_samples=32)
+    rows = [index.add(f"org/m-{i}.v1", c) for i, c in enumerate(models)]
+    full = index.similarity_matrix()
+    assert np.allclose(full, full.T, atol=0) and np.all(np.diag(full) == 1.0)
+    for i in range(1, len(models)):
+        assert rows[i].shape == (i,)
+        assert np.max(np.abs(rows[i] - full[i, :i])) <= 1e-12
+    for i, j in [(0, 1), (5, 17), (42, 59)]:
+        assert full[i, j] == pytest.approx(nei_similarity(models[i], models[j], 32), abs=1e-12)
+    # the distance matrix is D = -log S with the paper's floor
+    assert np.allclose(index.distance_matrix(), -np.log(np.clip(full, 1e-10, 1)))
+
+
+def test_disjoint_alleles_hit_the_floor_and_identical_models_are_at_zero():
+    index = AlleleIndex(n_samples=4)
+    a = [{"x": 4}, {"y": 2, "z": 2}]
+    index.add("a/one", a)
+    assert index.add("a/same", a)[0] == pytest.approx(1.0)
+    row = index.add("a/other", [{"q": 4}, {"w": 4}])
+    assert np.all(row == 0.0)
+    assert distance_from_similarity(0.0) == pytest.approx(-np.log(1e-10))
+    assert distance_from_similarity(1.0 + 1e-15) == 0.0
+
+
+def test_bad_input_is_refused():
+    index = AlleleIndex(n_samples=4)
+    index.add("a/one", [{"x": 4}, {"y": 4}])
+    with pytest.raises(ValueError, match="genes"):
+        index.add("a/two", [{"x": 4}])
+    with pytest.raises(ValueError, match="already"):
+        index.add("a/one", [{"x": 4}, {"y": 4}])
+    with pytest.raises(ValueError, match="no alleles"):
+        index.add("a/three", [{}, {}])
+
+
+def test_unit_gene_weights_give_the_plain_similarity_and_bulk_loading_matches():
+    rng = np.random.default_rng(3)
+    models = [random_counts(rng, n_genes=10) for _ in range(12)]
+    index, bulk = AlleleIndex(n_samples=32), AlleleIndex(n_samples=32)
+    for i, c in enumerate(models):
+        index.add(f"o/m{i}", c)
+        bulk.add_unscored(f"o/m{i}", c)
+    s = index.similarity_matrix()
+    assert np.allclose(index.similarity_with_gene_weights(np.ones(10)), s, atol=1e-12)
+    assert np.array_equal(bulk.similarity_matrix(), s)
+    # weight 2 on gene 0 and 0 elsewhere: the similarity of gene 0 alone
+    w = np.zeros(10)
+    w[0] = 2.0
+    only0 = index.similarity_with_gene_weights(w)
+    assert only0[0, 1] == pytest.approx(nei_similarity(models[0][:1], models[1][:1], 32), abs=1e-12)
+    # a query that is not added
+    row = index.similarity_row(models[3])
+    assert row[3] == pytest.approx(1.0) and np.allclose(row, s[3], atol=1e-12)

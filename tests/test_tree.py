@@ -1,0 +1,143 @@
+"""Trees: Newick with quoted model ids, exact NJ, RF, least-squares placement, NNI layout."""
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from indexer.tree import (NewickError, neighbor_joining, parse_newick, place, robinson_foulds,
+                          splits, to_newick)
+from indexer.tree.core import Tree
+from indexer.tree.nj import _nj_core
+from indexer.tree.render import to_ascii, to_dict
+
+
+def random_tree(n, rng):
+    """A random binary tree with positive lengths, built by splitting random edges."""
+    t = Tree()
+    root = t.add_node()
+    t.root = root
+    for k in range(3):
+        t.add_node(root, float(rng.uniform(0.05, 1.0)), f"org/leaf-{k}.v1")
+    t.reindex()
+    for k in range(3, n):
+        edge = int(rng.choice([v for v in range(t.n_nodes) if v != t.root]))
+        t.insert_leaf(edge, t.length[edge] * rng.uniform(0.2, 0.8), float(rng.uniform(0.05, 1.0)), f"org/leaf-{k}.v1")
+    return t
+
+
+def test_newick_round_trip_keeps_model_ids_intact():
+    names = ["meta-llama/Llama-2-7b.hf", "org/it's_v1.0", "a/b-c.d", "plain"]
+    d = np.array([[0, 3, 5, 6], [3, 0, 6, 7], [5, 6, 0, 3], [6, 7, 3, 0]], float)
+    t = neighbor_joining(d, names)
+    t.support[t.children[t.root][0]] = 0.75 if t.children[t.children[t.root][0]] else 0.75
+    text = to_newick(t)
+    assert "'meta-llama/Llama-2-7b.hf'" in text and "'org/it''s_v1.0'" in text and "plain:" in text
+    back = parse_newick(text)
+    assert set(back.leaf_node) == set(names)
+    assert to_newick(back) == text
+    assert np.allclose(back.path_distances(names), t.path_distances(names))
+    assert "meta-llama/Llama-2-7b.hf" in to_ascii(back)
+    assert to_dict(back)["children"]
+
+
+@pytest.mark.parametrize("bad", ["(a,b", "(a,b));", "(a,b)", "(a:x,b);", "(a,a);", "(a,b);(c,d);", "(a,(b,c)d e);"])
+def test_bad_newick_is_refused(bad):
+    with pytest.raises(NewickError):
+        parse_newick(bad)
+
+
+def test_nj_textbook_example():
+    # Saitou & Nei's algorithm on the standard 5-taxon example: known branch lengths
+    d = np.array([[0, 5, 9, 9, 8], [5, 0, 10, 10, 9], [9, 10, 0, 8, 7], [9, 10, 8, 0, 3], [8, 9, 7, 3, 0]], float)
+    t = neighbor_joining(d, list("abcde"))
+    lengths = {t.label[v]: t.length[v] for v in range(t.n_nodes) if t.label[v]}
+    assert lengths == pytest.approx({"a": 2, "b": 3, "c": 4, "d": 2, "e": 1})
+    assert np.allclose(t.path_distances(list("abcde")), d)
+
+
+def test_nj_recovers_an_additive_tree_exactly():
+    rng = np.random.default_rng(11)
+    truth = random_tree(300, rng)
+    names = sorted(truth.leaf_node)
+    d = truth.path_distances(names)
+    t = neighbor_joining(d, names)
+    assert robinson_foulds(t, truth) == 0.0
+    assert np.allclose(t.path_distances(names), d, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["euclid", "ties"])
+def test_bounded_search_gives_the_exhaustive_answer(kind):
+    rng = np.random.default_rng(5)
+    n = 420
+    if kind == "euclid":
+        x = rng.random((n, 4))
+        d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    else:  # many exact ties
+        x = rng.integers(0, 3, (n, 6))
+        d = np.abs(x[:, None] - x[None]).sum(-1).astype(float)
+
+    def build(exhaustive):
+        t = Tree(2 * n + 2)
+        leaves = np.array([t.add_node(-1, 0.0, f"m{i}") for i in range(n)])
+        _nj_core(d.copy(), t, leaves, exhaustive)
+        return to_newick(t.reindex())
+
+    assert build(True) == build(False)
+
+
+def test_nj_refuses_bad_matrices():
+    with pytest.raises(ValueError, match="symmetric"):
+        neighbor_joining(np.array([[0, 1, 2], [1, 0, 1], [3, 1, 0]], float), list("abc"))
+    with pytest.raises(ValueError, match="NaN"):
+        neighbor_joining(np.array([[0, np.nan], [np.nan, 0]]), list("ab"))
+
+
+def test_robinson_foulds_counts_splits():
+    a = parse_newick("((a,b),(c,d),(e,f));")
+    b = parse_newick("((a,c),(b,d),(e,f));")
+    assert robinson_foulds(a, a) == 0.0
+    assert robinson_foulds(a, b, normalised=False) == 4.0  # {ab, cd} vs {ac, bd}
+    assert robinson_foulds(a, b) == pytest.approx(4 / 6)
+    assert len(splits(a)) == 3
+
+
+@pytest.mark.parametrize("weighting", ["fm", "ols"])
+def test_placement_is_the_least_squares_optimum(weighting):
+    rng = np.random.default_rng(2)
+    t = random_tree(9, rng)
+    names = sorted(t.leaf_node)
+    delta_by_leaf = dict(zip(names, rng.uniform(0.3, 2.0, len(names))))
+    delta = np.zeros(t.n_nodes)
+    for x, v in t.leaf_node.items():
+        delta[v] = delta_by_leaf[x]
+    p = place(t, delta, t.is_leaf_mask(), weighting)
+    target = np.array([delta_by_leaf[x] for x in names])
+    w = 1 / target ** 2 if weighting == "fm" else np.ones(len(names))
+
+    def error(edge, params):
+        tt = t.copy()
+        tt.insert_leaf(edge, params[0], params[1], "query")
+        return float((w * (target - tt.path_distances(names + ["query"])[-1, :-1]) ** 2).sum())
+
+    brute = min(
+        (minimize(lambda z, e=e: error(e, z), [t.length[e] / 2, 0.2], method="L-BFGS-B",
+                  bounds=[(0, t.length[e]), (0, None)]).fun, e)
+        for e in range(t.n_nodes) if e != t.root)
+    assert p.error == pytest.approx(brute[0], rel=1e-6, abs=1e-9)
+    assert p.error == pytest.approx(error(p.edge, [p.x, p.pendant]), rel=1e-9)
+
+
+def test_insertions_and_swaps_keep_the_layout_consistent():
+    rng = np.random.default_rng(4)
+    t = random_tree(40, rng)
+    t.check()
+    for _ in range(30):
+        internal = [v for v in range(t.n_nodes) if v != t.root and t.children[v]
+                    and t.parent[v] >= 0 and len(t.children[t.parent[v]]) >= 2]
+        b = int(rng.choice(internal))
+        a = int(t.parent[b])
+        s = next(c for c in t.children[a] if c != b)
+        t.swap(t.children[b][int(rng.integers(2))], s)
+        t.check()
+    depths = t.depths()
+    slow = t.copy().reindex()
+    assert np.allclose(depths[slow.order], slow.depths()[slow.order])
