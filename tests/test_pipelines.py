@@ -46,7 +46,7 @@ def _consistent(catalog: Path, cwd: Path, n: int) -> None:
     last = _sql(catalog, "select n_leaves, newick from tree_snapshots order by snapshot_id desc limit 1", cwd)
     assert last[0]["n_leaves"] == n
     from indexer.tree import parse_newick
-    assert sorted(parse_newick(last[0]["newick"]).leaf_names()) == sorted(
+    assert sorted(parse_newick(last[0]["newick"]).leaf_names) == sorted(
         r["id"] for r in _sql(catalog, "select id from models where status = 'indexed'", cwd))
     assert _sql(catalog, "select count(*) n from tree_snapshots", cwd) == [{"n": n}]
 
