@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from indexer.service import JobConfig, ListStep
-from pipelines.transforms import WRITER_KEY, IndexNewModels, ProbeAndIndex, ReportProgress
+from pipelines.transforms import WRITER_KEY, IndexNewModels, ProbeAndIndex, ReportProgress, TickEveryFn
 
 MAX_TIMESTAMP = 2**62 / 1e6  # "forever" in seconds, well inside Beam's timestamp range
 
@@ -30,6 +30,11 @@ def pipeline_options(runner_args: Sequence[str] = (), *, streaming: bool = False
     return opts
 
 
+def _in_process(opts: PipelineOptions) -> bool:
+    runner = opts.view_as(StandardOptions).runner or ""
+    return runner.split(".")[-1] in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
+
+
 def _report(pcoll, total: int | None = None):
     return (pcoll
             | "KeyForReport" >> beam.Map(lambda s: (WRITER_KEY, s))
@@ -38,11 +43,21 @@ def _report(pcoll, total: int | None = None):
 
 def run_watch(config: JobConfig, *, interval: float, once: bool = False, duration: float | None = None,
               runner_args: Sequence[str] = (), publish_every: float = 0.0) -> None:
-    """The streaming job (or, with ``once``, one poll → probe → update → publish cycle)."""
-    opts = pipeline_options(runner_args, streaming=not once)
+    """The streaming job (or, with ``once``, one poll → probe → update → publish cycle).
+
+    On the in-process runner the polls come from ``TickEveryFn`` (a sleeping loop: the job
+    runs in batch mode with one never-ending element source); elsewhere from Beam's
+    ``PeriodicImpulse`` in streaming mode.
+    """
+    opts = pipeline_options(runner_args)
+    if not once and not _in_process(opts):
+        opts.view_as(StandardOptions).streaming = True
     with beam.Pipeline(options=opts) as p:
         if once:
             polls = p | "OnePoll" >> beam.Create([time.time()])
+        elif _in_process(opts):
+            stop = time.time() + duration if duration else None
+            polls = p | "Start" >> beam.Impulse() | "Poll" >> beam.ParDo(TickEveryFn(interval, stop))
         else:
             start = time.time()
             stop = start + duration if duration else MAX_TIMESTAMP
