@@ -55,7 +55,8 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
              timeout_per_model: float, zoo_dir: Path | None = None) -> dict:
     from indexer import zoo as zoo_lib
     from indexer.hub.server import HubServer
-    from indexer.tree import ascii_tree, parse_newick
+    from indexer.tree import parse_newick
+    from indexer.tree.render import to_ascii
 
     t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     _say("\n== 3. the tree (incremental, as maintained) ==")
     newick = run_query(catalog, "select newick from tree_snapshots where method = 'incremental' "
                                 "order by snapshot_id desc limit 1")[1][0][0]
-    _say(ascii_tree(parse_newick(newick)))
+    _say(to_ascii(parse_newick(newick)))
     _say(f"\nNewick: {newick}")
 
     _say("\n== 4. nearest relatives ==")
