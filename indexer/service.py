@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -73,6 +74,28 @@ class UpdateSummary:
     nearest: tuple[tuple[str, float], ...] = ()
     timings_ms: tuple[tuple[str, float], ...] = ()
     rebuilt: bool = False
+
+
+# ---- failpoints ----------------------------------------------------------------------------
+
+_FAILPOINT_HITS: dict[str, int] = {}
+
+
+def failpoint(stage: str) -> None:
+    """Crash here, for real (SIGKILL), when ``PHYLOLM_FAILPOINT=<stage>:<n>`` names this stage
+    and this is its n-th hit in the process. How the fault suite kills a writer at an exact
+    point of an update (before, during, after the catalog write, while publishing); unset,
+    it costs one dictionary lookup.
+    """
+    spec = os.environ.get("PHYLOLM_FAILPOINT")
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != stage:
+        return
+    _FAILPOINT_HITS[stage] = _FAILPOINT_HITS.get(stage, 0) + 1
+    if _FAILPOINT_HITS[stage] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---- one process per catalog ----------------------------------------------------------------
@@ -303,10 +326,12 @@ class IndexWriter:
         order = np.argsort(dist)[:5]
         stats = {"timings_ms": dict(result.timings_ms), "rebuilt": bool(result.rebuilt),
                  "n_leaves": len(self.index.ids)}
+        failpoint("before_write")
         try:
             with self.catalog.transaction():
                 self.catalog.upsert_models([_with(model, ModelStatus.indexed, None)])
                 self.catalog.add_probe(probe)
+                failpoint("mid_write")
                 self.catalog.add_distances(self.genome.hash, model.id, others, sim, dist)
                 snapshot = self.catalog.add_tree_snapshot(
                     self.genome.hash, self.index.newick(), "incremental",
@@ -317,6 +342,7 @@ class IndexWriter:
             # The transaction rolled back: the in-memory index must forget the leaf too.
             self.index = _reload(self)
             raise
+        failpoint("after_write")
         return UpdateSummary(model.id, "indexed", None, snapshot, len(self.index.ids),
                              tuple((others[i], float(dist[i])) for i in order),
                              tuple(result.timings_ms.items()), bool(result.rebuilt))
@@ -332,6 +358,7 @@ class IndexWriter:
     def publish(self) -> None:
         """Refresh the read-only snapshot and, if configured, the publish folder."""
         self.catalog.publish_snapshot()
+        failpoint("mid_publish")
         if self.config.publish_dir is not None:
             from indexer.publish import export
 
