@@ -161,3 +161,28 @@ def test_sigkill_mid_backfill_then_resume(ecosystem, tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     _consistent(catalog, tmp_path, SIM_MODELS)
+
+
+def test_estimates_refresh_on_insert(ecosystem, tmp_path):
+    """Scores known for some models → every unscored model gets an estimate with an interval,
+    naming the tree snapshot it was computed at, within the same update that indexed it."""
+    import numpy as np
+
+    catalog = tmp_path / "c.duckdb"
+    assert run_cli("init", "--catalog", str(catalog), cwd=tmp_path).returncode == 0
+    ids = sorted(json.loads((p / ".hub.json").read_text())["created_at"] + " " + f"{p.parent.name}/{p.name}"
+                 for o in ecosystem.iterdir() if o.is_dir() for p in o.iterdir() if p.is_dir())
+    ids = [s.split(" ")[1] for s in ids]
+    scored = ids[::2]  # every other model has a measured (synthetic, test-only) score
+    rng = np.random.default_rng(0)
+    rows = "\n".join(f"{m},arc,{rng.uniform(0.2, 0.8):.3f},test" for m in scored)
+    (tmp_path / "s.csv").write_text("model_id,benchmark,value,source\n" + rows + "\n")
+    assert run_cli("scores", "import", "s.csv", "--catalog", str(catalog), cwd=tmp_path).returncode == 0
+    r = _backfill(ecosystem, catalog, tmp_path)
+    assert r.returncode == 0, r.stderr
+    est = _sql(catalog, "select e.model_id, e.estimate, e.low, e.high, e.method, e.snapshot, t.inserted_model "
+                        "from estimates e join tree_snapshots t on t.snapshot_id = e.snapshot", tmp_path)
+    unscored = set(ids) - set(scored)
+    assert {e["model_id"] for e in est} == unscored
+    for e in est:
+        assert e["low"] <= e["estimate"] <= e["high"] and e["method"]
