@@ -65,11 +65,13 @@ def register(app: typer.Typer) -> None:
         Streaming by default (a poll every --interval seconds, until stopped); --once runs a
         single bounded cycle. Only one job may write a catalog at a time.
         """
-        from pipelines.run import run_watch
-
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
                          samples=samples, publish_dir=publish_dir, interval=interval, author=author)
         with job(s) as url:
+            # Beam is imported only once the input is valid and the lock held: its import-time
+            # warnings must not precede a refusal's one-line message.
+            from pipelines.run import run_watch
+
             out.print(f"watching {url} every {s.interval:g}s → {s.catalog}" if not once else f"polling {url} once")
             run_watch(job_config(s, url), interval=s.interval, once=once, duration=duration,
                       runner_args=ctx.args)
@@ -84,8 +86,6 @@ def register(app: typer.Typer) -> None:
                  since: Annotated[str | None, typer.Option("--since", help="Only models created on/after (YYYY-MM-DD).")] = None,
                  limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N models (oldest first).")] = None) -> None:
         """Index existing models, oldest upload first, each inserted incrementally (bounded job)."""
-        from pipelines.run import run_backfill
-
         # Unknown --options land among the positional ids: everything from the first one on
         # is a Beam pipeline option (model ids never start with '-').
         given = list(model_ids or ())
@@ -96,6 +96,8 @@ def register(app: typer.Typer) -> None:
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
                          samples=samples, publish_dir=publish_dir, author=author)
         with job(s) as url:
+            from pipelines.run import run_backfill  # after validation and the lock (see watch)
+
             run_backfill(job_config(s, url, since=since_dt, limit=limit, model_ids=ids), runner_args=runner_args)
 
     @app.command()
@@ -106,10 +108,11 @@ def register(app: typer.Typer) -> None:
         """Probe one model now and insert it into the index (a no-op if already indexed)."""
         from indexer.service import IndexWriter, ListStep, ProbeStep
 
+        model_id = check_id(model_id)  # before the lock: a refused id leaves nothing on disk
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
                          samples=samples, publish_dir=publish_dir)
         with job(s) as url:
-            cfg = job_config(s, url, model_ids=(check_id(model_id),))
+            cfg = job_config(s, url, model_ids=(model_id,))
             listed = ListStep(cfg)()
             writer = IndexWriter(cfg)
             try:
