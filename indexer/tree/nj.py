@@ -5,10 +5,12 @@ row sums over the m active nodes. The result is exactly the canonical algorithm'
 go to the first pair in row-major order of the active slots); only the search for the
 minimum is faster. As in RapidNJ (Simonsen, Mailund & Pedersen, 2008) it rests on two
 facts: distances between surviving nodes never change, and
-Q_ij >= (m-2) D_ij - r_i - max(r). Each row keeps its K smallest entries and the K-th
+Q_ij >= (m-2) (D_ij - max_j u_j) - r_i. Each row keeps its K smallest keys and the K-th
 value t_i; a step evaluates Q on those m*K candidates, then scans in full only the rows
 whose bound (m-2) t_i - r_i - max(r) does not exceed the best candidate (usually a few),
-refreshing their candidates. Worst case O(n^3) like plain NJ, in practice close to
+refreshing their candidates. Keys are taken as d_ij - u_j with u_j = r_j / (m-2) frozen at
+the last re-keying (the bound allows for how far u has drifted since), which keeps the bound
+tight when average distances differ a lot between rows. Worst case O(n^3) like plain NJ, in practice close to
 O(n^2 K); memory O(n^2). Negative branch lengths are set to 0, as is customary.
 """
 from __future__ import annotations
@@ -71,12 +73,17 @@ def _nj_core(d: np.ndarray, tree: Tree, node: np.ndarray, exhaustive: bool = Fal
     k_cand = _CANDIDATES
     cand = np.full((m, k_cand), -1, dtype=np.int64)
     thresh = np.full(m, np.inf)
+    snap = np.zeros(m)  # u_j = r_j / (m - 2) when the candidate keys were computed
     use_bound = not exhaustive and m > _EXHAUSTIVE_BELOW
     if use_bound:
-        _refresh(d, m, np.arange(m), cand, thresh)
+        snap[:m] = r[:m] / (m - 2)
+        _refresh(d, m, np.arange(m), cand, thresh, snap)
     while m > 3:
         if use_bound and m > _EXHAUSTIVE_BELOW:
-            i, j = _argmin_q_bounded(d, r, m, cand, thresh)
+            i, j, n_flagged = _argmin_q_bounded(d, r, m, cand, thresh, snap)
+            if n_flagged > m // 8:  # keys have drifted: re-key every row at today's u
+                snap[:m] = r[:m] / (m - 2)
+                _refresh(d, m, np.arange(m), cand, thresh, snap)
         else:
             i, j = _argmin_q(d, r, m)
         dij = d[i, j]
@@ -106,10 +113,12 @@ def _nj_core(d: np.ndarray, tree: Tree, node: np.ndarray, exhaustive: bool = Fal
             if j != last:
                 cand[j] = cand[last]
                 thresh[j] = thresh[last]
+                snap[j] = snap[last]
             live = cand[: m - 1]
             live[live == last] = j
             if m - 1 > _EXHAUSTIVE_BELOW:
-                _refresh(d, m - 1, np.array([i]), cand, thresh)
+                snap[i] = r[i] / (m - 3)
+                _refresh(d, m - 1, np.array([i]), cand, thresh, snap)
         m -= 1
     a, b, c = 0, 1, 2
     root = tree.add_node()
@@ -120,20 +129,25 @@ def _nj_core(d: np.ndarray, tree: Tree, node: np.ndarray, exhaustive: bool = Fal
 
 
 def _refresh(d: np.ndarray, m: int, rows: np.ndarray, cand: np.ndarray, thresh: np.ndarray,
-             full: np.ndarray | None = None) -> None:
-    """Recompute the K smallest live entries of ``rows`` and their bound t (K-th value)."""
+             snap: np.ndarray, full: np.ndarray | None = None) -> None:
+    """Re-key ``rows``: keep the K columns of smallest key d_ij - snap_j, and t_i = the
+    K-th key (every other live column has a key >= t_i)."""
     k = cand.shape[1]
     if full is None:
         full = d[rows, :m].copy()
         full[np.arange(len(rows)), rows] = np.inf
-    part = np.argpartition(full, k - 1, axis=1)[:, :k]
+    key = full - snap[:m]
+    part = np.argpartition(key, k - 1, axis=1)[:, :k]
     cand[rows] = part
-    thresh[rows] = np.take_along_axis(full, part, axis=1).max(axis=1)
+    thresh[rows] = np.take_along_axis(key, part, axis=1).max(axis=1)
 
 
 def _argmin_q_bounded(d: np.ndarray, r: np.ndarray, m: int, cand: np.ndarray,
-                      thresh: np.ndarray) -> tuple[int, int]:
-    """The exhaustive scan's answer, from the candidates plus full scans of unbounded rows."""
+                      thresh: np.ndarray, snap: np.ndarray) -> tuple[int, int, int]:
+    """The exhaustive scan's answer, from the candidates plus full scans of unbounded rows.
+
+    For a column j outside row i's candidates, d_ij - snap_j >= t_i, and u_j = r_j/(m-2)
+    has drifted from snap_j by at most ``drift``, so Q_ij >= (m-2)(t_i - drift) - r_i."""
     scale = float(m - 2)
     rr = r[:m]
     c = cand[:m]
@@ -143,7 +157,9 @@ def _argmin_q_bounded(d: np.ndarray, r: np.ndarray, m: int, cand: np.ndarray,
     q = scale * d[rows[:, None], cc] - rr[:, None] - rr[cc]
     q[dead] = np.inf
     best = q.min()
-    bound = scale * thresh[:m] - rr - rr.max()
+    drift = float(np.max(rr / scale - snap[:m]))
+    bound = scale * (thresh[:m] - drift) - rr
+    bound -= 1e-9 * (np.abs(bound) + 1.0)  # rounding margin: never prune a true minimum
     flagged = np.flatnonzero(bound <= best)
     pairs: list[tuple[int, int]] = []
     if flagged.size:
@@ -153,10 +169,12 @@ def _argmin_q_bounded(d: np.ndarray, r: np.ndarray, m: int, cand: np.ndarray,
         best = min(best, qf.min())
         fi, fj = np.nonzero(qf == best)
         pairs += list(zip(flagged[fi].tolist(), fj.tolist()))
-        _refresh(d, m, flagged, cand, thresh, full)
+        if flagged.size <= m // 8:
+            _refresh(d, m, flagged, cand, thresh, snap, full)
     ci, ck = np.nonzero(q == best)
     pairs += list(zip(ci.tolist(), c[ci, ck].tolist()))
-    return min((min(a, b), max(a, b)) for a, b in pairs)
+    i, j = min((min(a, b), max(a, b)) for a, b in pairs)
+    return i, j, int(flagged.size)
 
 
 def _argmin_q(d: np.ndarray, r: np.ndarray, m: int) -> tuple[int, int]:
