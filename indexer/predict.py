@@ -2,18 +2,25 @@
 
 A model that nobody has evaluated still has a row of the distance matrix D: its distances
 to every indexed model. PhyloLM (Yax et al. 2024, section 5) shows that benchmark scores
-are predictable from that row. Two predictors share one interface:
+are predictable from that row. Three predictors share one interface:
 
 * ``PaperICA`` -- the paper's baseline as its authors' code runs it: FastICA with 15
   components (``random_state=42``) fitted on the rows of D restricted to the training
   models (features are distances to training models), then one linear unit with a sigmoid
   output trained by full-batch Adam (lr 1e-3, weight decay 0.01, 1000 epochs, MSE,
   Xavier-uniform initialisation).
-* ``KinshipEnsemble`` -- this project's predictor: on the logit of the score, the average
+* ``KinshipEnsemble`` -- this project's first predictor: on the logit of the score, the average
   of three learners on the same features, kernel ridge regression (RBF on distance rows),
   linear ridge regression, and a similarity-weighted k-nearest-relatives mean. Each
   learner's hyper-parameters are chosen by an inner leave-one-group-out cross-validation
   run on the training models only.
+* ``KinshipStack`` -- the default: per benchmark, the same kind of tuned ensemble but with
+  features that also include the distances to unscored indexed models (transductive in
+  the features, never in the labels), then cross-benchmark stacking: each benchmark's
+  estimate combines the out-of-group predictions of every benchmark, with weights shrunk
+  toward its own by an amount chosen in an inner cross-validation. The six leaderboard
+  benchmarks share one capability axis, so a weakly predictable benchmark (TruthfulQA)
+  borrows strength from well predicted ones (MMLU, GSM8K).
 
 Every estimate carries a 90% interval: the estimate plus or minus the conformal quantile
 (the ceil((1-a)(n+1))-th smallest value) of the absolute residuals of the inner
@@ -25,7 +32,8 @@ not hold exactly; ``validate`` measures the coverage actually obtained.
 set: the fitted predictor of a benchmark depends only on D restricted to the models that
 have that score, so inserting an unscored model costs one O(n) prediction per benchmark
 and leaves every other estimate unchanged. A refit happens only when the scored set
-changes (see ``EstimateCache``).
+changes (see ``EstimateCache``). ``KinshipStack`` keeps one fit for all benchmarks over the
+models indexed at fit time; a later unscored model is estimated from its distances to them.
 
 No I/O happens here.
 """
@@ -269,7 +277,7 @@ _KNN_GRID = (2, 3, 5)
 
 
 class KinshipEnsemble:
-    """This project's predictor: tuned kernel ridge + ridge + nearest relatives, on logits.
+    """This project's first predictor: tuned kernel ridge + ridge + nearest relatives, on logits.
 
     Fit cost: for each candidate hyper-parameter, one leave-one-group-out pass, i.e.
     O(|grid| * G * n^3) with G groups (n^3 from the kernel solves); predicting a row is O(n).
@@ -311,14 +319,232 @@ class KinshipEnsemble:
         return FittedPredictor(self.method, y.size, half, self.coverage, chosen, predict)
 
 
+# ---------------------------------------------------------------------------------------
+# joint predictor: all benchmarks at once, features = distances to every indexed model
+# ---------------------------------------------------------------------------------------
+# A member learner sees the training models' rows of distances to all n reference models
+# (x: n_train x n), their positions among the references (rows) and the logit targets z;
+# it returns a function of new rows of distances to the n references.
+Member = Callable[[np.ndarray, np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
+_STACK_KRR_GRID = tuple((g, a) for g in (0.25, 0.8, 2.5) for a in (0.03, 0.1, 0.3)
+                        if (g, a) != (0.25, 0.3))
+_STACK_RIDGE_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+_STACK_LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def _scored_columns(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Features: distances to the training models themselves (as KinshipEnsemble)."""
+    return x[:, rows]
+
+
+def _all_columns(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Features: distances to every reference model, scored or not. Transductive in the
+    features only: an unscored model contributes its distances, never a score."""
+    return x
+
+
+def _all_similarities(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Features: similarities exp(-d) to every reference model (close kin weigh more)."""
+    return np.exp(-x)
+
+
+def _member(learner: Learner, features: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Member:
+    def fit(x: np.ndarray, rows: np.ndarray, z: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        f = learner(features(x, rows), z)
+        return lambda xn: f(features(xn, rows))
+
+    return fit
+
+
+def _grid_oof(kind: str, features: Callable[[np.ndarray, np.ndarray], np.ndarray], grid: Sequence,
+              x: np.ndarray, rows: np.ndarray, z: np.ndarray,
+              folds: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Out-of-group logit predictions of a learner for every grid point and training model.
+
+    The same numbers as fitting ``_kernel_ridge(*p)`` / ``_ridge(p)`` on each fold, but the
+    per-fold distances (kernel) or Gram matrix (ridge) are computed once for the whole
+    grid: O(G * (n_s^2 p + |grid| n_s^3)).
+    """
+    out = [np.empty_like(z) for _ in grid]
+    for tr, te in folds:
+        ftr, fte = features(x[tr], rows[tr]), features(x[te], rows[tr])
+        ztr = z[tr]
+        mean = ztr.mean()
+        if kind == "kernel_ridge":
+            p = ftr.shape[1]
+            sq_tr, sq_te = _sq_dists(ftr, ftr), _sq_dists(fte, ftr)
+            for i, (gamma, alpha) in enumerate(grid):
+                k = np.exp(-(gamma / p) * sq_tr)
+                k[np.diag_indices_from(k)] += alpha
+                out[i][te] = np.exp(-(gamma / p) * sq_te) @ np.linalg.solve(k, ztr - mean) + mean
+        else:  # linear ridge, dual form
+            mu = ftr.mean(0)
+            xc, xt = ftr - mu, fte - mu
+            gram, cross = xc @ xc.T, xt @ xc.T
+            for i, alpha in enumerate(grid):
+                g = gram.copy()
+                g[np.diag_indices_from(g)] += alpha
+                out[i][te] = cross @ np.linalg.solve(g, ztr - mean) + mean
+    return out
+
+
+def _shrunk_stack(f: np.ndarray, z: np.ndarray, j: int, lam: float) -> np.ndarray:
+    """Cross-benchmark stacking weights shrunk toward the direct prediction.
+
+    Minimises ||z - b - F w||^2 + lam * n * var(F_j) * ||w - e_j||^2 over w and a free
+    intercept b: lam -> infinity gives the benchmark's own base prediction, lam -> 0 the
+    least-squares combination of all benchmarks' predictions (Breiman & Friedman 1997,
+    "curds and whey", predict each response from the others' fitted values). Returns
+    (w, b) stacked; O(n m^2 + m^3).
+    """
+    fm = f.mean(0)
+    zm = z.mean()
+    fc = f - fm
+    n, m = f.shape
+    pen = lam * n * max(float(np.var(f[:, j])), 1e-12)
+    e = np.zeros(m)
+    e[j] = 1.0
+    w = np.linalg.solve(fc.T @ fc + pen * np.eye(m), fc.T @ (z - zm) + pen * e)
+    return np.append(w, zm - fm @ w)
+
+
+@dataclass(frozen=True)
+class JointFit:
+    """Fitted predictors of every benchmark that had enough scores, over one reference set.
+
+    ``anchors`` are the positions (in the fitting matrix) of the reference models whose
+    distances the predictors take, in that order.
+    """
+
+    anchors: np.ndarray
+    fitted: Mapping[int, FittedPredictor]
+
+
+class KinshipStack:
+    """This project's default predictor: multi-benchmark stacking on kinship features.
+
+    For each benchmark (logit of the score), a base prediction averages three learners:
+    kernel ridge on distances to the scored training models, kernel ridge on distances to
+    every indexed model (scored or not: transductive features, never labels), and linear
+    ridge on similarities exp(-d) to every indexed model; each learner's hyper-parameters
+    are chosen by inner leave-one-group-out cross-validation on the training models. The
+    benchmarks are strongly correlated (one general-capability axis), so each benchmark's
+    final estimate combines the out-of-group base predictions of all benchmarks with
+    weights shrunk toward its own (``_shrunk_stack``); the shrinkage is chosen by a second
+    leave-one-group-out pass over those out-of-group predictions. The 90% interval is the
+    conformal quantile of the stacked out-of-group residuals.
+
+    Fit cost: O(m * G * (n_s^2 * n + |grid| * n_s^3)) for m benchmarks, G groups, n_s scored
+    and n reference models; predicting one model is O(m * n_s * n).
+    """
+
+    method = "kinship-stack"
+    joint = True  # fits every benchmark at once: see ``fit_joint``
+
+    def __init__(self, coverage: float = DEFAULT_COVERAGE) -> None:
+        self.coverage = coverage
+
+    def _members(self, d: np.ndarray) -> list[tuple[str, str, Sequence, Callable]]:
+        # ridge on similarities: the penalty grid is in distance units, rescaled by the
+        # ratio of second moments so one grid serves both feature maps
+        s_scale = float(np.mean(np.exp(-d) ** 2) / max(float(np.mean(d ** 2)), 1e-12))
+        return [
+            ("kernel_ridge_scored", "kernel_ridge", _STACK_KRR_GRID, _scored_columns),
+            ("kernel_ridge_all", "kernel_ridge", _STACK_KRR_GRID, _all_columns),
+            ("ridge_similarity_all", "ridge", tuple(a * s_scale for a in _STACK_RIDGE_GRID),
+             _all_similarities),
+        ]
+
+    def fit_joint(self, d: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> JointFit:
+        """Fit on D among n reference models (n x n), scores n x m (NaN = unscored), groups (n,).
+
+        Every benchmark with at least 3 scores gets a ``FittedPredictor`` whose ``predict``
+        takes distances to the n reference models (``n_train`` is then n).
+        """
+        d = np.asarray(d, dtype=float)
+        scores = np.atleast_2d(np.asarray(scores, dtype=float))
+        groups = np.asarray(groups)
+        n = d.shape[0]
+        if d.shape != (n, n) or scores.shape[0] != n or groups.shape != (n,):
+            raise ValueError(f"need an n x n distance matrix, n score rows and n groups; got "
+                             f"{d.shape}, {scores.shape}, {groups.shape}")
+        if not np.all(np.isfinite(d)):
+            raise ValueError("distances must be finite")
+        ok = np.isfinite(scores)
+        if np.any((scores[ok] < 0) | (scores[ok] > 1)):
+            raise ValueError("scores must be fractions in [0, 1]")
+        benches = [k for k in range(scores.shape[1]) if ok[:, k].sum() >= 3]
+        members = self._members(d)
+        # base level: per benchmark, tuned members; out-of-group logits for scored rows
+        base_fits: dict[int, list[Callable[[np.ndarray], np.ndarray]]] = {}
+        base_oof: dict[int, np.ndarray] = {}
+        chosen: dict[int, dict[str, object]] = {}
+        for k in benches:
+            rows = np.flatnonzero(ok[:, k])
+            x, z = d[rows], _logit(scores[rows, k])
+            folds = leave_one_group_out(groups[rows])
+            fits, oofs, params = [], [], {}
+            for name, kind, grid, features in members:
+                preds = _grid_oof(kind, features, grid, x, rows, z, folds)
+                mses = [float(np.mean((_sigmoid(p) - scores[rows, k]) ** 2)) for p in preds]
+                best = int(np.argmin(mses))  # first of equals: the grid's order breaks ties
+                params[name] = grid[best]
+                learner = _kernel_ridge(*grid[best]) if kind == "kernel_ridge" else _ridge(grid[best])
+                fits.append(_member(learner, features)(x, rows, z))
+                oofs.append(preds[best])
+            base_fits[k] = fits
+            base_oof[k] = np.mean(oofs, axis=0)
+            chosen[k] = params
+
+        def base_logits(xn: np.ndarray) -> np.ndarray:
+            return np.column_stack([np.mean([f(xn) for f in base_fits[k]], axis=0) for k in benches])
+
+        # stacking features of every reference row: out-of-group where the row is scored
+        # for that benchmark, else the full fit's prediction (it was not trained on it)
+        feats = base_logits(d)
+        for c, k in enumerate(benches):
+            feats[ok[:, k], c] = base_oof[k]
+        fitted: dict[int, FittedPredictor] = {}
+        for c, k in enumerate(benches):
+            rows = np.flatnonzero(ok[:, k])
+            f, y, z = feats[rows], scores[rows, k], _logit(scores[rows, k])
+            folds = leave_one_group_out(groups[rows])
+            best = None
+            for lam in _STACK_LAMBDAS:
+                pred = np.empty_like(z)
+                for tr, te in folds:
+                    wb = _shrunk_stack(f[tr], z[tr], c, lam)
+                    pred[te] = f[te] @ wb[:-1] + wb[-1]
+                mse = float(np.mean((_sigmoid(pred) - y) ** 2))
+                if best is None or mse < best[0]:
+                    best = (mse, lam, pred)
+            assert best is not None
+            half = conformal_quantile(y - _sigmoid(best[2]), self.coverage)
+            wb = _shrunk_stack(f, z, c, best[1])
+            predict = lambda xn, wb=wb: _sigmoid(base_logits(xn) @ wb[:-1] + wb[-1])  # noqa: E731
+            params = dict(chosen[k])
+            params["stack_shrinkage"] = best[1]
+            params["stack_weights"] = {str(kk): float(w) for kk, w in zip(benches, wb[:-1])}
+            fitted[k] = FittedPredictor(self.method, n, half, self.coverage, params, predict)
+        return JointFit(np.arange(n), fitted)
+
+    def fit(self, d: np.ndarray, y: np.ndarray, groups: np.ndarray) -> FittedPredictor:
+        """One benchmark alone (no other benchmark to stack with): the base ensemble."""
+        d, y, groups = _check_fit_inputs(d, y, groups)
+        return self.fit_joint(d, y[:, None], groups).fitted[0]
+
+
 PREDICTORS: dict[str, Callable[[], object]] = {
     PaperICA.method: PaperICA,
     KinshipEnsemble.method: KinshipEnsemble,
+    KinshipStack.method: KinshipStack,
 }
+DEFAULT_METHOD = KinshipStack.method
 
 
 def get_predictor(method: str):
-    """A predictor by its method name (``paper-ica15-linear`` or ``kinship-ensemble``)."""
+    """A predictor by its method name (``paper-ica15-linear``, ``kinship-ensemble``, ``kinship-stack``)."""
     try:
         return PREDICTORS[method]()
     except KeyError:
@@ -381,9 +607,42 @@ def leave_one_family_out(D: np.ndarray, y: np.ndarray, families: Sequence[str], 
     return {"index": keep, "truth": truth, "estimate": est, "low": low, "high": high}
 
 
+def leave_one_family_out_joint(D: np.ndarray, scores: np.ndarray, families: Sequence[str],
+                               predictor) -> list[dict[str, np.ndarray]]:
+    """``leave_one_family_out`` for a joint predictor (``fit_joint``), every benchmark at once.
+
+    Each family in turn has ALL its scores hidden (every benchmark: its other scores would
+    otherwise leak through the cross-benchmark stacking). The predictor is fitted on the
+    whole matrix D (the held-out models' distances are known at prediction time, as they
+    are for any newly indexed model; only their scores are hidden), with the families as
+    inner CV groups, and predicts the hidden family. One result per score column, in the
+    format of ``leave_one_family_out``.
+    """
+    D = np.asarray(D, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    fam = np.asarray(families)
+    pred = np.full(scores.shape + (3,), np.nan)
+    scored_families = np.unique(fam[np.isfinite(scores).any(1)])
+    for family in scored_families:
+        held = fam == family
+        hidden = scores.copy()
+        hidden[held] = np.nan
+        joint = predictor.fit_joint(D, hidden, fam)
+        for j, fitted in joint.fitted.items():
+            e, lo, hi = fitted.predict(D[np.ix_(np.flatnonzero(held), joint.anchors)])
+            pred[held, j] = np.column_stack([e, lo, hi])
+    out = []
+    for j in range(scores.shape[1]):
+        keep = np.flatnonzero(np.isfinite(scores[:, j]))
+        out.append({"index": keep, "truth": scores[keep, j], "estimate": pred[keep, j, 0],
+                    "low": pred[keep, j, 1], "high": pred[keep, j, 2]})
+    return out
+
+
 def validate(D: np.ndarray, scores: np.ndarray, families: Sequence[str],
              benchmarks: Sequence[str] = BENCHMARKS,
-             methods: Sequence[str] = (PaperICA.method, KinshipEnsemble.method)) -> dict:
+             methods: Sequence[str] = (PaperICA.method, KinshipEnsemble.method, KinshipStack.method)
+             ) -> dict:
     """Leave-one-family-out validation of each method on each benchmark.
 
     ``scores`` is n x len(benchmarks) with NaN where a model has no score. Returns, per
@@ -399,8 +658,10 @@ def validate(D: np.ndarray, scores: np.ndarray, families: Sequence[str],
         predictor = get_predictor(method)
         rows = {}
         inside = total = 0
+        joint = (leave_one_family_out_joint(D, scores, families, predictor)
+                 if getattr(predictor, "joint", False) else None)
         for j, bench in enumerate(benchmarks):
-            res = leave_one_family_out(D, scores[:, j], families, predictor)
+            res = joint[j] if joint is not None else leave_one_family_out(D, scores[:, j], families, predictor)
             t, e = res["truth"], res["estimate"]
             hit = (res["low"] <= t) & (t <= res["high"])
             inside += int(hit.sum())
@@ -432,7 +693,8 @@ class EstimateCache:
     """
 
     refit_fraction: float = 0.0
-    fits: dict[tuple[str, str], tuple[tuple[str, ...], tuple[float, ...], FittedPredictor]] = field(
+    # per-benchmark methods store a FittedPredictor; joint ones (anchor ids, {bench: fit})
+    fits: dict[tuple[str, str], tuple[tuple[str, ...], tuple[float, ...], object]] = field(
         default_factory=dict)
     n_fits: int = 0
 
@@ -460,7 +722,7 @@ class EstimateCache:
 def refresh_estimates(D: np.ndarray, ids: Sequence[str],
                       scores: Mapping[tuple[str, str], float],
                       changed: set[str] | None = None, snapshot: int | None = None,
-                      model: str = KinshipEnsemble.method,
+                      model: str = DEFAULT_METHOD,
                       groups: Mapping[str, str] | None = None,
                       benchmarks: Sequence[str] | None = None,
                       cache: EstimateCache | None = None) -> list[Estimate]:
@@ -472,7 +734,9 @@ def refresh_estimates(D: np.ndarray, ids: Sequence[str],
     only ones that change, because a fit depends on the scored models alone, unless the
     cache had to refit, in which case every unscored model of that benchmark is returned).
     CV groups: ``groups`` (model id -> family/author) when given, else clades of D.
-    Cost per insert with a warm cache: O(n) per benchmark.
+    Cost per insert with a warm cache: O(n) per benchmark for the per-benchmark methods,
+    O(m * n_s * n) for ``kinship-stack`` (its features are distances to the n models indexed
+    when it was fitted, so an unscored insert needs no refit either).
     """
     D = np.asarray(D, dtype=float)
     ids = list(ids)
@@ -485,6 +749,9 @@ def refresh_estimates(D: np.ndarray, ids: Sequence[str],
     benches = list(benchmarks) if benchmarks is not None else sorted({b for _, b in scores})
     predictor = get_predictor(model)
     cache = cache if cache is not None else EstimateCache()
+    if getattr(predictor, "joint", False):
+        return _refresh_joint(D, ids, pos, scores, changed, snapshot, model, predictor, groups,
+                              benches, cache)
     out: list[Estimate] = []
     for bench in benches:
         scored = sorted((m for (m, b) in scores if b == bench and m in pos), key=pos.__getitem__)
@@ -517,4 +784,54 @@ def refresh_estimates(D: np.ndarray, ids: Sequence[str],
         for m, e, lo, hi in zip(targets, est, low, high):
             out.append(Estimate(model_id=m, benchmark=bench, estimate=float(e), low=float(lo),
                                 high=float(hi), method=fitted.method, snapshot=snapshot))
+    return out
+
+
+_JOINT = "*"  # the cache slot of a joint predictor: one fit serves every benchmark
+
+
+def _refresh_joint(D: np.ndarray, ids: list[str], pos: dict[str, int],
+                   scores: Mapping[tuple[str, str], float], changed: set[str] | None,
+                   snapshot: int | None, model: str, predictor, groups: Mapping[str, str] | None,
+                   benches: list[str], cache: EstimateCache) -> list[Estimate]:
+    """``refresh_estimates`` for a joint predictor: one fit over every benchmark.
+
+    The fit's reference models (anchors) are every model indexed at fit time; the cache
+    key is the set of (model, benchmark) scores, so an unscored insert reuses the fit and
+    costs one prediction from the new model's distances to the anchors.
+    """
+    keys = sorted(((m, b) for (m, b) in scores if m in pos and b in benches),
+                  key=lambda k: (pos[k[0]], k[1]))
+    score_ids = tuple(f"{m}\t{b}" for m, b in keys)
+    y = tuple(float(scores[k]) for k in keys)
+    hit = cache.get(model, _JOINT, score_ids, y)
+    if hit is not None and not all(a in pos for a in hit[1][0]):
+        hit = None  # a reference model left the index: its distances are gone
+    refitted = hit is None
+    if hit is None:
+        matrix = np.full((len(ids), len(benches)), np.nan)
+        col = {b: j for j, b in enumerate(benches)}
+        for (m, b), v in zip(keys, y):
+            matrix[pos[m], col[b]] = v
+        g = (np.array([groups.get(m, m) for m in ids]) if groups is not None
+             else cluster_groups(D))
+        joint = predictor.fit_joint(D, matrix, g)
+        anchors = tuple(ids[i] for i in joint.anchors)
+        fitted = {benches[j]: f for j, f in joint.fitted.items()}
+        cache.put(model, _JOINT, score_ids, y, (anchors, fitted))
+    else:
+        anchors, fitted = hit[1]
+    scored = {(m, b) for m, b in keys}
+    cols = np.array([pos[a] for a in anchors])
+    out: list[Estimate] = []
+    for bench, fit in fitted.items():
+        targets = [m for m in ids if (m, bench) not in scored
+                   and (refitted or changed is None or m in changed)]
+        if not targets:
+            continue
+        rows = np.array([pos[m] for m in targets])
+        est, low, high = fit.predict(D[np.ix_(rows, cols)])
+        for m, e, lo, hi in zip(targets, est, low, high):
+            out.append(Estimate(model_id=m, benchmark=bench, estimate=float(e), low=float(lo),
+                                high=float(hi), method=fit.method, snapshot=snapshot))
     return out
