@@ -475,6 +475,8 @@ class KinshipStack:
         if np.any((scores[ok] < 0) | (scores[ok] > 1)):
             raise ValueError("scores must be fractions in [0, 1]")
         benches = [k for k in range(scores.shape[1]) if ok[:, k].sum() >= 3]
+        if not benches:
+            return JointFit(np.arange(n), {})
         members = self._members(d)
         # base level: per benchmark, tuned members; out-of-group logits for scored rows
         base_fits: dict[int, list[Callable[[np.ndarray], np.ndarray]]] = {}

@@ -76,17 +76,18 @@ def test_refresh_on_insert_predicts_only_the_new_model_without_refit():
     ids, d, score = _toy()
     scores = {(m, "arc"): float(s) for m, s in zip(ids[:20], score[:20])}
     cache = EstimateCache()
-    first = refresh_estimates(d[:29, :29], ids[:29], scores, snapshot=1, cache=cache)
+    method = "kinship-ensemble"
+    first = refresh_estimates(d[:29, :29], ids[:29], scores, snapshot=1, cache=cache, model=method)
     assert {e.model_id for e in first} == set(ids[20:29]) and cache.n_fits == 1
-    new = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=2, cache=cache)
+    new = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=2, cache=cache, model=method)
     assert [e.model_id for e in new] == [ids[29]] and cache.n_fits == 1  # O(n): no refit
     assert new[0].snapshot == 2 and new[0].method == "kinship-ensemble"
     # the same estimate as a cold full refresh
-    cold = {e.model_id: e for e in refresh_estimates(d, ids, scores, snapshot=2)}
+    cold = {e.model_id: e for e in refresh_estimates(d, ids, scores, snapshot=2, model=method)}
     assert new[0].estimate == pytest.approx(cold[ids[29]].estimate)
     # a new score invalidates the fit, and every unscored model is refreshed
     scores[(ids[20], "arc")] = float(score[20])
-    again = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=3, cache=cache)
+    again = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=3, cache=cache, model=method)
     assert cache.n_fits == 2 and {e.model_id for e in again} == set(ids[21:])
 
 
@@ -101,5 +102,6 @@ def test_refresh_rejects_bad_input():
 
 def test_get_predictor_names():
     assert isinstance(predict.get_predictor("paper-ica15-linear"), PaperICA)
+    assert predict.get_predictor(predict.DEFAULT_METHOD).method == "kinship-stack"
     with pytest.raises(ValueError, match="unknown estimate method"):
         predict.get_predictor("nope")
