@@ -95,7 +95,7 @@ def test_joint_refresh_on_insert_predicts_only_the_new_model_without_refit():
     ids, d, ability = _toy()
     scores = {(m, "arc"): float(a) for m, a in zip(ids[:20], ability[:20])}
     scores.update({(m, "mmlu"): float(0.8 * a) for m, a in zip(ids[:16], ability[:16])})
-    cache = EstimateCache()
+    cache = EstimateCache(anchor_refit_fraction=0.1)  # up to 2 non-anchor models: no refit
     first = refresh_estimates(d[:29, :29], ids[:29], scores, snapshot=1, cache=cache)
     assert cache.n_fits == 1  # one joint fit serves both benchmarks
     assert {(e.model_id, e.benchmark) for e in first} == (
@@ -123,3 +123,17 @@ def test_joint_fit_rejects_bad_input(paper):
         KinshipStack().fit_joint(pm.distance, y * 100, np.array(pm.families))
     with pytest.raises(ValueError):
         KinshipStack().fit_joint(pm.distance[:5], y, np.array(pm.families))
+
+
+def test_joint_refresh_by_default_refits_so_a_new_model_is_an_anchor():
+    """The validated protocol: the estimated model's distances are part of the features."""
+    ids, d, ability = _toy()
+    scores = {(m, "arc"): float(a) for m, a in zip(ids[:20], ability[:20])}
+    cache = EstimateCache()
+    refresh_estimates(d[:29, :29], ids[:29], scores, snapshot=1, cache=cache)
+    new = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=2, cache=cache)
+    assert cache.n_fits == 2 and {e.model_id for e in new} == set(ids[20:])
+    cold = {e.model_id: e.estimate for e in refresh_estimates(d, ids, scores, snapshot=2)}
+    assert all(e.estimate == pytest.approx(cold[e.model_id]) for e in new)
+    refresh_estimates(d, ids, scores, changed=set(), cache=cache)  # nothing new: reused
+    assert cache.n_fits == 2
