@@ -215,6 +215,16 @@ class ProbeStep:
             self._prober = get_prober(self.config.backend, **dict(self.config.backend_options))
         return self._prober
 
+    def _engine(self) -> Prober:
+        """The prober, or a ``PhylolmError`` that stops the job: an engine that cannot start
+        (unknown or uninstalled backend, no such device) is no fault of the model, and recording
+        it as the model's final status would lose every model of the run."""
+        try:
+            return self.prober
+        except Exception as e:
+            raise PhylolmError(f"backend {self.config.backend!r} cannot start: "
+                               f"{self.scrub(' '.join(str(e).split()))[:300]}") from None
+
     def _cache_file(self, model: ModelRecord) -> Path:
         return self.config.cache_dir / "probes" / f"{probe_id_for(model, self.config, self.genome.hash)}.json"
 
@@ -228,6 +238,7 @@ class ProbeStep:
                                     ProbeRecord.model_validate_json(cached.read_text("utf-8")))
             except ValueError:
                 cached.unlink(missing_ok=True)  # a torn write: probe again
+        prober = self._engine()
         try:
             path = None
             if self.config.backend != "openai":
@@ -235,7 +246,7 @@ class ProbeStep:
                 if path is None:
                     return ProbeOutcome(model)
             source = ModelSource(model.id, model.revision, Path(path) if path else None)
-            record = self.prober.probe(source, self.genome, self.config.params)
+            record = prober.probe(source, self.genome, self.config.params)
         except ProbeError as e:
             status = ModelStatus.skipped if e.skip else ModelStatus.failed
             return ProbeOutcome(_with(model, status, self.scrub(str(e))[:500]))

@@ -326,3 +326,23 @@ def test_simulated_backend_crash_is_recorded(tmp_path):
     assert got[ids[2]][0] == "failed" and "invalid probabilities" in got[ids[2]][1]
     assert got[ids[0]][0] == got[ids[3]][0] == "indexed"
     assert_consistent(catalog, 2)
+
+
+def test_engine_that_cannot_start_stops_the_job_and_loses_nothing(tmp_path):
+    """A backend that cannot start (here an OpenAI-compatible endpoint configured with a
+    non-HTTP URL) is the job's fault, not the models': the job stops with one clear error and
+    records nothing, and the next run with a working backend indexes every model."""
+    hub = tmp_path / "hub"
+    assert run_cli("simulate", "--models", "3", "--seed", "6", "--genes", "8", "--samples", "8",
+                   "--out", str(hub)).returncode == 0
+    catalog = tmp_path / "c.duckdb"
+    args = ["backfill", "--hub", str(hub), "--catalog", str(catalog), "--genes", "8", "--samples", "8"]
+    env = {"PHYLOLM_CACHE_DIR": str(tmp_path / "cache")}
+    broken = run_cli(*args, "--backend", "openai", cwd=tmp_path, env={**env, "OPENAI_BASE_URL": "ftp://nowhere"})
+    assert broken.returncode != 0
+    last = broken.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: backend 'openai' cannot start") and "base_url" in last, last
+    assert not catalog.exists() or not [s for s, _ in statuses(catalog).values() if s in ("failed", "skipped")]
+    fixed = run_cli(*args, "--backend", "simulated", cwd=tmp_path, env=env)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert_consistent(catalog, 3)

@@ -33,11 +33,20 @@ from indexer.cli.bench import bench_app  # noqa: E402  (after the command module
 app.add_typer(bench_app, name="bench")
 
 
+def _one_line(message: str, word: int = 120, limit: int = 1000) -> str:
+    """A message as one line of bounded length: hostile input (a 10 kB id, a newline) echoed
+    in an error must not flood the terminal or forge extra lines. Over-long words are cut in
+    their middle, so the message's own words stay readable."""
+    words = [w if len(w) <= word else f"{w[:60]}...[{len(w) - 80} more]...{w[-20:]}" for w in message.split()]
+    text = " ".join(words)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def main() -> None:
     try:
         app()
     except PhylolmError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

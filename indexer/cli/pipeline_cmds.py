@@ -24,7 +24,12 @@ GenomeOpt = Annotated[str | None, typer.Option("--genome", help="Genome: math, c
 
 
 def job_settings(config: Path | None, **cli) -> Settings:
-    return load_settings(cli, config)[0]
+    from indexer.probers.base import BACKENDS
+
+    s = load_settings(cli, config)[0]
+    if s.backend not in BACKENDS:  # refused up front: a typo must not fail every model of the run
+        raise PhylolmError(f"backend: unknown {s.backend!r}; choose one of {', '.join(BACKENDS)}")
+    return s
 
 
 def job_config(s: Settings, hub_url: str | None, **extra):
