@@ -103,20 +103,24 @@ class TransformersProber(Prober):
 
     Options: ``device`` ("cpu", "cuda", ... ; default cuda when available), ``dtype``
     ("auto": bfloat16 on CUDA or on CPUs with native bf16, else float32), ``genes_per_batch``
-    (genes prefilled together), ``threads`` (CPU threads; default torch's).
+    (genes prefilled and decoded together; default 8 on CPU, 64 on GPU), ``threads`` (CPU
+    threads; default torch's).
     """
 
     backend = "transformers"
 
-    def __init__(self, device: str | None = None, dtype: str = "auto", genes_per_batch: int = 16,
+    def __init__(self, device: str | None = None, dtype: str = "auto", genes_per_batch: int | None = None,
                  threads: int | None = None):
         import torch
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # On CPU a decode row costs the same in a batch of 40 as of 400, while wide prefill
+        # batches pad short genes to the longest: small batches win. GPUs want wide ones.
+        genes_per_batch = genes_per_batch or (8 if self.device == "cpu" else 64)
         if genes_per_batch < 1:
             raise ValueError("genes_per_batch must be >= 1")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype_name = _resolve_dtype(dtype, self.device)
         self.genes_per_batch = genes_per_batch
         if threads:
@@ -146,10 +150,17 @@ class TransformersProber(Prober):
         common = dict(trust_remote_code=False, local_files_only=True)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), **common)
-            lm = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=getattr(torch, self.dtype_name), use_safetensors=True, **common)
-        except (OSError, ValueError, KeyError) as e:
+            lm, info = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=getattr(torch, self.dtype_name), use_safetensors=True,
+                output_loading_info=True, **common)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ProbeError(f"{model.model_id}: cannot load ({' '.join(str(e).split())[:300]})") from None
+        # transformers fills tensors a checkpoint lacks with random values and only logs it:
+        # the probe would be of a model nobody uploaded.
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise ProbeError(f"{model.model_id}: checkpoint lacks {len(missing)} tensor(s) "
+                             f"({', '.join(missing[:3])})")
         lm.to(self.device).eval()
         self._loaded = (path, lm, tokenizer)
         return lm, tokenizer
@@ -170,26 +181,31 @@ class TransformersProber(Prober):
         lm, tokenizer = self.load(model)
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         stop_ids = _stop_token_ids(lm, tokenizer)
-        counts: list[dict[str, int]] = []
-        for start in range(0, len(genome.genes), self.genes_per_batch):
-            batch = genome.genes[start:start + self.genes_per_batch]
-            counts.extend(sample_alleles(lm, tokenizer, batch, params, generator, stop_ids, self.device))
+        encoded = [tokenizer(g, add_special_tokens=True)["input_ids"] for g in genome.genes]
+        if any(len(e) == 0 for e in encoded):
+            raise ProbeError(f"{model.model_id}: a gene tokenizes to nothing")
+        # Genes of similar length are prefilled together, so padding wastes little compute.
+        order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+        counts: list[dict[str, int]] = [{} for _ in encoded]
+        for start in range(0, len(order), self.genes_per_batch):
+            batch = order[start:start + self.genes_per_batch]
+            found = sample_alleles(lm, tokenizer, [encoded[i] for i in batch], params, generator, stop_ids,
+                                   self.device)
+            for i, c in zip(batch, found):
+                counts[i] = c
         return AlleleCounts(genome_hash=genome.hash, n_samples=params.n_samples, counts=tuple(counts))
 
 
-def sample_alleles(lm, tokenizer, genes, params: ProbeParams, generator, stop_ids: set[int],
-                   device: str = "cpu") -> list[dict[str, int]]:
-    """Allele counts of ``params.n_samples`` samples for each gene of one batch.
+def sample_alleles(lm, tokenizer, encoded: list[list[int]], params: ProbeParams, generator,
+                   stop_ids: set[int], device: str = "cpu") -> list[dict[str, int]]:
+    """Allele counts of ``params.n_samples`` samples for each gene of one batch (token ids).
 
     The counted-prefix-tree sampler of the module docstring. Rows of the decode batch are
     distinct live prefixes; ``rows`` holds, per row, (gene index, token list, count).
     """
     import torch
 
-    n_genes = len(genes)
-    encoded = [tokenizer(g, add_special_tokens=True)["input_ids"] for g in genes]
-    if any(len(e) == 0 for e in encoded):
-        raise ProbeError("a gene tokenizes to nothing")
+    n_genes = len(encoded)
     width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((n_genes, width), pad, dtype=torch.long)
