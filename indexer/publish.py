@@ -333,7 +333,7 @@ def export(con, out_dir: str | Path, *, k_nearest: int = 3, lineage: Sequence[Ma
     return written
 
 
-def estimates_from_catalog(con, *, method: str = "kinship-ensemble", changed: set[str] | None = None,
+def estimates_from_catalog(con, *, method: str | None = None, changed: set[str] | None = None,
                            cache=None) -> list:
     """Estimates for every indexed model without a score, from the catalog's distances.
 
@@ -341,8 +341,9 @@ def estimates_from_catalog(con, *, method: str = "kinship-ensemble", changed: se
     author); the estimates name the newest tree snapshot. Models whose row of the matrix
     is incomplete are left out (they are not yet fully indexed).
     """
-    from indexer.predict import refresh_estimates
+    from indexer.predict import DEFAULT_METHOD, refresh_estimates
 
+    method = method or DEFAULT_METHOD
     snapshot, _, genome_hash = latest_snapshot(con)
     ids, d = distance_matrix(con, genome_hash)
     complete = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
