@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -247,10 +248,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _copy_query(con, query: str, path: Path, fmt: str) -> None:
+    """Write a query's rows as parquet or CSV, atomically. Written from Arrow by this process,
+    not by DuckDB's COPY: `phylolm export` reads through the sandboxed read-only connection
+    (file access disabled, see ``catalog.open_read_only``), where COPY is refused."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pa_parquet
+
+    with warnings.catch_warnings():  # DuckDB notes the extra copy of a DB-API result: small tables
+        warnings.simplefilter("ignore", UserWarning)
+        table = con.execute(query).to_arrow_table()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    opts = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
-    target = str(tmp).replace("'", "''")
-    con.execute(f"COPY ({query}) TO '{target}' ({opts})")
+    if fmt == "parquet":
+        pa_parquet.write_table(table, tmp)
+    else:
+        pa_csv.write_csv(table, tmp)
     os.replace(tmp, path)
 
 
