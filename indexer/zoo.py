@@ -18,10 +18,12 @@ first). Two cards lie on purpose, for the lineage checker to catch: ``zoo/smollm
 (a SmolLM2 fine-tune) claims ``google/gemma-3-270m`` as its base, and the int8 re-upload
 declares nothing. ``DIR/zoo.json`` records the true lineage next to what each card declares.
 
-Deterministic and cached: the build runs once into ``<cache>/zoo/<recipe hash>/`` (the hash
-covers the recipe, the texts, the source GGUF files and the torch/transformers versions) and
-``DIR`` receives hard links to it (copies across file systems). A second build with the same
-recipe does nothing. Seeds are fixed; on one machine a rebuild is bit-identical.
+Deterministic and cached: each model is built once into ``<cache>/zoo/models/<key>/``, its
+key hashing its recipe, its text or source file, the torch/transformers versions and its
+parents' keys, so changing one recipe rebuilds only that model and its descendants. The
+whole zoo is assembled (hard links) in ``<cache>/zoo/<recipe hash>/`` and ``DIR`` receives
+hard links to it (copies across file systems). A second build with the same recipe does
+nothing. Seeds are fixed and the build runs on one thread: a rebuild is bit-identical.
 
 Cost (2 CPU cores): about 2-4 minutes to build, about 2.5 GB on disk (bf16 weights).
 """
@@ -87,10 +89,10 @@ ZOO: tuple[ZooModel, ...] = (
              text="recipes", seed=2, declared_base=(SMOLLM2,), declared_relation="finetune", **_FT),
     ZooModel("zoo/SmolLM2-135M-Instruct-int8", "quantize", (SMOLLM2,), "2025-09-03T09:00:00Z",
              planted="near-copy of HuggingFaceTB/SmolLM2-135M-Instruct that declares no base model"),
+    # Chess notation moves a model far from its parent: half the steps keep it recognisable.
     ZooModel("zoo/smollm2-ft-chess", "finetune", (SMOLLM2,), "2025-09-04T09:00:00Z",
-             text="chess", seed=4, declared_base=(GEMMA,), declared_relation="finetune",
-             planted="fine-tune of HuggingFaceTB/SmolLM2-135M-Instruct whose card claims google/gemma-3-270m",
-             **_FT),
+             text="chess", seed=4, steps=4, lr=_FT["lr"], declared_base=(GEMMA,), declared_relation="finetune",
+             planted="fine-tune of HuggingFaceTB/SmolLM2-135M-Instruct whose card claims google/gemma-3-270m"),
     ZooModel("zoo/smollm2-ft-poetry-shanties", "finetune", ("zoo/smollm2-ft-poetry",),
              "2025-09-05T09:00:00Z", text="shanties", seed=5,
              declared_base=("zoo/smollm2-ft-poetry",), declared_relation="finetune", **_FT),
@@ -172,19 +174,30 @@ def _text(name: str) -> str:
     return resources.files("indexer").joinpath(f"data/zoo/{name}.txt").read_text("utf-8")
 
 
-def recipe_hash() -> str:
-    """Hash of everything that determines the zoo's bytes."""
+def model_keys() -> dict[str, str]:
+    """Per model, a hash of everything that determines its bytes: its recipe, its text or
+    source file, the versions that compute it, and its parents' keys (so a change rebuilds
+    exactly the model and its descendants)."""
     import torch
     import transformers
 
-    blob = {
-        "version": RECIPE_VERSION,
-        "models": [asdict(m) for m in ZOO],
-        "texts": {m.text: hashlib.sha256(_text(m.text).encode()).hexdigest() for m in ZOO if m.text},
-        "sources": {m.package: _source_digest(m.package) for m in ZOO if m.package},
-        "torch": torch.__version__, "transformers": transformers.__version__, "threads": BUILD_THREADS,
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    keys: dict[str, str] = {}
+    for spec in sorted(ZOO, key=lambda m: m.created_at):
+        blob = {
+            "version": RECIPE_VERSION, "spec": asdict(spec),
+            "text": hashlib.sha256(_text(spec.text).encode()).hexdigest() if spec.text else None,
+            "source": _source_digest(spec.package) if spec.package else None,
+            "parents": [keys[p] for p in spec.parents],
+            "torch": torch.__version__, "transformers": transformers.__version__, "threads": BUILD_THREADS,
+        }
+        keys[spec.id] = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    return keys
+
+
+def recipe_hash(keys: dict[str, str] | None = None) -> str:
+    """Hash of the whole zoo: of every model's key."""
+    keys = keys or model_keys()
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # -- building --------------------------------------------------------------------------------
@@ -192,24 +205,32 @@ def build_zoo(directory: Path | str, cache: Path | str | None = None,
               log: Callable[[str], None] = lambda s: None) -> ZooBuild:
     """Build (or reuse) the zoo and lay its repositories out under ``directory``.
 
-    Returns a ``ZooBuild``; ``built`` is False when nothing had to be computed.
+    Models are cached one by one under ``<cache>/zoo/models/<model key>/``; only those
+    missing are computed. Returns a ``ZooBuild``; ``built`` is False when nothing was.
     """
     t0 = time.perf_counter()
     directory = Path(directory)
-    key = recipe_hash()
-    cache_root = Path(cache) if cache else default_cache()
-    built_dir = cache_root / "zoo" / key
+    keys = model_keys()
+    key = recipe_hash(keys)
+    cache_root = (Path(cache) if cache else default_cache()) / "zoo"
+    view = cache_root / key
     manifest_path = directory / MANIFEST
     if manifest_path.is_file() and _manifest_hash(manifest_path) == key and _complete(directory):
         m = json.loads(manifest_path.read_text())
-        return ZooBuild(directory, built_dir, key, False, time.perf_counter() - t0, _du(directory), m["models"])
-    built = False
-    if not (built_dir / MANIFEST).is_file():
-        _build_into(built_dir, key, log)
-        built = True
-    _link_tree(built_dir, directory)
+        return ZooBuild(directory, view, key, False, time.perf_counter() - t0, _du(directory), m["models"])
+    built = _build_models(cache_root / "models", keys, log)
+    if built or not (view / MANIFEST).is_file():
+        _assemble_view(view, cache_root / "models", keys, key)
+    _link_tree(view, directory)
     m = json.loads((directory / MANIFEST).read_text())
-    return ZooBuild(directory, built_dir, key, built, time.perf_counter() - t0, _du(built_dir), m["models"])
+    return ZooBuild(directory, view, key, bool(built), time.perf_counter() - t0, _du(view), m["models"])
+
+
+def ensure_zoo(cache: Path | str | None = None, log: Callable[[str], None] = lambda s: None) -> Path:
+    """The zoo's assembled folder in the cache, built first if needed."""
+    view = (Path(cache) if cache else default_cache()) / "zoo" / recipe_hash()
+    build_zoo(view, cache, log)
+    return view
 
 
 def _manifest_hash(path: Path) -> str | None:
@@ -223,13 +244,12 @@ def _complete(directory: Path) -> bool:
     return all((directory / m.id / "model.safetensors").is_file() for m in ZOO)
 
 
-def _build_into(target: Path, key: str, log: Callable[[str], None]) -> None:
+def _build_models(store: Path, keys: dict[str, str], log: Callable[[str], None]) -> list[str]:
+    """Compute every model missing from ``store``, parents first; the ids built."""
     import torch
 
-    work = target.parent / f".building-{key}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    seconds: dict[str, float] = {}
+    store.mkdir(parents=True, exist_ok=True)
+    built: list[str] = []
     threads = torch.get_num_threads()
     # One thread: reductions then run in one fixed order, so the bytes do not depend on the
     # machine's core count; and small training steps gain little from more threads (on a
@@ -237,56 +257,82 @@ def _build_into(target: Path, key: str, log: Callable[[str], None]) -> None:
     torch.set_num_threads(BUILD_THREADS)
     try:
         for spec in sorted(ZOO, key=lambda m: m.created_at):
+            out = store / keys[spec.id]
+            if (out / "model.safetensors").is_file():
+                continue
             t = time.perf_counter()
             log(f"building {spec.id} ({spec.make})")
-            out = work / spec.id
-            if spec.make == "gguf":
-                model, tokenizer = _load_gguf(spec.package, work)
-            else:
-                model, tokenizer = _load_saved(work / spec.parents[0])
-                if spec.make == "finetune":
-                    _finetune(model, tokenizer, _text(spec.text), spec.steps, spec.lr, spec.seed)
-                elif spec.make == "merge":
-                    other, _ = _load_saved(work / spec.parents[1])
-                    _merge_into(model, other)
-                    del other
-                elif spec.make == "quantize":
-                    _round_int8(model)
-                else:  # pragma: no cover - the recipe is a constant
-                    raise ValueError(spec.make)
-            _save(model, tokenizer, out, spec)
-            del model, tokenizer
-            seconds[spec.id] = round(time.perf_counter() - t, 2)
-        manifest = {
-            "recipe_hash": key,
-            "built_with": {"torch": torch.__version__, "threads": BUILD_THREADS},
-            "models": [_manifest_entry(m, seconds.get(m.id)) for m in sorted(ZOO, key=lambda m: m.created_at)],
-            "planted": {m.id: m.planted for m in ZOO if m.planted},
-        }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        work.rename(target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+            work = store / f".building-{keys[spec.id]}-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            try:
+                if spec.make == "gguf":
+                    model, tokenizer = _load_gguf(spec.package, store)
+                else:
+                    model, tokenizer = _load_saved(store / keys[spec.parents[0]])
+                    if spec.make == "finetune":
+                        _finetune(model, tokenizer, _text(spec.text), spec.steps, spec.lr, spec.seed)
+                    elif spec.make == "merge":
+                        other, _ = _load_saved(store / keys[spec.parents[1]])
+                        _merge_into(model, other)
+                        del other
+                    elif spec.make == "quantize":
+                        _round_int8(model)
+                    else:  # pragma: no cover - the recipe is a constant
+                        raise ValueError(spec.make)
+                _save(model, tokenizer, work, spec)
+                del model, tokenizer
+                shutil.rmtree(out, ignore_errors=True)
+                work.rename(out)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            seconds = round(time.perf_counter() - t, 2)
+            (store / f"{keys[spec.id]}.json").write_text(json.dumps({"id": spec.id, "build_seconds": seconds}))
+            log(f"built {spec.id} in {seconds:.1f} s")
+            built.append(spec.id)
     finally:
         torch.set_num_threads(threads)
-        for tmp in work.parent.glob(".gguf-*"):
+        for tmp in store.glob(".gguf-*"):
             shutil.rmtree(tmp, ignore_errors=True)
+    return built
 
 
-def _manifest_entry(m: ZooModel, seconds: float | None) -> dict:
-    return {"id": m.id, "make": m.make, "true_parents": list(m.parents),
+def _assemble_view(view: Path, store: Path, keys: dict[str, str], key: str) -> None:
+    """``view/<owner>/<name>/`` hard-linked to the stored models, plus the manifest."""
+    import torch
+
+    tmp = view.parent / f".view-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for spec in ZOO:
+        _link_tree(store / keys[spec.id], tmp / spec.id)
+    seconds = {}
+    for spec in ZOO:
+        try:
+            seconds[spec.id] = json.loads((store / f"{keys[spec.id]}.json").read_text())["build_seconds"]
+        except (OSError, ValueError, KeyError):
+            seconds[spec.id] = None
+    manifest = {
+        "recipe_hash": key,
+        "built_with": {"torch": torch.__version__, "threads": BUILD_THREADS},
+        "models": [_manifest_entry(m, seconds[m.id], keys[m.id]) for m in sorted(ZOO, key=lambda m: m.created_at)],
+        "planted": {m.id: m.planted for m in ZOO if m.planted},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(view, ignore_errors=True)
+    tmp.rename(view)
+
+
+def _manifest_entry(m: ZooModel, seconds: float | None, key: str) -> dict:
+    return {"id": m.id, "key": key, "make": m.make, "true_parents": list(m.parents),
             "declared_base_models": list(m.declared_base), "declared_relation": m.declared_relation,
             "created_at": m.created_at, "author": m.author, "planted": m.planted,
             "build_seconds": seconds}
 
 
-def _load_gguf(package: str, work: Path):
+def _load_gguf(package: str, store: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = gguf_file(package, work.parent / f".gguf-{package}")
+    source = gguf_file(package, store / f".gguf-{package}")
     folder, name = str(source.parent), source.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

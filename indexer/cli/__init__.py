@@ -23,7 +23,8 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-_COMMAND_MODULES = ("catalog_cmds", "hub_cmds", "estimate_cmds", "pipeline_cmds", "demo_cmds", "index_cmds")
+_COMMAND_MODULES = ("catalog_cmds", "hub_cmds", "estimate_cmds", "pipeline_cmds", "demo_cmds", "index_cmds",
+                    "probe_cmds")
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"indexer.cli.{_name}").register(app)

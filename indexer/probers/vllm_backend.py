@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class VLLMProber(Prober):
             self.engine["enforce_eager"] = enforce_eager
         self.timeout = timeout
         self._version: str | None = None
+        self.last_timings: dict[str, float] = {}  # engine start and generation of the last probe
 
     def version(self) -> str:
         if self._version is None:
@@ -102,6 +104,7 @@ class VLLMProber(Prober):
             raise ProbeError(f"{model.model_id}: vLLM worker failed: {reason}",
                              skip=bool((answer or {}).get("skip")))
         self._version = answer["version"]
+        self.last_timings = answer.get("timings", {})
         counts = tuple({str(k): int(v) for k, v in c.items()} for c in answer["counts"])
         return AlleleCounts(genome_hash=genome.hash, n_samples=params.n_samples, counts=counts)
 
@@ -164,7 +167,6 @@ class VLLMServer:
 
     def __enter__(self) -> "VLLMServer":
         import tempfile
-        import time
         import urllib.request
 
         from indexer.probers.transformers_backend import check_repository
@@ -240,17 +242,19 @@ def run_worker(request: dict) -> dict:
     params = ProbeParams(**request["params"])
     genes: list[str] = request["genes"]
     engine = dict(request.get("engine") or {})
+    t0 = time.perf_counter()
     llm = LLM(model=request["model"], trust_remote_code=False, load_format="safetensors",
               seed=params.seed, **engine)
+    t1 = time.perf_counter()
     sampling = [SamplingParams(n=params.n_samples, temperature=params.temperature, top_p=params.top_p,
                                top_k=-1 if _top_k_needs_minus_one() else 0, max_tokens=params.max_tokens,
                                seed=gene_seed(params.seed, g), skip_special_tokens=True)
                 for g in range(len(genes))]
     outputs = llm.generate(genes, sampling, use_tqdm=False)
-    by_prompt = [None] * len(genes)
-    for i, out in enumerate(outputs):
-        by_prompt[i] = count_alleles(c.text for c in out.outputs)
-    return {"version": f"vllm {vllm.__version__}; torch {torch.__version__}", "counts": by_prompt}
+    t2 = time.perf_counter()
+    by_prompt = [count_alleles(c.text for c in out.outputs) for out in outputs]
+    return {"version": f"vllm {vllm.__version__}; torch {torch.__version__}", "counts": by_prompt,
+            "timings": {"engine_start_seconds": t1 - t0, "generate_seconds": t2 - t1}}
 
 
 def _top_k_needs_minus_one() -> bool:

@@ -1,0 +1,102 @@
+"""Zoo and probe-benchmark commands: ``phylolm zoo build DIR``, ``phylolm bench probe``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from indexer.cli.bench import bench_app
+from indexer.cli.common import JsonOpt, err, out, print_json
+from indexer.errors import PhylolmError
+
+zoo_app = typer.Typer(help="The local zoo of real models with known lineage.", no_args_is_help=True)
+
+BACKENDS = ("transformers", "vllm", "openai")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    directory: Annotated[Path, typer.Argument(help="Folder to lay the zoo's repositories out in "
+                                                   "(DIR/<owner>/<name>/, plus DIR/zoo.json).")],
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Cache folder [default: $PHYLOLM_CACHE or ~/.cache/phylolm].")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the zoo (once; later builds reuse the cache) and lay it out in DIR.
+
+    Deterministic: SmolLM2-135M-Instruct and gemma-3-270m from the GGUF files of their PyPI
+    packages, fine-tunes, a fine-tune of a fine-tune, a merge, and an int8 re-upload, each a
+    Hub-style repository whose card declares its lineage (two cards lie, on purpose).
+    """
+    from indexer.zoo import build_zoo, recipe_hash  # torch is imported only for this command
+
+    if directory.exists() and not directory.is_dir():
+        raise PhylolmError(f"{directory} exists and is not a folder")
+    try:
+        build = build_zoo(directory, cache, log=lambda s: err.print(s) if not as_json else None)
+    except ModuleNotFoundError as e:
+        raise PhylolmError(f"the zoo needs the CPU extras (pip install '.[cpu]'): {e.name} is missing") from None
+    if as_json:
+        print_json(build.to_json())
+        return
+    verb = "built" if build.built else "up to date (cached)"
+    out.print(f"zoo {build.recipe_hash} {verb} in {build.seconds:.1f} s: {len(build.models)} models, "
+              f"{build.bytes / 2**30:.2f} GiB, in {build.directory}")
+    for m in build.models:
+        note = f"  [planted: {m['planted']}]" if m["planted"] else ""
+        out.print(f"  {m['id']:<36} {m['make']:<9} parents: {', '.join(m['true_parents']) or '-'}{note}")
+
+
+@bench_app.command("probe")
+def bench_probe_cmd(
+    backend: Annotated[str, typer.Option("--backend", help="transformers | vllm | openai")] = "transformers",
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Local model folder (safetensors) [default: the zoo's SmolLM2-135M-Instruct].")] = None,
+    genes: Annotated[int, typer.Option("--genes", min=1, max=4096, help="Genes of the math genome.")] = 128,
+    samples: Annotated[int, typer.Option("--samples", min=1, max=4096, help="Samples per gene (N).")] = 32,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    baseline_genes: Annotated[int, typer.Option(
+        "--baseline-genes", min=0, help="transformers: also time the naive sampler on this many genes.")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="transformers: CPU threads.")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", help="openai: endpoint URL [default: start vllm serve on loopback].")] = None,
+    api: Annotated[str, typer.Option("--api", help="openai: completions | chat")] = "completions",
+    as_json: JsonOpt = False,
+) -> None:
+    """Seconds per model and models per hour for one backend, at the paper's parameters."""
+    from indexer.probers.base import ProbeError
+    from indexer.probers.bench import bench_probe
+
+    if backend not in BACKENDS:
+        raise PhylolmError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if api not in ("completions", "chat"):
+        raise PhylolmError(f"--api must be completions or chat, not {api!r}")
+    if model is not None and not (model / "config.json").is_file():
+        raise PhylolmError(f"--model {model}: not a model folder (no config.json)")
+    options = {"threads": threads} if backend == "transformers" and threads else {}
+    try:
+        result = bench_probe(backend, model_path=model, genes=genes, samples=samples, seed=seed,
+                             baseline_genes=baseline_genes if backend == "transformers" else 0,
+                             base_url=base_url, api=api, options=options)
+    except ProbeError as e:
+        raise PhylolmError(f"probe failed: {e}") from None
+    except ValueError as e:
+        raise PhylolmError(str(e)) from None
+    if as_json:
+        print_json(result)
+        return
+    out.print(f"{result['backend']} ({result.get('backend_version', '?')}) on {result['model']}: "
+              f"{result['seconds_per_model']:.1f} s per model, {result['models_per_hour']:.0f} models/hour "
+              f"({result['genes']} genes x {result['samples']} samples x {result['max_tokens']} tokens)")
+    if "baseline" in result:
+        b = result["baseline"]
+        out.print(f"naive sampler on {b['genes']} genes: {b['naive_seconds']:.1f} s vs {b['fast_seconds_same_genes']:.1f} s "
+                  f"({b['speedup_same_genes']:.1f}x); extrapolated naive per model "
+                  f"{b['naive_seconds_per_model_extrapolated']:.0f} s")
+    out.print(json.dumps({k: result[k] for k in ("distinct_alleles_per_gene",) if k in result}))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(zoo_app, name="zoo")
