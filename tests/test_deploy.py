@@ -670,3 +670,59 @@ def test_backfill_through_the_portable_job_api(sim_hub, tmp_path):
                 s.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 s.kill()
+
+
+# ---- cluster runner: the worker image and the documented commands ------------------------------
+
+def test_beam_worker_image_matches_the_pinned_beam():
+    steps = dockerfile(DOCKER / "Dockerfile.beam-worker")
+    args = dict(a.split("=", 1) for k, a in steps if k == "ARG")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    beam_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("apache-beam=="))
+    assert args["BEAM_SDK_IMAGE"].endswith(":" + beam_pin.split("==")[1]), "worker boot from another Beam release"
+    cpu_base = dict(a.split("=", 1) for k, a in dockerfile(DOCKER / "Dockerfile.cpu") if k == "ARG" and "=" in a)
+    py = re.search(r"python:(\d+\.\d+)", cpu_base["PYTHON_IMAGE"]).group(1)
+    assert f"beam_python{py}_sdk" in args["BEAM_SDK_IMAGE"], "worker boot built for another Python"
+    assert "COPY --from=beam /opt/apache/beam /opt/apache/beam" in [f"{k} {a}" for k, a in steps]
+    assert json.loads(dict(steps)["ENTRYPOINT"]) == ["/opt/apache/beam/boot"]
+    # the boot program must use the image's .venv, not make a fresh environment without phylolm
+    assert "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1" in " ".join(a for k, a in steps if k == "ENV")
+
+
+def _documented_runs() -> list[list[str]]:
+    """The `phylolm watch|backfill ...` commands in CLUSTER.md's code blocks, as argv."""
+    text = (DEPLOY / "CLUSTER.md").read_text()
+    runs = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("phylolm "):
+                runs.append(shlex.split(line)[1:])
+    return runs
+
+
+def test_cluster_commands_parse(caplog):
+    """Each documented cluster command: phylolm's own options parse, and every option left
+    for Beam is one Beam knows (Beam drops unknown ones with only a warning)."""
+    import logging
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    runs = _documented_runs()
+    runners = {a.split("=", 1)[1] for argv in runs for a in argv if a.startswith("--runner=")}
+    assert runners >= {"PortableRunner", "FlinkRunner", "DataflowRunner"}
+    for argv in runs:
+        ctx = cli_context(argv)
+        assert ctx.command.name in ("watch", "backfill")
+        # backfill's positional model ids swallow unknown options; the command hands
+        # everything from the first one on to Beam, as here
+        ids = list(ctx.params.get("model_ids") or [])
+        cut = next((i for i, a in enumerate(ids) if a.startswith("-")), len(ids))
+        beam_args = ids[cut:] + list(ctx.args)
+        assert beam_args and not ids[:cut], argv
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            PipelineOptions(beam_args).get_all_options()
+        dropped = [r.getMessage() for r in caplog.records if "unparseable" in r.getMessage().lower()]
+        assert not dropped, f"{argv}: {dropped}"
