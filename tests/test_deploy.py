@@ -192,6 +192,19 @@ def test_example_config_parses_and_names_every_setting(monkeypatch, tmp_path):
     assert (settings.seed, source["seed"]) == (0, "file")
 
 
+def test_status_shows_file_env_and_cli_sources(cli, tmp_path):
+    """`phylolm status` over the example file: each value with the layer it came from."""
+    cli("init", "--catalog", "cli.duckdb")
+    env = {"PHYLOLM_CONFIG": str(EXAMPLE), "PHYLOLM_BACKEND": "vllm", "PHYLOLM_CATALOG": "env.duckdb"}
+    r = cli("status", "--catalog", "cli.duckdb", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)["settings"]
+    assert shown["catalog"]["source"] == "cli" and shown["catalog"]["value"].endswith("cli.duckdb")
+    assert shown["backend"] == {"value": "vllm", "source": "env"}
+    assert shown["publish_dir"] == {"value": "/srv/phylolm", "source": "file"}
+    assert shown["hub"]["source"] == "default"
+
+
 def test_configmap_carries_the_example_config():
     cm = k8s_find("ConfigMap", "phylolm-config")
     assert cm["data"]["phylolm.toml"].strip() == EXAMPLE.read_text().strip()
