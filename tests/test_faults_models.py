@@ -109,6 +109,10 @@ def _missing_shard(d: Path, marker: Path) -> None:
     (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shard}))
 
 
+def _missing_tensor(d: Path, marker: Path) -> None:
+    _edit_tensors(d, lambda t: t.pop("model.norm.weight"))
+
+
 def _truncated(d: Path, marker: Path) -> None:
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
@@ -169,6 +173,7 @@ def _pickle_beside_safetensors(d: Path, marker: Path) -> None:
 FAULTS = [
     ("bad/no-weights", _no_weights, "skipped", "no safetensors"),
     ("bad/missing-shard", _missing_shard, "failed", "model-00002-of-00002"),
+    ("bad/missing-tensor", _missing_tensor, "failed", "lacks 1 tensor"),
     ("bad/truncated", _truncated, "failed", "SafetensorError"),
     ("bad/noise-safetensors", _noise, "failed", "SafetensorError"),
     ("bad/pickle-only", _pickle_only, "skipped", "pickle-only"),
@@ -286,10 +291,9 @@ def test_backend_refuses_unsafe_snapshots_itself(zoo, repo_id, words):
     assert not zoo["marker"].exists() and listing(folder) == before
 
 
-@pytest.mark.xfail(strict=True, reason="the transformers backend loads a checkpoint that lacks tensors and "
-                                       "initialises them at random (transformers only reports MISSING keys); "
-                                       "the probe is of a model nobody uploaded")
 def test_backend_refuses_a_checkpoint_missing_tensors(zoo, tmp_path):
+    """transformers only reports missing tensors and initialises them at random: probing that
+    would index a model nobody uploaded. The backend must refuse it."""
     from indexer import genomes
     from indexer.probers.base import ModelSource, ProbeError
     from indexer.probers.transformers_backend import TransformersProber
@@ -298,9 +302,10 @@ def test_backend_refuses_a_checkpoint_missing_tensors(zoo, tmp_path):
     folder = tmp_path / "missing-tensor"
     shutil.copytree(zoo["folders"][GOOD[0]], folder)
     _edit_tensors(folder, lambda t: t.pop("model.norm.weight"))
-    with TransformersProber(device="cpu") as prober, pytest.raises(ProbeError):
+    with TransformersProber(device="cpu") as prober, pytest.raises(ProbeError) as err:
         prober.probe(ModelSource("bad/missing-tensor", "main", folder), genomes.load("math").subset(GENES),
                      ProbeParams(n_samples=2))
+    assert "model.norm.weight" in str(err.value) and not err.value.skip
 
 
 # ---- the simulated backend meeting a corrupt repository -------------------------------------
