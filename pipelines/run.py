@@ -77,5 +77,6 @@ def run_backfill(config: JobConfig, *, runner_args: Sequence[str] = (), publish_
         return 0
     with beam.Pipeline(options=pipeline_options(runner_args)) as p:
         listed = p | "Listed" >> beam.Create(models, reshuffle=False)
-        _report(listed | "ProbeAndIndex" >> ProbeAndIndex(config, publish_every=publish_every), len(models))
+        _report(listed | "ProbeAndIndex" >> ProbeAndIndex(config, publish_every=publish_every,
+                                                          in_upload_order=True), len(models))
     return len(models)

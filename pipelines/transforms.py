@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 
 import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
@@ -161,18 +162,36 @@ def _bundle_lock(config: JobConfig):
         os.close(fd)
 
 
-class ProbeAndIndex(beam.PTransform):
-    """Listed models → probes (fanned out over workers) → single-writer index updates."""
+def _upload_order(keyed_outcomes):
+    key, outcomes = keyed_outcomes
+    far = datetime.max.replace(tzinfo=timezone.utc)
+    for o in sorted(outcomes, key=lambda o: (o.model.created_at or far, o.model.id)):
+        yield key, o
 
-    def __init__(self, config: JobConfig, *, publish_every: float = 0.0):
+
+class ProbeAndIndex(beam.PTransform):
+    """Listed models → probes (fanned out over workers) → single-writer index updates.
+
+    With ``in_upload_order`` (bounded input only: a backfill) the probes are spread over
+    workers by a reshuffle and gathered again before the writer, which inserts them oldest
+    upload first; a probe finished before a crash is not lost, it sits in the probe cache.
+    """
+
+    def __init__(self, config: JobConfig, *, publish_every: float = 0.0, in_upload_order: bool = False):
         super().__init__()
         self.config = config
         self.publish_every = publish_every
+        self.in_upload_order = in_upload_order
 
     def expand(self, models):
-        return (models
-                | "Probe" >> beam.ParDo(ProbeModelsFn(self.config))
-                | "UpdateIndex" >> beam.ParDo(UpdateIndexFn(self.config, self.publish_every)))
+        if self.in_upload_order:
+            models = models | "SpreadOverWorkers" >> beam.Reshuffle()
+        outcomes = models | "Probe" >> beam.ParDo(ProbeModelsFn(self.config))
+        if self.in_upload_order:
+            outcomes = (outcomes
+                        | "Gather" >> beam.GroupByKey()
+                        | "OldestFirst" >> beam.FlatMap(_upload_order))
+        return outcomes | "UpdateIndex" >> beam.ParDo(UpdateIndexFn(self.config, self.publish_every))
 
 
 class IndexNewModels(beam.PTransform):
