@@ -24,6 +24,12 @@ from indexer.genomes import Genome
 from schemas.migrations import MIGRATIONS, SCHEMA_VERSION
 from schemas.records import AlleleCounts, Estimate, ModelRecord, ModelStatus, ProbeParams, ProbeRecord, Score
 
+MAX_ATTEMPTS = 3  # a revision whose probe failed this often is not retried
+
+# Statuses after which a model revision is not listed again: indexed, skipped by policy, or
+# failed MAX_ATTEMPTS times (a failure may be transient: download, engine, Hub).
+DONE_SQL = f"(status in ('indexed', 'skipped') or (status = 'failed' and attempts >= {MAX_ATTEMPTS}))"
+
 TABLES = ("models", "genomes", "genes", "probes", "alleles", "distances", "tree_snapshots", "scores", "estimates")
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 
@@ -168,11 +174,17 @@ class Catalog:
         })
         self.con.register("_models_batch", batch)
         try:
+            # A failed probe counts one attempt of that revision; a new revision starts again.
             self.con.execute("""
                 insert or replace into models (id, revision, created_at, author, base_models,
-                    base_model_relation, license, pipeline_tag, size_bytes, status, reason, updated_at)
-                select id, revision, created_at, author, base_models, base_model_relation, license,
-                    pipeline_tag, size_bytes, status, reason, updated_at from _models_batch""")
+                    base_model_relation, license, pipeline_tag, size_bytes, status, reason, attempts,
+                    updated_at)
+                select b.id, b.revision, b.created_at, b.author, b.base_models, b.base_model_relation,
+                    b.license, b.pipeline_tag, b.size_bytes, b.status, b.reason,
+                    coalesce(case when m.revision = b.revision then m.attempts end, 0)
+                        + case when b.status = 'failed' then 1 else 0 end,
+                    b.updated_at
+                from _models_batch b left join models m on m.id = b.id""")
         finally:
             self.con.unregister("_models_batch")
 

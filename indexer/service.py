@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer import genomes as genome_lib
+from indexer.catalog import DONE_SQL
 from indexer.errors import PhylolmError
 from indexer.probers.base import ModelSource, Prober, ProbeError, get_prober
 from schemas.records import ModelRecord, ModelStatus, ProbeParams, ProbeRecord, probe_key
@@ -158,8 +159,7 @@ class ListStep:
         except PhylolmError:
             return {}, None  # no catalog yet: everything is new
         try:
-            done = dict(con.execute("select id, revision from models where status in "
-                                    "('indexed', 'skipped', 'failed')").fetchall())
+            done = dict(con.execute(f"select id, revision from models where {DONE_SQL}").fetchall())
             wm = con.execute("select value from meta where key = 'watermark'").fetchall()
         finally:
             con.close()
@@ -198,6 +198,8 @@ class ProbeStep:
     restarted does not pay for the same probe twice.
     """
 
+    BREAKER = 3  # identical engine failures in a row that stop the job
+
     def __init__(self, config: JobConfig):
         from indexer.hub.client import HubClient
         from indexer.hub.watcher import ScreenPolicy, Watcher
@@ -208,6 +210,7 @@ class ProbeStep:
         self.watcher = Watcher(client, ScreenPolicy(max_bytes=int(config.max_bytes), has_token=client.has_token))
         self.scrub = client.scrub
         self._prober: Prober | None = None
+        self._failures: list[str] = []
 
     @property
     def prober(self) -> Prober:
@@ -224,6 +227,15 @@ class ProbeStep:
         except Exception as e:
             raise PhylolmError(f"backend {self.config.backend!r} cannot start: "
                                f"{self.scrub(' '.join(str(e).split()))[:300]}") from None
+
+    def _trip(self, reason: str) -> None:
+        """Stop the job when the engine fails the same way on ``BREAKER`` models in a row:
+        then the engine is broken (a device gone, an endpoint down), not the models, and
+        failing them all would only burn their retries. Models already failed are retried."""
+        self._failures.append(reason[:120])
+        if len(self._failures) >= self.BREAKER and len(set(self._failures[-self.BREAKER:])) == 1:
+            raise PhylolmError(f"the {self.config.backend} backend failed {self.BREAKER} models in a row "
+                               f"with the same error, stopping: {reason[:300]}")
 
     def _cache_file(self, model: ModelRecord) -> Path:
         return self.config.cache_dir / "probes" / f"{probe_id_for(model, self.config, self.genome.hash)}.json"
@@ -253,7 +265,9 @@ class ProbeStep:
         except Exception as e:  # one bad model never stops the job; the reason is kept
             reason = f"{type(e).__name__}: {self.scrub(' '.join(str(e).split()))[:400]}"
             log.warning("probe of %s failed: %s", model.id, reason)
+            self._trip(reason.replace(model.id, "<model>"))
             return ProbeOutcome(_with(model, ModelStatus.failed, reason))
+        self._failures.clear()
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(record.model_dump_json(), "utf-8")
@@ -306,10 +320,10 @@ class IndexWriter:
         return [m for m, _ in rows], [alleles[p].counts for _, p in rows]
 
     def is_done(self, model: ModelRecord) -> bool:
-        """True when this revision already has a final status (indexed, skipped or failed)."""
-        m = self.catalog.get_model(model.id)
-        return m is not None and m.revision == model.revision and m.status in (
-            ModelStatus.indexed, ModelStatus.skipped, ModelStatus.failed)
+        """True when this revision needs no more work (see ``indexer.catalog.DONE_SQL``)."""
+        return _first_row(self.catalog.con.execute(
+            f"select 1 from models where id = ? and revision = ? and {DONE_SQL}",
+            [model.id, model.revision])) is not None
 
     def apply(self, outcome: ProbeOutcome) -> UpdateSummary:
         model = outcome.model
@@ -415,6 +429,11 @@ class _Estimator:
             groups={m: families.get(m, m.split("/")[0]) for m in ids})
         self.catalog.replace_estimates(estimates)
         return len(estimates)
+
+
+def _first_row(cur):
+    rows = cur.fetchall()
+    return rows[0] if rows else None
 
 
 def utcnow() -> datetime:

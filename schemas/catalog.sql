@@ -1,4 +1,4 @@
--- The catalog's schema, version 2. Table and column names are a contract (DESIGN section 3):
+-- The catalog's schema, version 3. Table and column names are a contract (DESIGN section 3):
 -- columns may grow, names do not change. Older catalogs are upgraded by the forward
 -- migrations in schemas/migrations.py.
 
@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS models (
     size_bytes          BIGINT,
     status              VARCHAR NOT NULL DEFAULT 'discovered',
     reason              VARCHAR,
+    attempts            INTEGER NOT NULL DEFAULT 0,  -- failed probes of this revision so far
     updated_at          TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 

@@ -6,7 +6,7 @@ newer version is refused (this build does not know its tables).
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # version reached -> statements that take a catalog from (version - 1) to it.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -16,5 +16,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS base_model_relation VARCHAR",
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS size_bytes BIGINT",
         "ALTER TABLE tree_snapshots ADD COLUMN IF NOT EXISTS stats JSON",
+    ),
+    # v3: failed probes are retried on later polls, up to a limit: count the attempts.
+    3: (
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS attempts INTEGER DEFAULT 0",
     ),
 }

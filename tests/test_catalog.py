@@ -56,6 +56,7 @@ def test_older_catalog_is_upgraded(tmp_path):
         assert cat.schema_version() == SCHEMA_VERSION
         m = cat.get_model("old/model")
         assert m.author == "old" and m.size_bytes is None and m.base_model_relation is None
+        assert cat.con.execute("select attempts from models").fetchall() == [(0,)]
         cols = {r[0] for r in cat.con.execute("describe tree_snapshots").fetchall()}
         assert "stats" in cols
 
@@ -165,3 +166,16 @@ def test_other_process_reads_snapshot_while_writer_holds_the_file(tmp_path):
     assert out2.returncode != 0 and "held by another writer" in out2.stderr
     cat.close()
     assert snapshot_path(path).exists()
+
+
+def test_failed_attempts_count_per_revision(tmp_path):
+    from indexer.catalog import DONE_SQL, MAX_ATTEMPTS
+    with Catalog(tmp_path / "c.duckdb", create=True) as cat:
+        done = lambda: cat.con.execute(f"select count(*) from models where {DONE_SQL}").fetchall()[0][0]
+        for i in range(MAX_ATTEMPTS):
+            assert done() == 0
+            cat.upsert_models([ModelRecord(id="a/b", revision="r1", status=ModelStatus.failed, reason="boom")])
+        assert done() == 1  # failed often enough: not retried
+        cat.upsert_models([ModelRecord(id="a/b", revision="r2", status=ModelStatus.failed, reason="boom")])
+        assert cat.con.execute("select attempts from models").fetchall() == [(1,)]  # a new revision starts over
+        assert done() == 0
