@@ -186,3 +186,44 @@ def test_estimates_refresh_on_insert(ecosystem, tmp_path):
     assert {e["model_id"] for e in est} == unscored
     for e in est:
         assert e["low"] <= e["estimate"] <= e["high"] and e["method"]
+
+
+@pytest.mark.faults
+def test_failed_download_is_retried_on_the_next_poll(ecosystem, tmp_path):
+    """A transient failure is not final: the model is `failed` with its reason, retried by the
+    next poll, and indexed once the Hub answers again (attempts are counted per revision)."""
+    from indexer.catalog import Catalog
+    from indexer.hub.client import RetryPolicy
+    from indexer.hub.faults import FaultPlan, vanish
+    from indexer.hub.server import HubServer
+    from indexer.service import IndexWriter, JobConfig, ListStep, ProbeStep
+    from schemas.records import ProbeParams
+
+    served = tmp_path / "served"
+    repo = next(r for o in sorted(ecosystem.iterdir()) if o.is_dir() for r in sorted(o.iterdir()))
+    shutil.copytree(repo, served / repo.parent.name / repo.name)
+    model_id = f"{repo.parent.name}/{repo.name}"
+    plan = FaultPlan(vanish(model_id))  # gone (404) between the listing and the download
+    with HubServer(served, faults=plan) as url:
+        config = JobConfig(catalog=tmp_path / "c.duckdb", hub=url, backend="simulated", n_genes=32,
+                           params=ProbeParams(n_samples=16), cache_dir=tmp_path / "cache", hub_timeout=2)
+
+        def poll():
+            listed = ListStep(config)()
+            step = ProbeStep(config)
+            step.watcher.client.retry = RetryPolicy(attempts=2, base=0.01, cap=0.02)
+            writer = IndexWriter(config)
+            try:
+                return [writer.apply(step(m)) for m in listed]
+            finally:
+                writer.close()
+                step.close()
+
+        first = poll()
+        assert [(s.model_id, s.status) for s in first] == [(model_id, "failed")] and "not found" in first[0].reason
+        plan.faults.clear()  # the repository is back
+        second = poll()
+        assert [(s.model_id, s.status) for s in second] == [(model_id, "indexed")]
+        assert poll() == []  # done: not listed again
+    with Catalog(config.catalog) as cat:
+        assert cat.con.execute("select status, attempts from models").fetchall() == [("indexed", 1)]
