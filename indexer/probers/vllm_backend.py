@@ -242,6 +242,11 @@ def run_worker(request: dict) -> dict:
     params = ProbeParams(**request["params"])
     genes: list[str] = request["genes"]
     engine = dict(request.get("engine") or {})
+    if not torch.cuda.is_available():
+        # On CPU, graph compilation costs minutes at engine start and gains little for
+        # 5-token generations; eager mode starts in about 30 s.
+        engine.setdefault("enforce_eager", True)
+        engine.pop("gpu_memory_utilization", None)
     t0 = time.perf_counter()
     llm = LLM(model=request["model"], trust_remote_code=False, load_format="safetensors",
               seed=params.seed, **engine)
