@@ -54,7 +54,7 @@ def _repo(tmp_path: Path, config: dict | None, files: dict[str, bytes]) -> Path:
     ({**LLAMA_CONFIG, "auto_map": {"AutoModelForCausalLM": "modeling_evil.Evil"}},
      {"model.safetensors": b"{}"}, "remote code"),
     ({**LLAMA_CONFIG, "model_type": "evil-arch"}, {"model.safetensors": b"{}"}, "unknown"),
-    ({**LLAMA_CONFIG, "model_type": "bert"}, {"model.safetensors": b"{}"}, "no causal language model"),
+    ({**LLAMA_CONFIG, "model_type": "resnet"}, {"model.safetensors": b"{}"}, "no causal language model"),
     (None, {"model.safetensors": b"{}"}, "no config.json"),
 ])
 def test_unsafe_or_unusable_repositories_are_refused_before_loading(tmp_path, config, files, words):
@@ -194,7 +194,7 @@ def test_fast_sampler_matches_naive_generate(smol):
     temperature (so it has the power to notice a wrong sampler)."""
     prober, source, lm, tok = smol
     genome = builtin("math").subset(4)
-    n = 192
+    n = 128
     fast = prober.generate(source, genome, ProbeParams(n_samples=n, seed=11)).counts
     naive = [naive_sample_alleles(lm, tok, g, ProbeParams(n_samples=n), seed=100 + i)
              for i, g in enumerate(genome.genes)]

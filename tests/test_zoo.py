@@ -110,7 +110,7 @@ def test_the_hub_endpoint_serves_the_zoo(zoo_dir):
 
     with HubServer(zoo_dir) as url:
         api = HfApi(endpoint=url)
-        models = list(api.list_models(sort="createdAt", direction=1, cardData=True))
-        assert [m.id for m in models] == zoo_ids()
+        models = list(api.list_models(sort="created_at", cardData=True))  # newest first
+        assert [m.id for m in models] == zoo_ids()[::-1]
         chess = api.model_info("zoo/smollm2-ft-chess")
         assert chess.card_data["base_model"] == [GEMMA]
