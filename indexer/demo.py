@@ -57,6 +57,7 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     from indexer.hub.server import HubServer
     from indexer.tree import parse_newick
     from indexer.tree.render import to_ascii
+    from indexer.tree.rooting import midpoint_root
 
     t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,8 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     _say("\n== 3. the tree (incremental, as maintained) ==")
     newick = run_query(catalog, "select newick from tree_snapshots where method = 'incremental' "
                                 "order by snapshot_id desc limit 1")[1][0][0]
-    _say(to_ascii(parse_newick(newick)))
+    _say(to_ascii(midpoint_root(parse_newick(newick))))
+    _say("(drawn from the midpoint root; the index's trees are unrooted)")
     _say(f"\nNewick: {newick}")
 
     _say("\n== 4. nearest relatives ==")

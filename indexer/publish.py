@@ -180,6 +180,10 @@ def render_report(*, newick: str | None, snapshot: int | None, models: Sequence[
                   lineage: Sequence[Mapping] = (), generated_at: datetime | None = None) -> str:
     """The report page as one self-contained HTML string (no external resources)."""
     tree = parse_newick(newick) if newick and newick.strip() not in ("", ";") else None
+    if tree is not None:  # the index's trees are unrooted: draw from the midpoint root
+        from indexer.tree.rooting import midpoint_root
+
+        tree = midpoint_root(tree)
     groups = declared_families(models)
     palette = colour_map(groups)
     colours = {m: palette[g] for m, g in groups.items()}

@@ -261,7 +261,9 @@ def _print_tree(t, fmt: str) -> None:
 
     if fmt == "newick":
         print(to_newick(t))
-    elif fmt == "ascii":
-        print(to_ascii(t))
+    elif fmt == "ascii":  # drawn from the midpoint root: an out-group family reads as one
+        from indexer.tree.rooting import midpoint_root
+
+        print(to_ascii(midpoint_root(t)))
     else:
         print(jsonlib.dumps(to_dict(t), indent=1))
