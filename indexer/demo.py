@@ -8,7 +8,6 @@ relatives, the lineage check and estimates, and writes the export and report.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -67,7 +66,7 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     shutil.rmtree(served, ignore_errors=True)
     served.mkdir(parents=True)
 
-    _say(f"== 1. the zoo: real models with known lineage (cached build) ==")
+    _say("== 1. the zoo: real models with known lineage (cached build) ==")
     t0 = time.perf_counter()
     build = zoo_lib.build_zoo(zoo_dir or workdir / "zoo", log=lambda s: _say(f"   {s}"))
     models = sorted(zoo_lib.ZOO, key=lambda m: m.created_at)
@@ -79,7 +78,7 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
         truth = f"{how} {' + '.join(m.parents)}".strip()
         _say(f"   - {m.id:38s} {truth}" + (f"  [planted: {m.planted}]" if m.planted else ""))
 
-    _say(f"\n== 2. streaming watch on a loopback Hub; uploading the zoo one model at a time ==")
+    _say("\n== 2. streaming watch on a loopback Hub; uploading the zoo one model at a time ==")
     _say(f"   probing with the {backend} backend, {genes} genes x {samples} samples "
          f"(the paper uses 128 x 32; fewer here to fit a few minutes on 2 cores)")
     with HubServer(served) as url:

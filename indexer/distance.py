@@ -22,6 +22,19 @@ import scipy.sparse as sp
 MIN_SIMILARITY = 1e-10
 
 
+def check_matrix(D, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """``D`` as a float array and ``ids`` as a list, or ``ValueError`` unless D is n x n for
+    n unique ids."""
+    D = np.asarray(D, dtype=float)
+    ids = list(ids)
+    n = len(ids)
+    if D.shape != (n, n):
+        raise ValueError(f"D is {D.shape}, expected {n}x{n} for {n} ids")
+    if len(set(ids)) != n:
+        raise ValueError("ids must be unique")
+    return D, ids
+
+
 def distance_from_similarity(similarity: np.ndarray | float) -> np.ndarray | float:
     """``D = -log(max(S, 1e-10))``, elementwise; ``S`` above 1 by rounding gives 0, not -0."""
     s = np.clip(np.asarray(similarity, dtype=np.float64), MIN_SIMILARITY, 1.0)
@@ -137,20 +150,17 @@ class AlleleIndex:
 
         One sparse product against the index: O(nnz of the index + alleles of the model).
         """
-        n_samples = self.n_samples if n_samples is None else n_samples
-        if model_id in self._row_of:
-            raise ValueError(f"model {model_id!r} is already in the index")
-        if self.n_genes is None:
-            self.n_genes = len(counts)
-        if len(counts) != self.n_genes:
-            raise ValueError(f"model {model_id!r} has {len(counts)} genes; the index has {self.n_genes}")
-        cols, vals = self._encode(counts, n_samples)
+        cols, vals = self._encode_new(model_id, counts, n_samples)
         row = self._similarity_row(cols, vals)
         self._append(model_id, cols, vals)
         return row
 
     def add_unscored(self, model_id: str, counts: Sequence[dict[str, int]], n_samples: int | None = None) -> None:
         """Add one model without computing its row (bulk loading; see ``similarity_matrix``)."""
+        self._append(model_id, *self._encode_new(model_id, counts, n_samples))
+
+    def _encode_new(self, model_id: str, counts: Sequence[dict[str, int]], n_samples: int | None):
+        """Validate a model about to be added and encode its allele frequencies."""
         n_samples = self.n_samples if n_samples is None else n_samples
         if model_id in self._row_of:
             raise ValueError(f"model {model_id!r} is already in the index")
@@ -158,7 +168,7 @@ class AlleleIndex:
             self.n_genes = len(counts)
         if len(counts) != self.n_genes:
             raise ValueError(f"model {model_id!r} has {len(counts)} genes; the index has {self.n_genes}")
-        self._append(model_id, *self._encode(counts, n_samples))
+        return self._encode(counts, n_samples)
 
     def similarity_row(self, counts: Sequence[dict[str, int]], n_samples: int | None = None) -> np.ndarray:
         """Similarity of a model to every indexed model, without adding it."""

@@ -31,6 +31,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from indexer.distance import check_matrix
+
 
 @dataclass(frozen=True)
 class LineageFinding:
@@ -57,13 +59,7 @@ def check_lineage(D: np.ndarray, ids: Sequence[str], declared: Mapping[str, Sequ
     id to its declared base model ids (from its card); ``created`` optionally maps ids to
     comparable upload times.
     """
-    D = np.asarray(D, dtype=float)
-    ids = list(ids)
-    n = len(ids)
-    if D.shape != (n, n):
-        raise ValueError(f"D is {D.shape}, expected {n}x{n} for {n} ids")
-    if len(set(ids)) != n:
-        raise ValueError("ids must be unique")
+    D, ids = check_matrix(D, ids)
     if not 0 < suspicious_fraction <= 1 or confirm_rank < 1 or ratio <= 1:
         raise ValueError("need confirm_rank >= 1, 0 < suspicious_fraction <= 1, ratio > 1")
     return _check(D, ids, declared, created or {}, confirm_rank, confirm_fraction, suspicious_fraction,

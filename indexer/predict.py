@@ -48,6 +48,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from indexer.distance import check_matrix
 from schemas.records import Estimate
 
 BENCHMARKS: tuple[str, ...] = ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
@@ -753,13 +754,7 @@ def refresh_estimates(D: np.ndarray, ids: Sequence[str],
     include the distances to the new model); with ``anchor_refit_fraction > 0`` an insert
     costs O(m * n_s * n).
     """
-    D = np.asarray(D, dtype=float)
-    ids = list(ids)
-    n = len(ids)
-    if D.shape != (n, n):
-        raise ValueError(f"D is {D.shape}, expected {n}x{n} for {n} ids")
-    if len(set(ids)) != n:
-        raise ValueError("ids must be unique")
+    D, ids = check_matrix(D, ids)
     pos = {m: i for i, m in enumerate(ids)}
     benches = list(benchmarks) if benchmarks is not None else sorted({b for _, b in scores})
     predictor = get_predictor(model)

@@ -10,7 +10,6 @@ test's folder — the working directory, the catalog's folder, the cache, or a p
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

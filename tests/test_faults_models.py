@@ -15,7 +15,6 @@ consistent, a second watch changes nothing, and no marker file exists.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 from datetime import datetime, timedelta, timezone

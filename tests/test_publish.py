@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from indexer.catalog import Catalog
-from indexer.lineage import check_lineage
 from indexer.predict import refresh_estimates
 from indexer.publish import EXPORT_FILES, declared_families, export, render_report, tree_svg
 from indexer.tree.newick import parse_newick, to_newick

@@ -6,7 +6,6 @@ Skipped, with the reason, when no Chromium binary is installed (Debian package
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
