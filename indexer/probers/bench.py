@@ -117,6 +117,7 @@ def _bench_openai(source: ModelSource, genome, params: ProbeParams, base_url: st
         return run(base_url)
     from indexer.probers.vllm_backend import VLLMServer
 
+    options.setdefault("send_seed", False)  # the CPU build of vLLM crashes on per-request seeds
     with VLLMServer(source.path, source.model_id) as server:
         out = run(server.base_url)
         out["server"] = "vllm serve on loopback (started for this benchmark)"

@@ -2,9 +2,9 @@
 
 Every gene is a request with ``SamplingParams(n=N, temperature, top_p, max_tokens, seed)``
 (the paper's parameters by default); vLLM batches all of them, shares each prompt's prefill
-among its N samples, and decodes with paged attention. Each gene's request gets its own
-seed, derived from the probe's seed and the gene's index, so genes never share a random
-stream and a probe is reproducible.
+among its N samples, and decodes with paged attention. On GPUs each gene's request gets its
+own seed, derived from the probe's seed and the gene's index; the CPU build crashes on
+per-request seeds, so there the engine's seed alone makes a probe reproducible.
 
 The engine runs in a worker process, one per model: the worker's exit releases every byte
 of memory the engine held (GPU memory included) before the next model loads, which
@@ -68,6 +68,7 @@ class VLLMProber(Prober):
         self.timeout = timeout
         self._version: str | None = None
         self.last_timings: dict[str, float] = {}  # engine start and generation of the last probe
+        self.last_log = ""  # the last worker's log (vLLM writes it to stderr)
 
     def version(self) -> str:
         if self._version is None:
@@ -99,8 +100,12 @@ class VLLMProber(Prober):
         except OSError as e:
             raise ProbeError(f"vLLM interpreter {self.python!r} cannot run ({e})") from None
         answer = _last_json_line(done.stdout)
+        self.last_log = (done.stdout or "") + (done.stderr or "")
         if done.returncode != 0 or answer is None or "error" in answer:
             reason = (answer or {}).get("error") or _tail(done.stderr)
+            cause = _root_cause(self.last_log)
+            if cause:
+                reason = f"{reason} [engine: {cause}]"
             raise ProbeError(f"{model.model_id}: vLLM worker failed: {reason}",
                              skip=bool((answer or {}).get("skip")))
         self._version = answer["version"]
@@ -131,6 +136,15 @@ def _worker_env() -> dict[str, str]:
 
 def _tail(text: str) -> str:
     return " ".join((text or "").strip().split())[-_TAIL:] or "no output"
+
+
+def _root_cause(stderr: str) -> str:
+    """The last error lines of a worker's log (vLLM's engine process logs its traceback
+    there, while the front end only reports that the engine died)."""
+    lines = [ln.strip() for ln in (stderr or "").splitlines()]
+    hits = [ln for ln in lines if ("Error" in ln or "Exception" in ln or "Killed" in ln)
+            and "EngineDeadError" not in ln and "Warning" not in ln]
+    return " | ".join(hits[-3:])[-_TAIL:]
 
 
 def _last_json_line(text: str) -> dict | None:
@@ -251,9 +265,13 @@ def run_worker(request: dict) -> dict:
     llm = LLM(model=request["model"], trust_remote_code=False, load_format="safetensors",
               seed=params.seed, **engine)
     t1 = time.perf_counter()
+    # Per-request seeds crash the CPU build's sampler ("CPU Generator does not use offset"):
+    # on CPU the engine's seed (LLM(seed=...)) alone makes a probe reproducible.
+    per_gene_seed = torch.cuda.is_available()
     sampling = [SamplingParams(n=params.n_samples, temperature=params.temperature, top_p=params.top_p,
                                top_k=-1 if _top_k_needs_minus_one() else 0, max_tokens=params.max_tokens,
-                               seed=gene_seed(params.seed, g), skip_special_tokens=True)
+                               seed=gene_seed(params.seed, g) if per_gene_seed else None,
+                               skip_special_tokens=True)
                 for g in range(len(genes))]
     outputs = llm.generate(genes, sampling, use_tqdm=False)
     t2 = time.perf_counter()
