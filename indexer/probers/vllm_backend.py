@@ -92,9 +92,8 @@ class VLLMProber(Prober):
         request = {"model": str(Path(model.path).resolve()), "genes": list(genome.genes),
                    "params": params.model_dump(mode="json"), "engine": self.engine}
         try:
-            done = subprocess.run([self.python, "-m", "indexer.probers.vllm_backend"],
-                                  input=json.dumps(request), capture_output=True, text=True,
-                                  timeout=self.timeout, env=_worker_env())
+            done = _run_worker_group([self.python, "-m", "indexer.probers.vllm_backend"], json.dumps(request),
+                                     self.timeout)
         except subprocess.TimeoutExpired:
             raise ProbeError(f"{model.model_id}: vLLM worker ran past {self.timeout:.0f} s") from None
         except OSError as e:
@@ -112,6 +111,25 @@ class VLLMProber(Prober):
         self.last_timings = answer.get("timings", {})
         counts = tuple({str(k): int(v) for k, v in c.items()} for c in answer["counts"])
         return AlleleCounts(genome_hash=genome.hash, n_samples=params.n_samples, counts=counts)
+
+
+def _run_worker_group(cmd: list[str], stdin: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run the worker in its own process group, so that a timeout or an interrupt ends the
+    engine processes vLLM starts below it too (they would outlive a killed worker)."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_worker_env(), start_new_session=True)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _default_python() -> str:
@@ -261,6 +279,10 @@ def run_worker(request: dict) -> dict:
         # 5-token generations; eager mode starts in about 30 s.
         engine.setdefault("enforce_eager", True)
         engine.pop("gpu_memory_utilization", None)
+        if engine.get("dtype", "auto") == "auto":  # emulated bf16 is many times slower than fp32
+            from indexer.probers.transformers_backend import _resolve_dtype
+
+            engine["dtype"] = _resolve_dtype("auto", "cpu")
     t0 = time.perf_counter()
     llm = LLM(model=request["model"], trust_remote_code=False, load_format="safetensors",
               seed=params.seed, **engine)
