@@ -16,7 +16,8 @@ import pytest
 
 from indexer.genomes import builtin
 from indexer.probers.base import ModelSource, ProbeError, get_prober
-from indexer.probers.openai_backend import OpenAIProber, _retry_after
+from indexer.http_retry import retry_after_seconds as _retry_after
+from indexer.probers.openai_backend import OpenAIProber
 from schemas.records import ProbeParams
 
 KEY = "sk-test-0123456789abcdef"

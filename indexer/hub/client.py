@@ -18,7 +18,6 @@ being downloaded is detected, never mixed.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import hashlib
 import json
 import logging
@@ -27,7 +26,8 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+
+from indexer.http_retry import retry_after_seconds
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -153,21 +153,7 @@ class RetryPolicy:
 def _retry_after(exc: BaseException) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
-    value = headers.get("Retry-After") if headers is not None else None
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return retry_after_seconds(headers.get("Retry-After") if headers is not None else None)
 
 
 def _status_of(exc: BaseException) -> int | None:

@@ -22,7 +22,6 @@ Cost: G * ceil(N / max_n_per_request) requests, ``concurrency`` in flight.
 """
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import random
@@ -32,7 +31,8 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+
+from indexer.http_retry import retry_after_seconds
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -151,7 +151,7 @@ class OpenAIProber(Prober):
                     hint = " (check the API key in $" + self.api_key_env + ")" if e.code in (401, 403) else ""
                     raise ProbeError(f"{body['model']}: HTTP {e.code} from the API: {detail}{hint}") from None
                 last = f"HTTP {e.code}: {detail}"
-                retry_after = _retry_after(e.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(e.headers.get("Retry-After"))
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
                 last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
             except ValueError as e:  # a body that is not JSON: a proxy's error page, a cut stream
@@ -173,20 +173,3 @@ def _error_detail(e: urllib.error.HTTPError) -> str:
         return " ".join(str(msg or obj.get("message") or raw).split())[:300]
     except (ValueError, AttributeError, OSError):
         return e.reason if isinstance(e.reason, str) else "no detail"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
