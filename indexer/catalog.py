@@ -233,11 +233,13 @@ class Catalog:
                               "text": list(genome.genes)})
             self._append("genes", batch)
 
-    def _append(self, table: str, batch: pa.Table) -> None:
+    def _append(self, table: str, batch: pa.Table, *, replace: bool = False) -> None:
+        """One INSERT of a whole Arrow batch (``replace``: INSERT OR REPLACE on the key)."""
         name = f"_batch_{table}"
+        verb = "insert or replace" if replace else "insert"
         self.con.register(name, batch)
         try:
-            self.con.execute(f"insert into {table} ({', '.join(batch.column_names)}) select * from {name}")
+            self.con.execute(f"{verb} into {table} ({', '.join(batch.column_names)}) select * from {name}")
         finally:
             self.con.unregister(name)
 
@@ -303,18 +305,10 @@ class Catalog:
             return
         a = [min(model_id, o) for o in others]
         b = [max(model_id, o) for o in others]
-        self._append_or_replace("distance_pairs", pa.table({
+        self._append("distance_pairs", pa.table({
             "genome_hash": [genome_hash] * len(others), "model_a": a, "model_b": b,
             "similarity": pa.array(np.asarray(similarity, dtype=float)),
-            "distance": pa.array(np.asarray(distance, dtype=float))}))
-
-    def _append_or_replace(self, table: str, batch: pa.Table) -> None:
-        name = f"_batch_{table}"
-        self.con.register(name, batch)
-        try:
-            self.con.execute(f"insert or replace into {table} ({', '.join(batch.column_names)}) select * from {name}")
-        finally:
-            self.con.unregister(name)
+            "distance": pa.array(np.asarray(distance, dtype=float))}), replace=True)
 
     def nearest(self, model_id: str, k: int, genome_hash: str | None = None) -> list[tuple[str, float, float]]:
         """The k nearest models by distance: (model, distance, similarity)."""
@@ -349,24 +343,24 @@ class Catalog:
         if not scores:
             return 0
         with self.transaction():
-            self._append_or_replace("scores", pa.table({
+            self._append("scores", pa.table({
                 "model_id": [s.model_id for s in scores], "benchmark": [s.benchmark for s in scores],
                 "value": pa.array([s.value for s in scores], pa.float64()),
-                "source": [s.source for s in scores]}))
+                "source": [s.source for s in scores]}), replace=True)
         return len(scores)
 
     def replace_estimates(self, estimates: Sequence[Estimate]) -> None:
         if not estimates:
             return
         now = datetime.now(timezone.utc)
-        self._append_or_replace("estimates", pa.table({
+        self._append("estimates", pa.table({
             "model_id": [e.model_id for e in estimates], "benchmark": [e.benchmark for e in estimates],
             "estimate": pa.array([e.estimate for e in estimates], pa.float64()),
             "low": pa.array([e.low for e in estimates], pa.float64()),
             "high": pa.array([e.high for e in estimates], pa.float64()),
             "method": [e.method for e in estimates],
             "snapshot": pa.array([e.snapshot for e in estimates], pa.int32()),
-            "updated_at": pa.array([now] * len(estimates), pa.timestamp("us", tz="UTC"))}))
+            "updated_at": pa.array([now] * len(estimates), pa.timestamp("us", tz="UTC"))}), replace=True)
 
     # ---- publishing -------------------------------------------------------------------
     def publish_snapshot(self) -> Path:

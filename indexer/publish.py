@@ -359,28 +359,34 @@ def estimates_from_catalog(con, *, method: str | None = None, changed: set[str] 
     from indexer.predict import DEFAULT_METHOD, refresh_estimates
 
     method = method or DEFAULT_METHOD
-    snapshot, _, genome_hash = latest_snapshot(con)
-    ids, d = distance_matrix(con, genome_hash)
-    complete = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
-    ids = [ids[i] for i in complete]
-    d = d[np.ix_(complete, complete)]
-    models = _rows(con, "select id, author, base_models from models")
-    groups = declared_families(models)
+    snapshot, ids, d = _indexed_matrix(con)
     scores = {(m, b): float(v) for m, b, v in con.execute(
         "select model_id, benchmark, avg(value) from scores group by model_id, benchmark").fetchall()}
     return refresh_estimates(d, ids, scores, changed=changed, snapshot=snapshot, model=method,
-                             groups={m: groups.get(m, m.split("/")[0]) for m in ids}, cache=cache)
+                             groups=cv_groups(con, ids), cache=cache)
+
+
+def cv_groups(con, ids) -> dict[str, str]:
+    """Cross-validation groups of the estimators: each model's declared family (the root of
+    its declared base-model chain), else its author."""
+    groups = declared_families(_rows(con, "select id, author, base_models from models"))
+    return {m: groups.get(m, m.split("/")[0]) for m in ids}
+
+
+def _indexed_matrix(con) -> tuple[int | None, list[str], np.ndarray]:
+    """The latest snapshot id and the distance matrix of the models whose row is complete
+    (a model still being indexed is left out)."""
+    snapshot, _, genome_hash = latest_snapshot(con)
+    ids, d = distance_matrix(con, genome_hash)
+    complete = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
+    return snapshot, [ids[i] for i in complete], d[np.ix_(complete, complete)]
 
 
 def lineage_from_catalog(con) -> list[dict]:
     """The lineage check on the catalog's distances and declared base models."""
     from indexer.lineage import check_lineage
 
-    _, _, genome_hash = latest_snapshot(con)
-    ids, d = distance_matrix(con, genome_hash)
-    known = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
-    ids = [ids[i] for i in known]
-    d = d[np.ix_(known, known)]
+    _, ids, d = _indexed_matrix(con)
     models = _rows(con, "select id, base_models, created_at from models")
     declared = {m["id"]: list(m["base_models"] or []) for m in models}
     created = {m["id"]: m["created_at"] for m in models if m["created_at"] is not None}

@@ -418,15 +418,12 @@ class _Estimator:
             "select model_id, benchmark, avg(value) from scores group by 1, 2").fetchall()}
         if not scores:
             return 0
-        from indexer.publish import declared_families
+        from indexer.publish import cv_groups
 
         ids = list(index.ids)
-        models = [dict(zip(("id", "author", "base_models"), r)) for r in
-                  self.catalog.con.execute("select id, author, base_models from models").fetchall()]
-        families = declared_families(models)  # cross-validation groups: declared lineages
         estimates = predict.refresh_estimates(
             index.distance_matrix(), ids, scores, changed, snapshot, cache=self.cache,
-            groups={m: families.get(m, m.split("/")[0]) for m in ids})
+            groups=cv_groups(self.catalog.con, ids))
         self.catalog.replace_estimates(estimates)
         return len(estimates)
 
