@@ -7,8 +7,10 @@ statement per batch, never row by row. Every update of one model is one transact
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -48,6 +50,28 @@ def snapshot_path(path: Path) -> Path:
     return path.with_name(path.name + ".snapshot.duckdb")
 
 
+def writer_lock_path(path: Path) -> Path:
+    """``<catalog>.lock``: flocked by the one job (watch, backfill, probe) writing the catalog."""
+    return path.with_name(path.name + ".lock")
+
+
+def is_write_locked(path: Path) -> bool:
+    """Whether a job holds the catalog's writer lock (in any process, this one included:
+    flock conflicts between open file descriptions, not processes)."""
+    lock = writer_lock_path(path)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's shared lock
+    return False
+
+
 def _schema_sql() -> str:
     return resources.files("schemas").joinpath("catalog.sql").read_text("utf-8")
 
@@ -63,14 +87,14 @@ class Catalog:
     ``Catalog(path, create=True)`` also creates a new one.
     """
 
-    def __init__(self, path: str | Path | None = None, *, create: bool = False):
+    def __init__(self, path: str | Path | None = None, *, create: bool = False, wait_s: float = 0.0):
         self.path = resolve_path(path)
         self._depth = 0
         if not create and not self.path.exists():
             raise PhylolmError(f"no catalog at {self.path}; run `phylolm init` first (or pass --catalog)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.con = duckdb.connect(str(self.path))
+            self.con = self._connect(wait_s)
         except duckdb.IOException as e:
             if _is_lock_error(e):
                 raise PhylolmError(
@@ -81,6 +105,20 @@ class Catalog:
         except duckdb.Error as e:
             raise PhylolmError(f"{self.path} is not a DuckDB catalog ({str(e).splitlines()[0]})") from None
         self._migrate()
+
+    def _connect(self, wait_s: float) -> duckdb.DuckDBPyConnection:
+        # A reader that opened the file just before a job took the writer lock holds DuckDB's
+        # file lock for the length of its query: the job waits that out rather than dying.
+        deadline = time.monotonic() + wait_s
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as e:
+                if not _is_lock_error(e) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     # ---- schema ---------------------------------------------------------------------
     def schema_version(self) -> int | None:
@@ -405,12 +443,15 @@ def _ident(name: str) -> str:
 def open_read_only(path: str | Path | None) -> tuple[duckdb.DuckDBPyConnection, Path]:
     """A read-only connection that cannot touch files, attach databases or load extensions.
 
-    Opens the catalog itself, or — while another process holds its write lock — the
-    snapshot that process publishes. Returns the connection and the file it reads.
+    Opens the catalog itself, or — while a job holds its writer lock — the snapshot that job
+    publishes, so a reader never holds DuckDB's file lock when the job opens the file.
+    Returns the connection and the file it reads.
     """
     path = resolve_path(path)
     config = {"enable_external_access": False, "lock_configuration": True}
     candidates = [path, snapshot_path(path)]
+    if is_write_locked(path):
+        candidates.reverse()
     if not path.exists() and not snapshot_path(path).exists():
         raise PhylolmError(f"no catalog at {path}; run `phylolm init` first (or pass --catalog)")
     last: Exception | None = None
@@ -424,6 +465,16 @@ def open_read_only(path: str | Path | None) -> tuple[duckdb.DuckDBPyConnection, 
             if not _is_lock_error(e):
                 raise PhylolmError(f"cannot read {p}: {str(e).splitlines()[0]}") from None
     raise PhylolmError(f"catalog {path} is being written and has no published snapshot yet ({last})")
+
+
+def refresh_snapshot(path: Path) -> None:
+    """Publish the snapshot if it is missing or older than the catalog. A job calls this once it
+    holds the writer lock, so readers have a snapshot to go to from the job's first moment."""
+    snap = snapshot_path(path)
+    if not path.exists() or (snap.exists() and snap.stat().st_mtime >= path.stat().st_mtime):
+        return
+    with Catalog(path, wait_s=30.0) as cat:
+        cat.publish_snapshot()
 
 
 def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:

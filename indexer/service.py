@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from indexer import genomes as genome_lib
-from indexer.catalog import DONE_SQL
+from indexer.catalog import DONE_SQL, writer_lock_path
 from indexer.errors import PhylolmError
 from indexer.probers.base import ModelSource, Prober, ProbeError, get_prober
 from schemas.records import ModelRecord, ModelStatus, ProbeParams, ProbeRecord, probe_key
 
 log = logging.getLogger("phylolm")
+
+WRITER_OPEN_WAIT_S = 120.0  # how long the writer waits out a reader's query that began before the job
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class WriterLock:
     second job on the same catalog is refused at once with a clear message."""
 
     def __init__(self, catalog: Path):
-        self.path = catalog.with_name(catalog.name + ".lock")
+        self.path = writer_lock_path(catalog)
         self._fd: int | None = None
 
     def __enter__(self) -> "WriterLock":
@@ -300,7 +302,7 @@ class IndexWriter:
 
         self.config = config
         self.genome = config.load_genome()
-        self.catalog = Catalog(config.catalog, create=True)
+        self.catalog = Catalog(config.catalog, create=True, wait_s=WRITER_OPEN_WAIT_S)
         self.catalog.register_genome(self.genome)
         ids, counts = self._indexed_alleles()
         latest = self.catalog.latest_tree(self.genome.hash)

@@ -168,6 +168,44 @@ def test_other_process_reads_snapshot_while_writer_holds_the_file(tmp_path):
     assert snapshot_path(path).exists()
 
 
+def test_readers_go_to_the_snapshot_while_a_job_holds_the_writer_lock(tmp_path):
+    from indexer.catalog import refresh_snapshot
+    from indexer.service import WriterLock
+
+    path = tmp_path / "c.duckdb"
+    with Catalog(path, create=True) as cat:
+        cat.upsert_models([ModelRecord(id="a/first")])
+    con, read = open_read_only(path)
+    con.close()
+    assert read == path  # no job: the catalog itself, always current
+    with WriterLock(path):
+        refresh_snapshot(path)  # what a job does first
+        con, read = open_read_only(path)
+        con.close()
+        assert read == snapshot_path(path)
+        # so the job's writer never finds the file held by a reader
+        with Catalog(path) as cat:
+            cat.upsert_models([ModelRecord(id="a/second")])
+
+
+def test_writer_waits_out_a_reader_that_opened_first(tmp_path):
+    path = tmp_path / "c.duckdb"
+    Catalog(path, create=True).close()
+    # another process holds a read-only connection (DuckDB's file lock) for a moment
+    code = ("import sys, time, duckdb; con = duckdb.connect(sys.argv[1], read_only=True); "
+            "print('open', flush=True); time.sleep(3); con.close()")
+    reader = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        with pytest.raises(PhylolmError, match="held by another writer"):
+            Catalog(path)  # no patience: refused at once with the clear message
+        with Catalog(path, wait_s=60) as cat:  # the job's writer waits the reader out
+            cat.upsert_models([ModelRecord(id="a/after-reader")])
+    finally:
+        reader.wait(timeout=60)
+    assert reader.returncode == 0
+
+
 def test_failed_attempts_count_per_revision(tmp_path):
     from indexer.catalog import DONE_SQL, MAX_ATTEMPTS
     with Catalog(tmp_path / "c.duckdb", create=True) as cat:
