@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer import genomes as genome_lib
-from indexer.catalog import DONE_SQL, writer_lock_path
+from indexer.catalog import DONE_SQL, refresh_snapshot, writer_lock_path
 from indexer.errors import PhylolmError
 from indexer.probers.base import ModelSource, Prober, ProbeError, get_prober
 from schemas.records import ModelRecord, ModelStatus, ProbeParams, ProbeRecord, probe_key
@@ -105,9 +105,14 @@ def failpoint(stage: str) -> None:
 
 class WriterLock:
     """An advisory lock on ``<catalog>.lock`` held for the life of a watch or backfill, so a
-    second job on the same catalog is refused at once with a clear message."""
+    second job on the same catalog is refused at once with a clear message.
+
+    While it is held, readers (``phylolm sql``, the job's own listing) read the published
+    snapshot, which taking the lock brings up to date first, so no reader ever holds the file
+    when the job's writer opens it."""
 
     def __init__(self, catalog: Path):
+        self.catalog = catalog
         self.path = writer_lock_path(catalog)
         self._fd: int | None = None
 
@@ -124,6 +129,11 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+        try:
+            refresh_snapshot(self.catalog)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -153,30 +163,46 @@ class ListStep:
         self.watcher = Watcher(self.client, ScreenPolicy(max_bytes=int(config.max_bytes),
                                                          has_token=self.client.has_token))
 
-    def done_and_watermark(self) -> tuple[dict[str, str], datetime | None]:
-        from indexer.catalog import open_read_only
+    def catalog_state(self) -> tuple[dict[str, str], datetime | None, dict[str, int]]:
+        """``(done, watermark, retry)``: the revision each finished model is done at, the
+        watermark, and the failed attempts of every model that failed but may be retried."""
+        from indexer.catalog import MAX_ATTEMPTS, open_read_only
 
         try:
             con, _ = open_read_only(self.config.catalog)
         except PhylolmError:
-            return {}, None  # no catalog yet: everything is new
+            return {}, None, {}  # no catalog yet: everything is new
         try:
             done = dict(con.execute(f"select id, revision from models where {DONE_SQL}").fetchall())
+            retry = dict(con.execute("select id, attempts from models where status = 'failed' and attempts < ?",
+                                     [MAX_ATTEMPTS]).fetchall())
             wm = con.execute("select value from meta where key = 'watermark'").fetchall()
         finally:
             con.close()
-        return done, datetime.fromisoformat(wm[0][0]) if wm else None
+        return done, datetime.fromisoformat(wm[0][0]) if wm else None, retry
 
     def __call__(self) -> list[ModelRecord]:
-        done, watermark = self.done_and_watermark()
+        done, watermark, retry = self.catalog_state()
         if self.config.model_ids:
             records = [self._one(m) for m in self.config.model_ids]
         else:
             since = max(filter(None, (watermark, self.config.since)), default=None)
             records = list(self.watcher.list_new_models(since, author=self.config.author,
                                                         search=self.config.search))
-        fresh = [r for r in records if done.get(r.id) != r.revision]
+            # A failure older than the watermark is not listed by time: ask for it by id.
+            listed = {r.id for r in records}
+            again = [self._one(m) for m in sorted(retry) if m not in listed]
+            records = [r for r in again if self._wanted(r)] + records
+        fresh = [r.model_copy(update={"attempt": retry.get(r.id, 0)}) for r in records
+                 if done.get(r.id) != r.revision]
         return fresh[: self.config.limit] if self.config.limit else fresh
+
+    def _wanted(self, record: ModelRecord) -> bool:
+        """A retried model still matches the job's filters (author, --since)."""
+        if self.config.author and record.author and record.author != self.config.author:
+            return False
+        since = self.config.since
+        return not (since and record.created_at and record.created_at < since)
 
     def _one(self, model_id: str) -> ModelRecord:
         from indexer.hub.client import HubError

@@ -67,16 +67,18 @@ class ListNewModelsFn(beam.DoFn):
 
 
 class FirstSightFn(beam.DoFn):
-    """Passes each (model, revision) once per job: a model still being probed when the next
-    poll lists it again is not probed twice. Keyed state, so it holds across workers."""
+    """Passes each (model, revision, attempt) once per job: a model still being probed when the
+    next poll lists it again is not probed twice, while a failed one, listed again with its
+    attempt count raised, is retried. Keyed state, so it holds across workers."""
 
     SEEN = userstate.ReadModifyWriteStateSpec("revision", StrUtf8Coder())
 
     def process(self, keyed, seen=beam.DoFn.StateParam(SEEN)):
         _, record = keyed
-        if seen.read() == record.revision:
+        sighting = f"{record.revision}#{record.attempt}"
+        if seen.read() == sighting:
             return
-        seen.write(record.revision)
+        seen.write(sighting)
         yield record
 
 

@@ -56,6 +56,7 @@ class ModelRecord(Frozen):
     size_bytes: int | None = Field(default=None, ge=0)
     status: ModelStatus = ModelStatus.discovered
     reason: str | None = None
+    attempt: int = Field(default=0, ge=0)  # failed probes of this revision so far (a retry has > 0)
 
     @field_validator("id")
     @classmethod

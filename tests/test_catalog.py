@@ -169,7 +169,6 @@ def test_other_process_reads_snapshot_while_writer_holds_the_file(tmp_path):
 
 
 def test_readers_go_to_the_snapshot_while_a_job_holds_the_writer_lock(tmp_path):
-    from indexer.catalog import refresh_snapshot
     from indexer.service import WriterLock
 
     path = tmp_path / "c.duckdb"
@@ -178,8 +177,8 @@ def test_readers_go_to_the_snapshot_while_a_job_holds_the_writer_lock(tmp_path):
     con, read = open_read_only(path)
     con.close()
     assert read == path  # no job: the catalog itself, always current
-    with WriterLock(path):
-        refresh_snapshot(path)  # what a job does first
+    with WriterLock(path):  # taking it publishes the snapshot
+        assert snapshot_path(path).exists()
         con, read = open_read_only(path)
         con.close()
         assert read == snapshot_path(path)

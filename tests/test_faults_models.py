@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.faults_common import assert_consistent, listing, statuses, table_counts
+from tests.faults_common import assert_consistent, listing, query, statuses, table_counts
 
 pytestmark = pytest.mark.faults
 
@@ -256,12 +256,22 @@ def test_watch_survives_every_model_fault(zoo, tmp_path):
     assert not [p for p in cache.rglob("*") if "too-large" in str(p)]
     assert not [p for p in cache.rglob("*") if "remote-code" in str(p) or "pickle-only" in str(p)]
 
-    # A second watch finds nothing to do: final statuses are not retried, nothing is doubled.
+    # Later watches retry only the failures (a failure may be transient), up to MAX_ATTEMPTS
+    # per revision, then nothing: final statuses are not retried, nothing is doubled.
+    from indexer.catalog import MAX_ATTEMPTS
+
     before = table_counts(catalog)
-    second = _watch_once(zoo, tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "indexed " not in second.stdout and "failed " not in second.stdout, second.stdout
-    assert table_counts(catalog) == before and statuses(catalog) == got
+    failed = sorted(r for r, (st, _) in got.items() if st == "failed")
+    assert failed
+    for attempt in range(2, MAX_ATTEMPTS + 2):
+        again = _watch_once(zoo, tmp_path)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "indexed " not in again.stdout, again.stdout
+        retried = sorted(line.split()[1] for line in again.stdout.splitlines() if line.startswith("failed "))
+        assert retried == (failed if attempt <= MAX_ATTEMPTS else []), (attempt, again.stdout)
+        assert table_counts(catalog) == before and statuses(catalog) == got
+    attempts = dict(query(catalog, "select id, attempts from models where status = 'failed'"))
+    assert attempts == {r: MAX_ATTEMPTS for r in failed}
     assert not zoo["marker"].exists()
 
 

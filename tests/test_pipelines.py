@@ -200,10 +200,15 @@ def test_failed_download_is_retried_on_the_next_poll(ecosystem, tmp_path):
     from schemas.records import ProbeParams
 
     served = tmp_path / "served"
-    repo = next(r for o in sorted(ecosystem.iterdir()) if o.is_dir() for r in sorted(o.iterdir()))
-    shutil.copytree(repo, served / repo.parent.name / repo.name)
-    model_id = f"{repo.parent.name}/{repo.name}"
-    plan = FaultPlan(vanish(model_id))  # gone (404) between the listing and the download
+    owners = sorted(p for p in ecosystem.iterdir() if p.is_dir())
+    repos = sorted((r for o in owners for r in o.iterdir() if r.is_dir()),
+                   key=lambda r: json.loads((r / ".hub.json").read_text())["created_at"])[:2]
+    for repo in repos:
+        shutil.copytree(repo, served / repo.parent.name / repo.name)
+    model_id, later_id = (f"{r.parent.name}/{r.name}" for r in repos)
+    # the older upload is gone (404) between the listing and the download; the later one is
+    # indexed, so the watermark moves past the failure, which must still be retried
+    plan = FaultPlan(vanish(model_id))
     with HubServer(served, faults=plan) as url:
         config = JobConfig(catalog=tmp_path / "c.duckdb", hub=url, backend="simulated", n_genes=32,
                            params=ProbeParams(n_samples=16), cache_dir=tmp_path / "cache", hub_timeout=2)
@@ -220,10 +225,44 @@ def test_failed_download_is_retried_on_the_next_poll(ecosystem, tmp_path):
                 step.close()
 
         first = poll()
-        assert [(s.model_id, s.status) for s in first] == [(model_id, "failed")] and "not found" in first[0].reason
+        assert [(s.model_id, s.status) for s in first] == [(model_id, "failed"), (later_id, "indexed")]
+        assert "not found" in first[0].reason
         plan.faults.clear()  # the repository is back
         second = poll()
         assert [(s.model_id, s.status) for s in second] == [(model_id, "indexed")]
         assert poll() == []  # done: not listed again
     with Catalog(config.catalog) as cat:
-        assert cat.con.execute("select status, attempts from models").fetchall() == [("indexed", 1)]
+        assert cat.con.execute("select id, status, attempts from models order by id").fetchall() == sorted(
+            [(model_id, "indexed", 1), (later_id, "indexed", 0)])
+
+
+@pytest.mark.faults
+def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
+    """One long-running watch: a model whose download fails once is listed again with its
+    attempt count raised, passes the first-sight filter again, and is indexed in the same run."""
+    from dataclasses import replace
+
+    from indexer.catalog import Catalog
+    from indexer.hub.faults import FaultPlan, vanish
+    from indexer.hub.server import HubServer
+    from indexer.service import JobConfig, WriterLock
+    from pipelines.run import run_watch
+    from schemas.records import ProbeParams
+
+    served = tmp_path / "served"
+    owners = sorted(p for p in ecosystem.iterdir() if p.is_dir())
+    repos = sorted((r for o in owners for r in o.iterdir() if r.is_dir()),
+                   key=lambda r: json.loads((r / ".hub.json").read_text())["created_at"])[:3]
+    for repo in repos:
+        shutil.copytree(repo, served / repo.parent.name / repo.name)
+    flaky = f"{repos[0].parent.name}/{repos[0].name}"
+    plan = FaultPlan(replace(vanish(flaky), times=1))  # one 404, then the repository is back
+    catalog = tmp_path / "c.duckdb"
+    with HubServer(served, faults=plan) as url, WriterLock(catalog):
+        config = JobConfig(catalog=catalog, hub=url, backend="simulated", n_genes=32,
+                           params=ProbeParams(n_samples=16), cache_dir=tmp_path / "cache", hub_timeout=2)
+        run_watch(config, interval=0.5, duration=12)
+    assert plan.fired("vanish") == 1
+    with Catalog(catalog) as cat:
+        rows = dict(cat.con.execute("select id, status || ':' || attempts from models").fetchall())
+    assert rows[flaky] == "indexed:1" and sorted(rows.values()) == ["indexed:0", "indexed:0", "indexed:1"]

@@ -45,17 +45,12 @@ def job_config(s: Settings, hub_url: str | None, **extra):
 
 @contextmanager
 def job(s: Settings) -> Iterator[str | None]:
-    """Holds the one-writer lock for the catalog and serves a folder hub while the job runs.
-
-    While the lock is held, readers (``phylolm sql``, the job's own listing) read the published
-    snapshot, which is brought up to date here first."""
-    from indexer.catalog import refresh_snapshot
+    """Holds the one-writer lock for the catalog and serves a folder hub while the job runs."""
     from indexer.hub.client import open_hub
     from indexer.service import WriterLock
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with WriterLock(s.catalog.resolve()), open_hub(s.hub) as url:
-        refresh_snapshot(s.catalog.resolve())
         yield url
 
 
