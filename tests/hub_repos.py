@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,3 +48,16 @@ def make_repo(root: Path, repo_id: str, *, created_at: datetime | None = None, n
         side["gated"] = gated
     (d / ".hub.json").write_text(json.dumps(side))
     return d
+
+
+def repos_by_upload(hub: Path) -> list[Path]:
+    """The repositories of a simulated hub folder (``phylolm simulate``), oldest upload first."""
+    repos = [r for o in sorted(hub.iterdir()) if o.is_dir() for r in sorted(o.iterdir()) if r.is_dir()]
+    return sorted(repos, key=lambda r: json.loads((r / ".hub.json").read_text())["created_at"])
+
+
+def publish(repos: list[Path], served: Path) -> list[str]:
+    """Copy repositories into a served hub folder (as if uploaded now); returns their ids."""
+    for repo in repos:
+        shutil.copytree(repo, served / repo.parent.name / repo.name)
+    return [f"{r.parent.name}/{r.name}" for r in repos]

@@ -11,7 +11,6 @@ stands in for GPUs; everything else is the production path).
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from indexer.catalog import open_read_only, snapshot_path
 from tests.conftest import run_cli
+from tests.hub_repos import publish, repos_by_upload
 from tests.faults_common import BASE_ENV, assert_consistent, consistency, query
 
 pytestmark = pytest.mark.faults
@@ -37,11 +37,6 @@ def ecosystem(tmp_path_factory) -> Path:
                 "--out", str(out))
     assert r.returncode == 0, r.stderr
     return out
-
-
-def _repos_by_upload(hub: Path) -> list[Path]:
-    repos = [r for o in hub.iterdir() if o.is_dir() for r in o.iterdir() if r.is_dir()]
-    return sorted(repos, key=lambda r: json.loads((r / ".hub.json").read_text())["created_at"])
 
 
 def _watch_once(hub: Path, catalog: Path, cwd: Path, failpoint: str | None = None, **kw):
@@ -77,7 +72,7 @@ def test_sigkill_at_each_stage_then_restart(ecosystem, tmp_path, stage, nth, com
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     # Nothing lost, nothing doubled: every model once, one tree snapshot per model.
     assert_consistent(catalog, N_MODELS)
-    ids = sorted(f"{r.parent.name}/{r.name}" for r in _repos_by_upload(ecosystem))
+    ids = sorted(f"{r.parent.name}/{r.name}" for r in repos_by_upload(ecosystem))
     assert sorted(m for (m,) in query(catalog, "select id from models where status = 'indexed'")) == ids
     # Only the models not committed before the kill were written by the restart.
     assert restarted.stdout.count("indexed ") == N_MODELS - committed, restarted.stdout
@@ -98,9 +93,8 @@ def test_readers_and_second_writers_while_a_watch_writes(ecosystem, tmp_path):
     (in-process connections and `phylolm sql`) always see a whole published update; every other
     writer (a second backfill, probe, scores import, estimate) is refused with one clear line."""
     served = tmp_path / "served"
-    repos = _repos_by_upload(ecosystem)
-    for repo in repos[:2]:
-        shutil.copytree(repo, served / repo.parent.name / repo.name)
+    repos = repos_by_upload(ecosystem)
+    publish(repos[:2], served)
     catalog = tmp_path / "c.duckdb"
     env = {**BASE_ENV, "PHYLOLM_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.Popen([sys.executable, "-m", "indexer", "watch", "--hub", str(served), "--catalog", str(catalog),
@@ -141,7 +135,7 @@ def test_readers_and_second_writers_while_a_watch_writes(ecosystem, tmp_path):
         # Readers while new uploads arrive one by one.
         cli_reads = []
         for repo in repos[2:]:
-            shutil.copytree(repo, served / repo.parent.name / repo.name)
+            publish([repo], served)
             r = run_cli("sql", _COUNTS_SQL, "--catalog", str(catalog), "--json", cwd=tmp_path)
             assert r.returncode == 0, r.stderr
             row = json.loads(r.stdout)[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.hub_repos import publish, repos_by_upload
 
 SIM_MODELS = 24
 
@@ -101,11 +101,8 @@ def test_multi_process_runner_gives_the_same_index(ecosystem, tmp_path):
 
 def test_watch_once_then_streaming_watch_sees_new_uploads(ecosystem, tmp_path):
     served = tmp_path / "served"
-    owners = sorted(p for p in ecosystem.iterdir() if p.is_dir())
-    repos = sorted((r for o in owners for r in o.iterdir() if r.is_dir()),
-                   key=lambda r: json.loads((r / ".hub.json").read_text())["created_at"])
-    for repo in repos[:4]:
-        shutil.copytree(repo, served / repo.parent.name / repo.name)
+    repos = repos_by_upload(ecosystem)
+    publish(repos[:4], served)
     catalog = tmp_path / "c.duckdb"
     args = ["--hub", str(served), "--catalog", str(catalog), "--backend", "simulated", "--genes", "32",
             "--samples", "16"]
@@ -122,8 +119,7 @@ def test_watch_once_then_streaming_watch_sees_new_uploads(ecosystem, tmp_path):
         time.sleep(3)
         second = run_cli("watch", "--once", *args, cwd=tmp_path)
         assert second.returncode == 2 and "already writing" in second.stderr
-        for repo in repos[4:7]:
-            shutil.copytree(repo, served / repo.parent.name / repo.name)
+        publish(repos[4:7], served)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             rows = _sql(catalog, "select count(*) n from models where status = 'indexed'", tmp_path)
@@ -200,12 +196,7 @@ def test_failed_download_is_retried_on_the_next_poll(ecosystem, tmp_path):
     from schemas.records import ProbeParams
 
     served = tmp_path / "served"
-    owners = sorted(p for p in ecosystem.iterdir() if p.is_dir())
-    repos = sorted((r for o in owners for r in o.iterdir() if r.is_dir()),
-                   key=lambda r: json.loads((r / ".hub.json").read_text())["created_at"])[:2]
-    for repo in repos:
-        shutil.copytree(repo, served / repo.parent.name / repo.name)
-    model_id, later_id = (f"{r.parent.name}/{r.name}" for r in repos)
+    model_id, later_id = publish(repos_by_upload(ecosystem)[:2], served)
     # the older upload is gone (404) between the listing and the download; the later one is
     # indexed, so the watermark moves past the failure, which must still be retried
     plan = FaultPlan(vanish(model_id))
@@ -250,12 +241,7 @@ def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
     from schemas.records import ProbeParams
 
     served = tmp_path / "served"
-    owners = sorted(p for p in ecosystem.iterdir() if p.is_dir())
-    repos = sorted((r for o in owners for r in o.iterdir() if r.is_dir()),
-                   key=lambda r: json.loads((r / ".hub.json").read_text())["created_at"])[:3]
-    for repo in repos:
-        shutil.copytree(repo, served / repo.parent.name / repo.name)
-    flaky = f"{repos[0].parent.name}/{repos[0].name}"
+    flaky = publish(repos_by_upload(ecosystem)[:3], served)[0]
     plan = FaultPlan(replace(vanish(flaky), times=1))  # one 404, then the repository is back
     catalog = tmp_path / "c.duckdb"
     with HubServer(served, faults=plan) as url, WriterLock(catalog):
