@@ -62,6 +62,46 @@ def test_vllm_refuses_unsafe_repositories_before_starting(tmp_path):
     assert err.value.skip
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its reaping is left
+
+
+def test_worker_and_its_engine_processes_end_when_the_job_is_killed(tmp_path):
+    """SIGKILL (or SIGTERM) of the job runs no cleanup: the worker notices its parent is gone and
+    ends its whole process group, so engine processes never outlive the job. The worker here
+    is a stand-in with one child process (a real engine start costs minutes on CPU)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    worker = ("import os, subprocess, time; from indexer.probers.vllm_backend import PARENT_ENV, exit_with_parent; "
+              "exit_with_parent(int(os.environ[PARENT_ENV]), 0.1); engine = subprocess.Popen(['sleep', '300']); "
+              f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{engine.pid}}'); time.sleep(300)")
+    job = ("import sys; from indexer.probers.vllm_backend import _run_worker_group; "
+           f"_run_worker_group([sys.executable, '-c', {worker!r}], '', 300)")
+    proc = subprocess.Popen([sys.executable, "-c", job], cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() < deadline and proc.poll() is None, "worker did not start"
+            time.sleep(0.1)
+        worker_pid, engine_pid = map(int, pids.read_text().split())
+        assert _alive(worker_pid) and _alive(engine_pid)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while (_alive(worker_pid) or _alive(engine_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker_pid) and not _alive(engine_pid)
+
+
 def _similarity(a, b) -> float:
     """Nei similarity of probes with different N (frequencies, not counts)."""
     na, nb = sum(a[0].values()), sum(b[0].values())

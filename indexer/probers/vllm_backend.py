@@ -118,8 +118,9 @@ def _run_worker_group(cmd: list[str], stdin: str, timeout: float) -> subprocess.
     engine processes vLLM starts below it too (they would outlive a killed worker)."""
     import signal
 
+    env = {**_worker_env(), PARENT_ENV: str(os.getpid())}  # see exit_with_parent
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_worker_env(), start_new_session=True)
+                            text=True, env=env, start_new_session=True)
     try:
         out, err = proc.communicate(stdin, timeout=timeout)
     except BaseException:
@@ -130,6 +131,26 @@ def _run_worker_group(cmd: list[str], stdin: str, timeout: float) -> subprocess.
         proc.communicate()
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+PARENT_ENV = "PHYLOLM_WORKER_PARENT"
+
+
+def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """In the worker: end its whole process group (vLLM's engine processes included) as soon as
+    the job that started it is gone — killed by SIGTERM or SIGKILL, which run no cleanup — so an
+    engine never outlives its job holding a GPU. A daemon thread polls the parent's pid."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        if os.getpgrp() == os.getpid():  # the group is ours (started with start_new_session)
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _default_python() -> str:
@@ -329,6 +350,8 @@ def _top_k_needs_minus_one() -> bool:
 
 
 def _main() -> int:
+    if os.environ.get(PARENT_ENV, "").isdigit():
+        exit_with_parent(int(os.environ[PARENT_ENV]))
     try:
         request = json.loads(sys.stdin.read())
         answer = run_worker(request)
