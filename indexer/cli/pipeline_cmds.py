@@ -68,7 +68,9 @@ def register(app: typer.Typer) -> None:
         """Watch the Hub: probe each new upload and insert it into the index as it appears.
 
         Streaming by default (a poll every --interval seconds, until stopped); --once runs a
-        single bounded cycle. Only one job may write a catalog at a time.
+        single bounded cycle. A failed probe (download, engine) is retried on later polls, up to
+        3 attempts per revision. Only one job may write a catalog at a time; meanwhile
+        `phylolm sql` reads the snapshot the job publishes after each update.
         """
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
                          samples=samples, publish_dir=publish_dir, interval=interval, author=author)
