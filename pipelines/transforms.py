@@ -104,9 +104,10 @@ class UpdateIndexFn(beam.DoFn):
     """The single writer: applies each outcome in one catalog transaction, then publishes.
 
     The catalog is opened per bundle under an exclusive file lock, so two workers of a
-    multi-process or cluster runner never write at once, and nothing is held between bundles
-    but the configuration. Publishing (snapshot, export, report) is throttled to once per
-    ``publish_every`` seconds within a bundle and always done at its end.
+    multi-process or cluster runner never write at once; between bundles a worker keeps only
+    its in-memory index, reused when no other worker wrote meanwhile (``IndexWriter.reopen``).
+    Publishing (snapshot, export, report) is throttled to once per ``publish_every`` seconds
+    within a bundle and always done at its end.
     """
 
     APPLIED = userstate.ReadModifyWriteStateSpec("last", StrUtf8Coder())
@@ -114,24 +115,43 @@ class UpdateIndexFn(beam.DoFn):
     def __init__(self, config: JobConfig, publish_every: float = 0.0):
         self.config = config
         self.publish_every = publish_every
+        self._writer: IndexWriter | None = None  # kept, closed, between bundles
 
     def start_bundle(self) -> None:
-        self._writer: IndexWriter | None = None
         self._lock = None
         self._last_publish = 0.0
         self._dirty = False
 
     def _open(self) -> IndexWriter:
-        if self._writer is None:
+        if self._lock is None:
             self._lock = _bundle_lock(self.config)
             self._lock.__enter__()
-            self._writer = IndexWriter(self.config)
+            try:
+                if self._writer is None:
+                    self._writer = IndexWriter(self.config)
+                else:
+                    self._writer.reopen()
+            except BaseException:
+                self._release()
+                raise
         return self._writer
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
 
     def process(self, keyed, last=beam.DoFn.StateParam(APPLIED)):
         _, outcome = keyed
         writer = self._open()
-        summary = writer.apply(outcome)
+        try:
+            summary = writer.apply(outcome)
+        except BaseException:
+            # the bundle fails: the next one starts from the catalog alone
+            self._writer = None
+            writer.catalog.close()
+            self._release()
+            raise
         last.write(outcome.key)
         self._dirty = True
         if time.monotonic() - self._last_publish >= self.publish_every:
@@ -141,14 +161,21 @@ class UpdateIndexFn(beam.DoFn):
         yield summary
 
     def finish_bundle(self) -> None:
-        if self._writer is not None:
+        if self._lock is not None and self._writer is not None:
             try:
                 if self._dirty:
                     self._writer.publish()
-            finally:
                 self._writer.close()
-                self._lock.__exit__(None, None, None)
+            except BaseException:
+                self._writer.catalog.close()
                 self._writer = None
+                raise
+            finally:
+                self._release()
+
+    def teardown(self) -> None:
+        if getattr(self, "_writer", None) is not None:
+            self._writer.close()
 
 
 @contextmanager

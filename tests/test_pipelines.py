@@ -252,3 +252,42 @@ def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
     with Catalog(catalog) as cat:
         rows = dict(cat.con.execute("select id, status || ':' || attempts from models").fetchall())
     assert rows[flaky] == "indexed:1" and sorted(rows.values()) == ["indexed:0", "indexed:0", "indexed:1"]
+
+
+def test_writer_keeps_its_index_between_bundles_unless_another_wrote(ecosystem, tmp_path):
+    """``IndexWriter.close``/``reopen`` (what a worker does between bundles): the in-memory
+    index is reused when the catalog did not change meanwhile, rebuilt when another writer
+    inserted a model; either way every model ends in the catalog exactly once."""
+    from indexer.hub.server import HubServer
+    from indexer.service import IndexWriter, JobConfig, ListStep, ProbeStep
+    from schemas.records import ProbeParams
+    from tests.faults_common import assert_consistent
+
+    served = tmp_path / "served"
+    publish(repos_by_upload(ecosystem)[:5], served)
+    with HubServer(served) as url:
+        config = JobConfig(catalog=tmp_path / "c.duckdb", hub=url, backend="simulated", n_genes=32,
+                           params=ProbeParams(n_samples=16), cache_dir=tmp_path / "cache")
+        step = ProbeStep(config)
+        outcomes = [step(m) for m in ListStep(config)()]
+        step.close()
+    assert len(outcomes) == 5
+    first = IndexWriter(config)
+    first.apply(outcomes[0])
+    first.apply(outcomes[1])
+    first.close()
+    kept = first.index
+    first.reopen()  # nobody wrote: the same index object, no rebuild
+    assert first.index is kept
+    first.apply(outcomes[2])
+    first.close()
+
+    other = IndexWriter(config)  # another worker's bundle
+    other.apply(outcomes[3])
+    other.close()
+
+    first.reopen()  # the catalog moved on: rebuilt from it, with the other worker's model
+    assert first.index is not kept and outcomes[3].model.id in first.index.ids
+    first.apply(outcomes[4])
+    first.close()
+    assert_consistent(config.catalog, 5)
