@@ -247,7 +247,7 @@ def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
     with HubServer(served, faults=plan) as url, WriterLock(catalog):
         config = JobConfig(catalog=catalog, hub=url, backend="simulated", n_genes=32,
                            params=ProbeParams(n_samples=16), cache_dir=tmp_path / "cache", hub_timeout=2)
-        run_watch(config, interval=0.5, duration=12)
+        run_watch(config, interval=0.5, duration=20)  # room for two polls on a slow machine
     assert plan.fired("vanish") == 1
     with Catalog(catalog) as cat:
         rows = dict(cat.con.execute("select id, status || ':' || attempts from models").fetchall())
