@@ -331,7 +331,7 @@ class IndexWriter:
         self.catalog = self._connect()
         self.catalog.register_genome(self.genome)
         self.index = _reload(self)
-        self.estimator = _Estimator(self.catalog)
+        self.estimator = _Estimator()
         self._closed = False
         self._closed_at: tuple | None = None  # the catalog's generation when closed (None: unknown)
 
@@ -355,9 +355,7 @@ class IndexWriter:
         self._closed = False
         if self._closed_at is None or self._generation() != self._closed_at:
             self.index = _reload(self)
-            self.estimator = _Estimator(self.catalog)
-        else:
-            self.estimator.catalog = self.catalog
+            self.estimator = _Estimator()
 
     def _indexed_alleles(self) -> tuple[list[str], list]:
         rows = self.catalog.con.execute(
@@ -411,7 +409,8 @@ class IndexWriter:
                 snapshot = self.catalog.add_tree_snapshot(
                     self.genome.hash, self.index.newick(), "incremental",
                     "rebuild" if result.rebuilt else "insert", len(self.index.ids), model.id, stats)
-                self.estimator.refresh(self.index, snapshot, changed={model.id, *(others[i] for i in order)})
+                self.estimator.refresh(self.catalog, self.index, snapshot,
+                                       changed={model.id, *(others[i] for i in order)})
                 self._advance_watermark(model)
         except BaseException:
             # The transaction rolled back: the in-memory index must forget the leaf too.
@@ -460,18 +459,18 @@ def _reload(writer: IndexWriter):
 
 
 class _Estimator:
-    """Refreshes benchmark estimates inside the writer's transaction (see indexer.predict)."""
+    """Refreshes benchmark estimates inside the writer's transaction (see indexer.predict),
+    keeping the fitted predictors between updates."""
 
-    def __init__(self, catalog):
+    def __init__(self):
         from indexer.predict import EstimateCache
 
-        self.catalog = catalog
         self.cache = EstimateCache()  # fitted predictors, refit only when the scored set changes
 
-    def refresh(self, index, snapshot: int, changed: set[str]) -> int:
+    def refresh(self, catalog, index, snapshot: int, changed: set[str]) -> int:
         from indexer import predict
 
-        scores = {(m, b): v for m, b, v in self.catalog.con.execute(
+        scores = {(m, b): v for m, b, v in catalog.con.execute(
             "select model_id, benchmark, avg(value) from scores group by 1, 2").fetchall()}
         if not scores:
             return 0
@@ -480,8 +479,8 @@ class _Estimator:
         ids = list(index.ids)
         estimates = predict.refresh_estimates(
             index.distance_matrix(), ids, scores, changed, snapshot, cache=self.cache,
-            groups=cv_groups(self.catalog.con, ids))
-        self.catalog.replace_estimates(estimates)
+            groups=cv_groups(catalog.con, ids))
+        catalog.replace_estimates(estimates)
         return len(estimates)
 
 

@@ -132,9 +132,17 @@ class UpdateIndexFn(beam.DoFn):
                 else:
                     self._writer.reopen()
             except BaseException:
-                self._release()
+                self._abandon()
                 raise
         return self._writer
+
+    def _abandon(self) -> None:
+        """After a failure: forget the in-memory state (the next bundle starts from the
+        catalog alone), let the file and the bundle lock go."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.catalog.close()
+        self._release()
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -146,18 +154,15 @@ class UpdateIndexFn(beam.DoFn):
         writer = self._open()
         try:
             summary = writer.apply(outcome)
+            self._dirty = True
+            if time.monotonic() - self._last_publish >= self.publish_every:
+                writer.publish()
+                self._last_publish = time.monotonic()
+                self._dirty = False
         except BaseException:
-            # the bundle fails: the next one starts from the catalog alone
-            self._writer = None
-            writer.catalog.close()
-            self._release()
+            self._abandon()
             raise
         last.write(outcome.key)
-        self._dirty = True
-        if time.monotonic() - self._last_publish >= self.publish_every:
-            writer.publish()
-            self._last_publish = time.monotonic()
-            self._dirty = False
         yield summary
 
     def finish_bundle(self) -> None:
@@ -167,14 +172,12 @@ class UpdateIndexFn(beam.DoFn):
                     self._writer.publish()
                 self._writer.close()
             except BaseException:
-                self._writer.catalog.close()
-                self._writer = None
+                self._abandon()
                 raise
-            finally:
-                self._release()
+            self._release()
 
     def teardown(self) -> None:
-        if getattr(self, "_writer", None) is not None:
+        if self._writer is not None:
             self._writer.close()
 
 

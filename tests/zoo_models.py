@@ -34,7 +34,7 @@ def zoo_dir(tmp_path_factory) -> Path:
     from indexer.zoo import build_zoo
 
     out = tmp_path_factory.mktemp("zoo")
-    build = build_zoo(out)
+    build_zoo(out)
     assert (out / "zoo.json").is_file()
     return out
 

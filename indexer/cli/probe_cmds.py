@@ -30,7 +30,7 @@ def zoo_build(
     packages, fine-tunes, a fine-tune of a fine-tune, a merge, and an int8 re-upload, each a
     Hub-style repository whose card declares its lineage (two cards lie, on purpose).
     """
-    from indexer.zoo import build_zoo, recipe_hash  # torch is imported only for this command
+    from indexer.zoo import build_zoo  # torch is imported only for this command
 
     if directory.exists() and not directory.is_dir():
         raise PhylolmError(f"{directory} exists and is not a folder")

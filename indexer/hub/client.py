@@ -26,8 +26,6 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-
-from indexer.http_retry import retry_after_seconds
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -42,6 +40,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 from huggingface_hub.utils import tqdm as _hf_tqdm
 
+from indexer.http_retry import retry_after_seconds
 from schemas.records import ModelStatus
 
 log = logging.getLogger(__name__)

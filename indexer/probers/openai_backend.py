@@ -31,13 +31,12 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-
-from indexer.http_retry import retry_after_seconds
 from typing import Any
 from urllib.parse import urlsplit
 
 from indexer.alleles import allele_of
 from indexer.genomes import Genome
+from indexer.http_retry import retry_after_seconds
 from indexer.probers.base import ModelSource, Prober, ProbeError
 from indexer.probers.vllm_backend import gene_seed
 from schemas.records import AlleleCounts, ProbeParams

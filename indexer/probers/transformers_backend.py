@@ -32,7 +32,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 

@@ -254,17 +254,16 @@ class VLLMServer:
         return self
 
     def _cpu_args(self) -> list[str]:
-        """On a CPU build, the settings the in-process prober uses (see ``run_worker``): eager
-        mode and fp32 where bf16 is emulated — several times faster to start and to sample."""
+        """On a CPU build, the in-process prober's engine settings (``cpu_engine_settings``) as
+        command-line flags, unless ``extra_args`` sets them."""
         probe = subprocess.run([self.python, "-c", "import torch; print(torch.cuda.is_available())"],
                                capture_output=True, text=True, timeout=120, env=_worker_env())
         if probe.stdout.strip() != "False":
             return []
-        from indexer.probers.transformers_backend import _resolve_dtype
-
+        settings = cpu_engine_settings({})
         given = " ".join(self.extra_args)
-        return ((["--enforce-eager"] if "--enforce-eager" not in given else [])
-                + (["--dtype", _resolve_dtype("auto", "cpu")] if "--dtype" not in given else []))
+        return ((["--enforce-eager"] if settings["enforce_eager"] and "--enforce-eager" not in given else [])
+                + (["--dtype", settings["dtype"]] if "--dtype" not in given else []))
 
     def __exit__(self, *exc) -> None:
         import signal
@@ -298,6 +297,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_engine_settings(engine: dict) -> dict:
+    """``engine`` (``LLM(...)`` keyword arguments) as a CPU build runs it: eager mode (graph
+    compilation costs minutes at engine start and gains little for 5-token generations; eager
+    starts in about 30 s) and fp32 where bf16 would be emulated (many times slower)."""
+    from indexer.probers.transformers_backend import _resolve_dtype
+
+    engine = dict(engine)
+    engine.setdefault("enforce_eager", True)
+    engine.pop("gpu_memory_utilization", None)
+    if engine.get("dtype", "auto") == "auto":
+        engine["dtype"] = _resolve_dtype("auto", "cpu")
+    return engine
+
+
 # -- the worker (runs in the vLLM interpreter) ------------------------------------------------
 def run_worker(request: dict) -> dict:
     """Load one model, sample every gene, return allele counts per gene (as JSON)."""
@@ -309,14 +322,7 @@ def run_worker(request: dict) -> dict:
     genes: list[str] = request["genes"]
     engine = dict(request.get("engine") or {})
     if not torch.cuda.is_available():
-        # On CPU, graph compilation costs minutes at engine start and gains little for
-        # 5-token generations; eager mode starts in about 30 s.
-        engine.setdefault("enforce_eager", True)
-        engine.pop("gpu_memory_utilization", None)
-        if engine.get("dtype", "auto") == "auto":  # emulated bf16 is many times slower than fp32
-            from indexer.probers.transformers_backend import _resolve_dtype
-
-            engine["dtype"] = _resolve_dtype("auto", "cpu")
+        engine = cpu_engine_settings(engine)
     t0 = time.perf_counter()
     llm = LLM(model=request["model"], trust_remote_code=False, load_format="safetensors",
               seed=params.seed, **engine)
