@@ -10,8 +10,11 @@ value t_i; a step evaluates Q on those m*K candidates, then scans in full only t
 whose bound (m-2) t_i - r_i - max(r) does not exceed the best candidate (usually a few),
 refreshing their candidates. Keys are taken as d_ij - u_j with u_j = r_j / (m-2) frozen at
 the last re-keying (the bound allows for how far u has drifted since), which keeps the bound
-tight when average distances differ a lot between rows. Worst case O(n^3) like plain NJ, in practice close to
-O(n^2 K); memory O(n^2). Negative branch lengths are set to 0, as is customary.
+tight when average distances differ a lot between rows. Every search path computes
+Q_ij as (m-2) d_ij - (r_i + r_j), the same float whichever of i, j is the row, so exact
+ties compare alike in the bounded and the exhaustive search. Worst case O(n^3) like plain
+NJ, in practice close to O(n^2 K); memory O(n^2). Negative branch lengths are set to 0, as
+is customary.
 """
 from __future__ import annotations
 
@@ -147,41 +150,49 @@ def _argmin_q_bounded(d: np.ndarray, r: np.ndarray, m: int, cand: np.ndarray,
     """The exhaustive scan's answer, from the candidates plus full scans of unbounded rows.
 
     For a column j outside row i's candidates, d_ij - snap_j >= t_i, and u_j = r_j/(m-2)
-    has drifted from snap_j by at most ``drift``, so Q_ij >= (m-2)(t_i - drift) - r_i."""
+    has drifted from snap_j by at most ``drift``, so Q_ij >= (m-2)(t_i - drift) - r_i.
+    A pair made by the last join is outside the other rows' bounds but inside the new row's,
+    which is re-keyed in full; so every live pair is covered from at least one side.
+    O(m K + f m) for f flagged rows. The flagged rows are re-keyed only after every read of
+    ``cand``: a re-key rewrites those rows in place."""
     scale = float(m - 2)
     rr = r[:m]
-    c = cand[:m]
-    dead = c < 0
-    cc = np.where(dead, 0, c)
+    dead = cand[:m] < 0
+    cc = np.where(dead, 0, cand[:m])  # a copy, so later re-keys cannot change what is read
     rows = np.arange(m)
-    q = scale * d[rows[:, None], cc] - rr[:, None] - rr[cc]
+    q = scale * d[rows[:, None], cc] - (rr[:, None] + rr[cc])
     q[dead] = np.inf
     best = q.min()
     drift = float(np.max(rr / scale - snap[:m]))
     bound = scale * (thresh[:m] - drift) - rr
-    bound -= 1e-9 * (np.abs(bound) + 1.0)  # rounding margin: never prune a true minimum
+    # rounding margin, relative to the magnitudes that enter Q and the bound, so a true
+    # minimum (or a tie with it) is never pruned; too wide only flags more rows
+    mag = scale * (np.abs(thresh[:m]) + abs(drift) + np.abs(snap[:m]).max()) + np.abs(rr) + np.abs(rr).max()
+    bound -= 1e-9 * (mag + 1.0)
     flagged = np.flatnonzero(bound <= best)
     pairs: list[tuple[int, int]] = []
     if flagged.size:
         full = d[flagged, :m].copy()
         full[np.arange(flagged.size), flagged] = np.inf
-        qf = scale * full - rr[flagged, None] - rr[None, :]
+        qf = scale * full - (rr[flagged, None] + rr[None, :])
         best = min(best, qf.min())
         fi, fj = np.nonzero(qf == best)
         pairs += list(zip(flagged[fi].tolist(), fj.tolist()))
-        if flagged.size <= m // 8:
-            _refresh(d, m, flagged, cand, thresh, snap, full)
     ci, ck = np.nonzero(q == best)
-    pairs += list(zip(ci.tolist(), c[ci, ck].tolist()))
-    i, j = min((min(a, b), max(a, b)) for a, b in pairs)
+    pairs += list(zip(ci.tolist(), cc[ci, ck].tolist()))
+    i, j = min((min(a, b), max(a, b)) for a, b in pairs)  # first tied pair, row-major
+    if 0 < flagged.size <= m // 8:
+        _refresh(d, m, flagged, cand, thresh, snap, full)
     return i, j, int(flagged.size)
 
 
 def _argmin_q(d: np.ndarray, r: np.ndarray, m: int) -> tuple[int, int]:
-    """First (i < j) minimising (m-2) d_ij - r_i - r_j, scanning the upper triangle by blocks."""
+    """First (i < j) minimising (m-2) d_ij - (r_i + r_j), scanning the upper triangle by
+    blocks. O(m^2) time; extra memory two blocks of about 0.5 MB."""
     scale = float(m - 2)
-    rows = max(1, min(m, _BLOCK_BYTES // (8 * m)))
+    rows = max(1, min(m, _BLOCK_BYTES // (16 * m)))  # two float64 buffers per block
     buf = np.empty((rows, m))
+    rbuf = np.empty((rows, m))
     rr = r[:m]
     best = np.inf
     best_ij = (0, 1)
@@ -190,9 +201,10 @@ def _argmin_q(d: np.ndarray, r: np.ndarray, m: int) -> tuple[int, int]:
         h = stop - start
         # columns from start+1: covers every j > i for the rows in this block
         q = buf[:h, : m - start - 1]
+        rsum = rbuf[:h, : m - start - 1]
+        np.add(rr[start:stop, None], rr[start + 1: m], out=rsum)
         np.multiply(d[start:stop, start + 1: m], scale, out=q)
-        q -= rr[start + 1: m]
-        q -= rr[start:stop, None]
+        q -= rsum
         # entries with j <= i inside the block are below the diagonal: mask them
         if h > 1:
             q[np.tril_indices(h, -1, m - start - 1)] = np.inf
