@@ -1,0 +1,97 @@
+"""Our neighbour joining against two independent exact NJ programs: quicktree and
+`clearcut --neighbor` (Debian packages `quicktree` and `clearcut`; `scripts/setup.sh test`
+installs them when it can).
+
+Each matrix goes to the peers as a PHYLIP distance matrix at 8 decimals, under short names
+m0, m1, ... (PHYLIP names are at most 10 characters), which are mapped back to our labels;
+our NJ gets the same rounded matrix. Where the two peers agree with each other, our
+topology must be theirs (RF = 0). Where they disagree, the matrix has exact ties that the
+programs break differently and says nothing about ours: it is skipped, with the RFs in the
+reason (`pytest -rs` lists them).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from indexer.tree import neighbor_joining, parse_newick, robinson_foulds
+from indexer.tree.core import Tree
+from tests.test_tree import NJ_MATRICES, NJ_MATRICES_SLOW, _matrix
+
+PEERS = ("quicktree", "clearcut")  # binary = Debian package
+
+PEER_MATRICES = NJ_MATRICES + [("sim:caterpillar", 1000, 0), ("sim:balanced", 1000, 0), ("clustered", 1500, 0),
+                               ("l1grid", 1000, 0), ("scaled", 1000, 0), ("ultrametric_tenth", 1000, 1)]
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (Debian package {name!r}; `scripts/setup.sh test` installs it as root)")
+    return path
+
+
+def write_phylip(d: np.ndarray, path) -> None:
+    """Square PHYLIP distance matrix; names m<i> padded to the 10-character name field."""
+    with open(path, "w") as f:
+        f.write(f"{len(d)}\n")
+        for i, row in enumerate(d):
+            f.write(f"{'m%d' % i:<10}" + " ".join(f"{x:.8f}" for x in row) + "\n")
+
+
+def run_quicktree(phy) -> str:
+    out = subprocess.run([_binary("quicktree"), "-in", "m", "-out", "t", str(phy)],
+                         capture_output=True, text=True, timeout=600, check=True)
+    return out.stdout
+
+
+def run_clearcut(phy, tree_file) -> str:
+    # --neighbor: exact NJ (not clearcut's default relaxed NJ); --norandom: no shuffling of
+    # the matrix, so ties are broken the same way every run
+    subprocess.run([_binary("clearcut"), f"--in={phy}", f"--out={tree_file}", "--distance", "--neighbor",
+                    "--norandom", "--seed=1", "--quiet"], capture_output=True, text=True, timeout=600, check=True)
+    return tree_file.read_text()
+
+
+def _relabel(tree: Tree, names: list[str]) -> Tree:
+    """Short PHYLIP names (m<i>) back to row labels."""
+    back = {f"m{i}": x for i, x in enumerate(names)}
+    tree.leaf_node = {}
+    for v, label in enumerate(tree.label):
+        if label is not None and not tree.children[v]:
+            tree.label[v] = back[label]
+            tree.leaf_node[back[label]] = v
+    return tree
+
+
+def _compare(spec, tmp_path):
+    for binary in PEERS:
+        _binary(binary)
+    d = _matrix(spec)
+    names = [f"org-{i % 7}/model-{i}.v1" for i in range(len(d))]  # longer than PHYLIP allows
+    phy = tmp_path / "d.phy"
+    write_phylip(d, phy)
+    ours = neighbor_joining(d, names)
+    qt = _relabel(parse_newick(run_quicktree(phy)), names)
+    cc = _relabel(parse_newick(run_clearcut(phy, tmp_path / "cc.tre")), names)
+    assert set(qt.leaf_node) == set(cc.leaf_node) == set(names)
+    peers = robinson_foulds(qt, cc, normalised=False)
+    if peers:
+        pytest.skip(f"{spec}: quicktree and clearcut disagree (RF {peers:.0f}; ours vs quicktree "
+                    f"{robinson_foulds(ours, qt, normalised=False):.0f}, vs clearcut "
+                    f"{robinson_foulds(ours, cc, normalised=False):.0f}): ties broken differently")
+    assert robinson_foulds(ours, qt, normalised=False) == 0
+
+
+@pytest.mark.parametrize("spec", PEER_MATRICES, ids=lambda s: f"{s[0]}-{s[1]}-{s[2]}")
+def test_nj_matches_quicktree_and_clearcut(spec, tmp_path):
+    _compare(spec, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", NJ_MATRICES_SLOW, ids=lambda s: f"{s[0]}-{s[1]}-{s[2]}")
+def test_nj_matches_quicktree_and_clearcut_on_many_matrices(spec, tmp_path):
+    _compare(spec, tmp_path)
