@@ -79,8 +79,9 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
         _say(f"   - {m.id:38s} {truth}" + (f"  [planted: {m.planted}]" if m.planted else ""))
 
     _say("\n== 2. streaming watch on a loopback Hub; uploading the zoo one model at a time ==")
-    _say(f"   probing with the {backend} backend, {genes} genes x {samples} samples "
-         f"(the paper uses 128 x 32; fewer here to fit a few minutes on 2 cores)")
+    paper = genes == 128 and samples == 32
+    _say(f"   probing with the {backend} backend, {genes} genes x {samples} samples"
+         + (" (the paper's genome size)" if paper else " (the paper uses 128 x 32)"))
     with HubServer(served) as url:
         cmd = [sys.executable, "-m", "indexer", "watch", "--hub", url, "--catalog", str(catalog),
                "--backend", backend, "--genes", str(genes), "--samples", str(samples),

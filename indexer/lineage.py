@@ -8,8 +8,11 @@ likely an undeclared fine-tune, merge or re-upload.
 Rules (every finding carries the distances that support it):
 
 * ``confirmed`` -- the declared parent is among the child's ``confirm_rank`` nearest models
-  or its nearest ``confirm_fraction`` of the index (fine-tunes of one base often sit closer
-  to each other than to the base, so the parent need not be the very nearest).
+  or its nearest ``confirm_fraction`` of the index, counting only models outside the
+  parent's declared lineage: fine-tunes of one base often sit closer to each other than to
+  the base (and a far fine-tune sees all of them at about the same distance), so models
+  that declare the parent as an ancestor, directly or through their own declared bases, and
+  the child's other declared bases are set aside when the parent's rank is taken.
 * ``suspicious`` -- the declared parent is farther than ``suspicious_fraction`` of the
   index *and* at least ``ratio`` times the distance to the child's nearest model (the
   second guard keeps an index where everything is equidistant from raising alarms).
@@ -22,7 +25,8 @@ Rules (every finding carries the distances that support it):
   The close distance is ``close_distance`` when given, else ``ratio`` times the median
   distance of the confirmed declared pairs, else the 5th percentile of all distances.
 
-Cost: O(n^2) for the ranks (one row scan per declared pair and per undeclared model).
+Cost: O(n^2) for the ranks (one row scan per declared pair and per undeclared model), plus
+O(n * depth) to trace declared ancestries.
 """
 from __future__ import annotations
 
@@ -66,6 +70,26 @@ def check_lineage(D: np.ndarray, ids: Sequence[str], declared: Mapping[str, Sequ
                   ratio, close_distance)
 
 
+def declared_descendants(ids: Sequence[str], declared: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
+    """{model: the indexed models that declare it as an ancestor, directly or transitively}."""
+    children: dict[str, set[str]] = {}
+    for m in ids:
+        for b in declared.get(m, ()):
+            if b != m:
+                children.setdefault(b, set()).add(m)
+    out: dict[str, set[str]] = {}
+    for root in children:
+        seen: set[str] = set()
+        stack = list(children[root])
+        while stack:
+            m = stack.pop()
+            if m not in seen and m != root:
+                seen.add(m)
+                stack.extend(children.get(m, ()))
+        out[root] = seen
+    return out
+
+
 def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious_fraction, ratio,
            close_distance):
     n = len(ids)
@@ -76,6 +100,7 @@ def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious
     findings: list[LineageFinding] = []
     confirmed_d: list[float] = []
 
+    descendants = declared_descendants(ids, declared)
     for child in ids:
         i = pos[child]
         nn = ids[nearest[i]] if n > 1 else None
@@ -88,7 +113,12 @@ def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious
                                                "declared base model is not in the index"))
                 continue
             d = float(D[i, pos[parent]])
-            rank = 1 + int(np.sum(masked[i] < d))  # models strictly closer than the parent
+            # the parent's own declared lineage and the child's other declared bases do not
+            # compete with it for a rank
+            aside = (descendants.get(parent, set()) | set(declared.get(child, ()))) - {parent, child}
+            row = masked[i].copy()
+            row[[pos[m] for m in aside if m in pos]] = np.inf
+            rank = 1 + int(np.sum(row < d))  # models strictly closer than the parent
             frac = (rank - 1) / max(1, n - 1)
             if rank <= confirm_rank or frac <= confirm_fraction:
                 kind, why = "confirmed", f"declared base is relative #{rank} of {n - 1}"

