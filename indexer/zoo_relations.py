@@ -24,6 +24,8 @@ Relations (names are stable; tests and docs refer to them):
   false claim: the declared base is at least ``ratio`` times the distance to the nearest.
 * ``undeclared-copy-found`` -- the near-copy is within the lineage check's close distance
   (``ratio`` x the median distance of the confirmed declarations) of its original.
+* ``true-parent-found:<id>`` -- the model with the false claim is within the close distance
+  of its true parent, so the check names the parent it does not declare.
 * ``clade:<a>+<b>...`` -- in the neighbour-joining tree of the family (the out-group left
   out, i.e. rooted on it) the near-copy and its original, and each model with all its
   descendants, form a clade; no margin, bootstrap support only.
@@ -150,6 +152,12 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
         margin = close - d(c, orig)
         out.append(Relation("undeclared-copy-found", margin > 0, margin,
                             f"{c} at {d(c, orig):.3f} from {orig}; close distance {close:.3f}"))
+    for m in ZOO:
+        if m.declared_base and not set(m.declared_base) & set(m.parents):
+            parent = m.parents[0]
+            margin = close - d(m.id, parent)
+            out.append(Relation(f"true-parent-found:{m.id}", margin > 0, margin,
+                                f"true parent {parent} at {d(m.id, parent):.3f}; close distance {close:.3f}"))
 
     if tree_builder is not None:
         out += clades(D, ids, tree_builder)

@@ -8,7 +8,8 @@ the family's root, the lineage check's verdicts on the cards, and the cherries o
 Uncertainty: a relation is asserted only where a gene bootstrap (200 replicates, genes drawn
 with replacement) supports it in at least ``SUPPORT`` of the replicates, and it must hold on
 the data as probed. The margins measured against the noise floor (two probes of one model
-with different seeds) are in docs/zoo.md; each test prints the margins it saw (``-s``).
+with different seeds) are in docs/zoo.md; the margins and support this run measured are
+printed (``-s``) and kept in ``artifacts/zoo_relations_seed<S>.json``.
 
 The probe seed comes from ``PHYLOLM_ZOO_PROBE_SEED`` (default 0), so the test can be run with
 other seeds: ``PHYLOLM_ZOO_PROBE_SEED=1 pytest tests/test_zoo_lineage.py``. Probes are cached
@@ -18,7 +19,9 @@ ten models x 25 s on 2 CPU cores).
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +45,7 @@ SEED = int(os.environ.get("PHYLOLM_ZOO_PROBE_SEED", "0"))
 PARAMS = ProbeParams(seed=SEED)  # the paper's: N=32, temperature 0.7, top_p 1, 5 tokens
 SUPPORT = 0.95  # bootstrap support a relation needs before it is asserted
 REPLICATES = 200
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +72,16 @@ def evaluated(zoo_index):
     support = bootstrap_support(
         lambda w: distance_from_similarity(zoo_index.similarity_with_gene_weights(w)), ids, GENES,
         REPLICATES, seed=SEED, tree_builder=neighbor_joining)
+    # What was measured is kept (and printed with -s): the margin of every relation and its
+    # bootstrap support, for this seed.
+    report = [{"relation": r.name, "holds": r.holds, "margin": r.margin, "support": support[r.name],
+               "detail": r.detail} for r in found.values()]
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"zoo_relations_seed{SEED}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nzoo relations at {GENES} genes x {PARAMS.n_samples} samples, probe seed {SEED}:")
-    for r in found.values():
-        m = "" if r.margin is None else f"margin {r.margin:+.3f}  "
-        print(f"  {r.name:75s} {m}support {support[r.name]:.3f}  ({r.detail})")
+    for row in report:
+        m = "" if row["margin"] is None else f"margin {row['margin']:+.3f}  "
+        print(f"  {row['relation']:75s} {m}support {row['support']:.3f}  ({row['detail']})")
     return found, support
 
 
@@ -81,7 +91,8 @@ def _check(evaluated, prefix: str) -> None:
     assert chosen, f"no relation named {prefix}*"
     for r in chosen:
         assert r.holds, f"{r.name} does not hold: {r.detail}"
-        assert support[r.name] >= SUPPORT, f"{r.name}: bootstrap support {support[r.name]:.3f} < {SUPPORT}"
+        assert support[r.name] >= SUPPORT, (f"{r.name}: bootstrap support {support[r.name]:.3f} < {SUPPORT} "
+                                            f"({r.detail})")
 
 
 @pytest.mark.parametrize("prefix", [
@@ -91,7 +102,8 @@ def test_the_phylogeny_recovers_the_true_lineage(evaluated, prefix):
     _check(evaluated, prefix)
 
 
-@pytest.mark.parametrize("prefix", ["declared-base-confirmed:", "false-claim-flagged:", "undeclared-copy-found"])
+@pytest.mark.parametrize("prefix", ["declared-base-confirmed:", "false-claim-flagged:", "undeclared-copy-found",
+                                    "true-parent-found:"])
 def test_the_lineage_check_reads_the_cards_right(evaluated, prefix):
     _check(evaluated, prefix)
 
@@ -112,6 +124,8 @@ def test_the_lineage_checker_gives_the_verdicts_the_relations_promise(zoo_index)
             assert (want, m.id, base) in kinds, f"{m.id} -> {base}: expected {want}, got {sorted(kinds)}"
     copy = next(m for m in ZOO if m.make == "quantize")
     assert ("undeclared", copy.id, copy.parents[0]) in kinds
+    liar = next(m for m in ZOO if m.planted and m.declared_base)
+    assert ("undeclared", liar.id, liar.parents[0]) in kinds  # its true parent, named
 
 
 def test_gemma_hangs_on_the_longest_edge(zoo_index):
