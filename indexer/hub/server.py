@@ -472,11 +472,20 @@ class RepoFolder:
         return state._sha
 
     def safetensors(self, state: RepoState) -> dict | None:
+        """Parameters per dtype, as the Hub reports them: of a quantized checkpoint, the packed
+        integer tensors count the logical parameters they hold (a GPTQ 4-bit ``I32`` element is
+        8 parameters, a bitsandbytes 4-bit ``U8`` element 2), which is why ``parameters`` x
+        dtype size overstates such a repository's bytes several times over."""
         if state._safetensors is None:
+            from indexer.hub.watcher import _PACKED_DTYPES, quantization_bits
+
+            bits = quantization_bits(state.config)
             params: dict[str, int] = {}
             for rel, entry in state.files.items():
                 if rel.endswith(".safetensors"):
                     for dtype, n in _safetensors_params(entry.path).items():
+                        if bits is not None and dtype in _PACKED_DTYPES:
+                            n = int(n * _DTYPE_BYTES[dtype] * 8 / bits)
                         params[dtype] = params.get(dtype, 0) + n
             state._safetensors = {"parameters": params, "total": sum(params.values())} if params else {}
         return state._safetensors or None
@@ -757,6 +766,7 @@ class _Handler(BaseHTTPRequestHandler):
                     # Over quota: 429 with the RateLimit headers (r=0, t=reset) and no
                     # Retry-After, as the Hub answers (hub-docs rate-limits.md).
                     self._rate = (self._rate[0], 0, *self._rate[2:])
+                    self.server.stats["announced_resets"].append(self._rate[2])
                     self._send(429, json.dumps({"error": "You have exceeded our hourly quotas for action: "
                                                          f"{bucket}. Retry later."}).encode(),
                                headers={"X-Error-Message": "rate limited"})
@@ -1066,7 +1076,8 @@ class _Server(ThreadingHTTPServer):
         self.rate_quotas = rate_quotas
         self._rate_lock = threading.Lock()
         self._rate_counts: dict[tuple, int] = {}
-        self.stats = {"listing_requests": 0, "listing_items": 0, "rate_limited": 0}
+        self.stats: dict[str, Any] = {"listing_requests": 0, "listing_items": 0, "rate_limited": 0,
+                                      "announced_resets": []}
         self.stopping = threading.Event()
         host, port = self.server_address[:2]
         self.base_url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"

@@ -154,7 +154,7 @@ def lineage(info: ModelInfo) -> tuple[tuple[str, ...], str | None]:
     if isinstance(tags, list):
         related = [t.split(":", 2) for t in tags if isinstance(t, str) and t.startswith("base_model:")]
         with_rel = [(p[1], p[2]) for p in related if len(p) == 3 and p[1] in RELATIONS]
-        ids = valid(p[2] for p in with_rel) or valid(p[1] for p in related if len(p) == 2)
+        ids = valid(i for _, i in with_rel) or valid(p[1] for p in related if len(p) == 2)
         if ids:
             rels = {r for r, _ in with_rel}
             return tuple(ids), rels.pop() if len(rels) == 1 else ("merge" if rels else None)
