@@ -503,6 +503,23 @@ class IndexWriter:
             f"select 1 from models where id = ? and revision = ? and {DONE_SQL}",
             [model.id, model.revision])) is not None
 
+    def apply_queued(self, models: list[ModelRecord]) -> list[UpdateSummary]:
+        """Record many models that wait in the queue, in one transaction (a busy day lists
+        thousands): those already done are left as they are; the watermark advances past them."""
+        if not models:
+            return []
+        done = {r[0] for r in self.catalog.con.execute(
+            f"select id from models where status not in ('queued', 'discovered') and {DONE_SQL}").fetchall()}
+        todo = [m for m in models if m.id not in done]
+        with self.catalog.transaction():
+            self.catalog.upsert_models(todo)
+            newest = max((m for m in todo if m.created_at is not None), key=lambda m: m.created_at, default=None)
+            if newest is not None:
+                self._advance_watermark(newest)
+        n = len(self.index.ids)
+        return [UpdateSummary(m.id, "unchanged" if m.id in done else m.status.value, m.reason, n_models=n)
+                for m in models]
+
     def apply(self, outcome: ProbeOutcome) -> UpdateSummary:
         model = outcome.model
         if self.is_done(model) and (outcome.probe is None or model.id in self.index.ids):

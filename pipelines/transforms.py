@@ -23,7 +23,7 @@ from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms import userstate
 
 from indexer.service import IndexWriter, JobConfig, ListStep, PollReport, ProbeOutcome, ProbeStep
-from schemas.records import ModelRecord
+from schemas.records import ModelRecord, ModelStatus
 
 log = logging.getLogger("phylolm")
 WRITER_KEY = "index"
@@ -137,6 +137,7 @@ class UpdateIndexFn(beam.DoFn):
     """
 
     APPLIED = userstate.ReadModifyWriteStateSpec("last", StrUtf8Coder())
+    QUEUED_BATCH = 5000
 
     def __init__(self, config: JobConfig, publish_every: float = 0.0):
         self.config = config
@@ -147,6 +148,22 @@ class UpdateIndexFn(beam.DoFn):
         self._lock = None
         self._last_publish = 0.0
         self._dirty = False
+        self._queued: list = []  # models recorded `queued`: written in one transaction, in order
+
+    def _flush_queued(self):
+        """Write the buffered queued models (before anything else is applied, so that the
+        watermark moves in order); a crash before this loses nothing: they are listed again."""
+        if not self._queued:
+            return []
+        batch, self._queued = self._queued, []
+        writer = self._open()
+        try:
+            summaries = writer.apply_queued(batch)
+        except BaseException:
+            self._abandon()
+            raise
+        self._dirty = True
+        return summaries
 
     def _open(self) -> IndexWriter:
         if self._lock is None:
@@ -177,6 +194,13 @@ class UpdateIndexFn(beam.DoFn):
 
     def process(self, keyed, last=beam.DoFn.StateParam(APPLIED)):
         _, outcome = keyed
+        if (not isinstance(outcome, PollReport) and outcome.probe is None
+                and outcome.model.status == ModelStatus.queued):
+            self._queued.append(outcome.model)
+            if len(self._queued) >= self.QUEUED_BATCH:
+                yield from self._flush_queued()
+            return
+        yield from self._flush_queued()
         writer = self._open()
         if isinstance(outcome, PollReport):
             try:
@@ -199,7 +223,12 @@ class UpdateIndexFn(beam.DoFn):
         last.write(outcome.key)
         yield summary
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for summary in self._flush_queued():
+            yield WindowedValue(summary, 0, [GlobalWindow()])
         if self._lock is not None and self._writer is not None:
             try:
                 if self._dirty:
@@ -288,6 +317,9 @@ class ReportProgress(beam.DoFn):
 
     def process(self, keyed, count=beam.DoFn.StateParam(COUNT)):
         _, summary = keyed
+        if summary.status == "queued":  # thousands a day: the poll's budget line says how many
+            yield summary
+            return
         done = int(count.read() or 0) + 1
         count.write(str(done))
         near = ", ".join(f"{m} {d:.3f}" for m, d in summary.nearest[:3])
