@@ -305,6 +305,11 @@ class ListStep:
         if wait:
             log.warning("probe budget: %d of %d candidates this cycle, %d queued for later cycles",
                         len(take), len(ranked), len(wait))
+        # In upload order, whatever the rank: the writer moves the watermark model by model, so
+        # what it has applied must always be everything up to the watermark (a crash then
+        # loses nothing).
+        far = datetime.max.replace(tzinfo=timezone.utc)
+        out.sort(key=lambda r: (r.created_at or far, r.id))
         return out, len(take), len(wait)
 
     def _wanted(self, record: ModelRecord) -> bool:
