@@ -209,6 +209,9 @@ class Catalog:
             "status": [r.status.value for r in records],
             "reason": [r.reason for r in records],
             "updated_at": pa.array([now] * len(records), pa.timestamp("us", tz="UTC")),
+            "downloads": pa.array([r.downloads for r in records], pa.int64()),
+            "likes": pa.array([r.likes for r in records], pa.int64()),
+            "priority": pa.array([r.priority for r in records], pa.float64()),
         })
         self.con.register("_models_batch", batch)
         try:
@@ -216,12 +219,12 @@ class Catalog:
             self.con.execute("""
                 insert or replace into models (id, revision, created_at, author, base_models,
                     base_model_relation, license, pipeline_tag, size_bytes, status, reason, attempts,
-                    updated_at)
+                    updated_at, downloads, likes, priority)
                 select b.id, b.revision, b.created_at, b.author, b.base_models, b.base_model_relation,
                     b.license, b.pipeline_tag, b.size_bytes, b.status, b.reason,
                     coalesce(case when m.revision = b.revision then m.attempts end, 0)
                         + case when b.status = 'failed' then 1 else 0 end,
-                    b.updated_at
+                    b.updated_at, b.downloads, b.likes, b.priority
                 from _models_batch b left join models m on m.id = b.id""")
         finally:
             self.con.unregister("_models_batch")
@@ -248,7 +251,7 @@ class Catalog:
     def _model_rows(self, where: str, args: list) -> list[ModelRecord]:
         cur = self.con.execute(
             f"""select id, revision, created_at, author, base_models, base_model_relation, license,
-                       pipeline_tag, size_bytes, status, reason from models {where}
+                       pipeline_tag, size_bytes, status, reason, downloads, likes, priority from models {where}
                 order by created_at nulls last, id""", args)
         cols = [d[0] for d in cur.description]
         out = []
@@ -415,6 +418,11 @@ class Catalog:
             self.con.execute("detach _snap")
         os.replace(tmp, target)
         return target
+
+    def record_poll(self, poll_id: str, started_at: datetime, finished_at: datetime, complete: bool,
+                    error: str | None, new_models: int = 0, taken: int = 0, queued: int = 0) -> None:
+        self.con.execute("insert or replace into polls values (?, ?, ?, ?, ?, ?, ?, ?)",
+                         [poll_id, started_at, finished_at, complete, error, new_models, taken, queued])
 
     def status_counts(self) -> dict:
         by_status = dict(self.con.execute("select status, count(*) from models group by status").fetchall())

@@ -85,7 +85,10 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     with HubServer(served) as url:
         cmd = [sys.executable, "-m", "indexer", "watch", "--hub", url, "--catalog", str(catalog),
                "--backend", backend, "--genes", str(genes), "--samples", str(samples),
-               "--interval", str(interval), "--publish-dir", str(publish)]
+               "--interval", str(interval), "--publish-dir", str(publish),
+               # the zoo's upload dates are its originals' (2024-2025): the first poll must
+               # look back that far (a real first watch looks back 24 h)
+               "--first-window", str(_hours_since_oldest_upload())]
         env = {**os.environ, "PHYLOLM_CACHE_DIR": str(workdir / "cache")}
         watch = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  start_new_session=True)
@@ -166,3 +169,12 @@ def _lineage(catalog: Path) -> list[dict]:
         return lineage_from_catalog(con)
     finally:
         con.close()
+
+
+def _hours_since_oldest_upload() -> int:
+    from datetime import datetime, timezone
+
+    from indexer.zoo import ZOO
+
+    oldest = min(datetime.fromisoformat(m.created_at.replace("Z", "+00:00")) for m in ZOO)
+    return int((datetime.now(timezone.utc) - oldest).total_seconds() // 3600) + 48

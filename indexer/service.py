@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,14 @@ class JobConfig:
     limit: int | None = None
     model_ids: tuple[str, ...] = ()
     hub_timeout: float = 10.0
+    # With no watermark yet, a watch's first poll looks back this far (None: everything, as a
+    # backfill does); older models are what `backfill` is for.
+    first_window_hours: float | None = None
+    probe_budget: int | None = None  # models probed per cycle (None: every new model)
+    budget_seconds: float | None = None  # probe seconds per cycle, at the measured rate
+    queue_order: str = "rank"  # rank | newest: which queued models a cycle takes first
+    priority: str = "downloads=1,likes=2,related=2,size=-0.5"  # see indexer.queue
+    use_queue: bool = False  # the watch: a cycle takes its budget from new models and the queue
 
     def load_genome(self) -> genome_lib.Genome:
         g = genome_lib.load(self.genome)
@@ -65,6 +73,25 @@ class ProbeOutcome:
     @property
     def key(self) -> str:
         return f"{self.model.id}@{self.model.revision}"
+
+
+@dataclass(frozen=True)
+class PollReport:
+    """What one poll of the Hub did, recorded by the writer in the ``polls`` table. ``complete``:
+    the listing reached the watermark (else nothing new was recorded; ``error`` says why)."""
+
+    poll_id: str
+    started_at: datetime
+    finished_at: datetime
+    complete: bool
+    error: str | None = None
+    new_models: int = 0
+    taken: int = 0
+    queued: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"poll:{self.poll_id}"
 
 
 @dataclass(frozen=True)
@@ -155,13 +182,22 @@ class ListStep:
     """
 
     def __init__(self, config: JobConfig):
+        import hashlib
+
         from indexer.hub.client import HubClient
         from indexer.hub.watcher import ScreenPolicy, Watcher
+        from indexer.queue import PriorityWeights
 
         self.config = config
         self.client = HubClient(config.hub, timeout=config.hub_timeout)
+        # An interrupted listing's cursor is kept beside the downloads, per endpoint and filters,
+        # so that the next poll (in this process or the next cron run) resumes from it.
+        tag = hashlib.sha1(f"{self.client.endpoint}|{config.author}|{config.search}".encode()).hexdigest()[:16]
         self.watcher = Watcher(self.client, ScreenPolicy(max_bytes=int(config.max_bytes),
-                                                         has_token=self.client.has_token))
+                                                         has_token=self.client.has_token),
+                               resume_path=config.cache_dir / "listing" / f"{tag}.json")
+        self.weights = PriorityWeights.parse(config.priority)
+        self.last_poll: PollReport | None = None
 
     def catalog_state(self) -> tuple[dict[str, str], datetime | None, dict[str, int]]:
         """``(done, watermark, retry)``: the revision each finished model is done at, the
@@ -181,21 +217,100 @@ class ListStep:
             con.close()
         return done, datetime.fromisoformat(wm[0][0]) if wm else None, retry
 
-    def __call__(self) -> list[ModelRecord]:
+    def queue_state(self) -> tuple[list[ModelRecord], set[str], float | None]:
+        """``(queued, indexed, seconds_per_probe)``: the models waiting in the queue, the ids
+        already indexed, and the mean probe time over the last day (None: none timed)."""
+        from indexer.catalog import open_read_only
+
+        try:
+            con, _ = open_read_only(self.config.catalog)
+        except PhylolmError:
+            return [], set(), None
+        try:
+            cur = con.execute(
+                """select id, revision, created_at, author, base_models, base_model_relation, license,
+                          pipeline_tag, size_bytes, downloads, likes, priority from models
+                   where status = 'queued'""")
+            cols = [d[0] for d in cur.description]
+            queued = [ModelRecord(**{**dict(zip(cols, row)), "base_models": tuple(row[4] or ())})
+                      for row in cur.fetchall()]
+            indexed = {r[0] for r in con.execute("select id from models where status = 'indexed'").fetchall()}
+            rate = con.execute("select avg(seconds) from probes where started_at >= now() - interval 1 day"
+                               ).fetchall()[0][0]
+        finally:
+            con.close()
+        return queued, indexed, float(rate) if rate else None
+
+    def __call__(self, poll: float | None = None) -> list[ModelRecord]:
+        """One poll: the records to work on (new models screened, retries, and the cycle's share
+        of the queue). ``last_poll`` says whether the listing completed."""
+        started = utcnow()
+        poll_id = f"{poll if poll is not None else started.timestamp():.6f}"
         done, watermark, retry = self.catalog_state()
+        error = None
         if self.config.model_ids:
-            records = [self._one(m) for m in self.config.model_ids]
+            records = [r for m in self.config.model_ids for r in self._lookup(m)]
         else:
             since = max(filter(None, (watermark, self.config.since)), default=None)
+            if since is None and self.config.first_window_hours is not None:
+                since = started - timedelta(hours=self.config.first_window_hours)
+                log.warning("no watermark yet: this first poll looks back %g h, to %s; older models are "
+                            "for `phylolm backfill --since DATE`", self.config.first_window_hours,
+                            since.isoformat(timespec="seconds"))
             records = list(self.watcher.list_new_models(since, author=self.config.author,
                                                         search=self.config.search))
+            error = self.watcher.report.error
             # A failure older than the watermark is not listed by time: ask for it by id.
             listed = {r.id for r in records}
-            again = [self._one(m) for m in sorted(retry) if m not in listed]
-            records = [r for r in again if self._wanted(r)] + records
+            again = [r for m in sorted(retry) if m not in listed for r in self._lookup(m)]
+            records = [r for r in again if self._wanted(r) or _renamed(r)] + records
         fresh = [r.model_copy(update={"attempt": retry.get(r.id, 0)}) for r in records
                  if done.get(r.id) != r.revision]
-        return fresh[: self.config.limit] if self.config.limit else fresh
+        if self.config.limit:
+            fresh = fresh[: self.config.limit]
+        new = len(fresh)
+        if self.config.use_queue and not self.config.model_ids:
+            fresh, taken, waiting = self._budget(fresh)
+        else:
+            taken, waiting = sum(r.status == ModelStatus.discovered for r in fresh), 0
+        self.last_poll = PollReport(poll_id, started, utcnow(), error is None, error, new, taken, waiting)
+        return fresh
+
+    def _budget(self, fresh: list[ModelRecord]) -> tuple[list[ModelRecord], int, int]:
+        """The cycle's probe budget: of the new candidates and the queue, the best ``n`` (by
+        ``queue_order``) go to probing; new candidates beyond it are recorded ``queued`` with
+        their priority, and queued models whose priority changed are recorded again.
+        Returns (records, taken, left waiting)."""
+        from indexer.queue import budget_models, order, priority
+
+        queued, indexed, rate = self.queue_state()
+        n = budget_models(self.config.probe_budget, self.config.budget_seconds, rate)
+        if n is None and not queued:
+            return fresh, sum(r.status == ModelStatus.discovered for r in fresh), 0
+        new_ids = {r.id for r in fresh}
+        stored = {r.id: r.priority for r in queued}
+        candidates = [r for r in fresh if r.status == ModelStatus.discovered]
+        candidates += [r for r in queued if r.id not in new_ids]
+        now = utcnow()
+        scored = [r.model_copy(update={"priority": priority(r, self.weights, indexed, now),
+                                       "status": ModelStatus.discovered, "reason": None}) for r in candidates]
+        ranked = order(scored, self.config.queue_order)
+        take = ranked if n is None else ranked[:n]
+        wait = [] if n is None else ranked[n:]
+        out = [r for r in fresh if r.status != ModelStatus.discovered]  # skipped, failed: recorded as they are
+        out += take
+        out += [r.model_copy(update={"status": ModelStatus.queued,
+                                     "reason": f"waiting for a cycle's probe budget ({self.config.queue_order} order)"})
+                for r in wait if r.id not in stored or stored[r.id] != r.priority]
+        if wait:
+            log.warning("probe budget: %d of %d candidates this cycle, %d queued for later cycles",
+                        len(take), len(ranked), len(wait))
+        # In upload order, whatever the rank: the writer moves the watermark model by model, so
+        # what it has applied must always be everything up to the watermark (a crash then
+        # loses nothing).
+        far = datetime.max.replace(tzinfo=timezone.utc)
+        out.sort(key=lambda r: (r.created_at or far, r.id))
+        return out, len(take), len(wait)
 
     def _wanted(self, record: ModelRecord) -> bool:
         """A retried model still matches the job's filters (author, --since)."""
@@ -204,16 +319,32 @@ class ListStep:
         since = self.config.since
         return not (since and record.created_at and record.created_at < since)
 
-    def _one(self, model_id: str) -> ModelRecord:
+    def _lookup(self, model_id: str) -> list[ModelRecord]:
+        """A model looked up by id: its record, and, when the Hub answered with a rename (a
+        307 to another id), also the old id's row resolved as skipped (renamed), so that no
+        later poll looks the old id up again."""
         from indexer.hub.client import HubError
         from indexer.hub.watcher import record_of, screen
 
         try:
             info = self.client.model_info(model_id, files_metadata=True)
         except HubError as e:
-            return ModelRecord(id=model_id, status=e.status, reason=e.reason)
+            return [ModelRecord(id=model_id, status=e.status, reason=e.reason)]
         ok, reason = screen(info, self.watcher.policy)
-        return record_of(info, ModelStatus.discovered if ok else ModelStatus.skipped, reason)
+        try:
+            record = record_of(info, ModelStatus.discovered if ok else ModelStatus.skipped, reason)
+        except ValueError as e:
+            return [ModelRecord(id=model_id, status=ModelStatus.failed,
+                                reason=f"malformed Hub metadata: {' '.join(str(e).split())[:200]}")]
+        if record.id == model_id:
+            return [record]
+        log.warning("%s was renamed on the Hub to %s; following the new id", model_id, record.id)
+        old = record.model_copy(update={"id": model_id, "status": ModelStatus.skipped,
+                                        "reason": f"renamed on the Hub to {record.id}"})
+        return [old, record]
+
+    def _one(self, model_id: str) -> ModelRecord:
+        return self._lookup(model_id)[-1]
 
 
 # ---- probing --------------------------------------------------------------------------------
@@ -269,8 +400,8 @@ class ProbeStep:
         return self.config.cache_dir / "probes" / f"{probe_id_for(model, self.config, self.genome.hash)}.json"
 
     def __call__(self, model: ModelRecord) -> ProbeOutcome:
-        if model.status in (ModelStatus.skipped, ModelStatus.failed):
-            return ProbeOutcome(model)
+        if model.status in (ModelStatus.skipped, ModelStatus.failed, ModelStatus.queued, ModelStatus.deferred):
+            return ProbeOutcome(model)  # recorded as it is: refused, failed, or waiting
         cached = self._cache_file(model)
         if cached.is_file():
             try:
@@ -306,6 +437,10 @@ class ProbeStep:
         if self._prober is not None:
             self._prober.close()
             self._prober = None
+
+
+def _renamed(record: ModelRecord) -> bool:
+    return record.status == ModelStatus.skipped and (record.reason or "").startswith("renamed on the Hub")
 
 
 def _with(model: ModelRecord, status: ModelStatus, reason: str | None) -> ModelRecord:
@@ -373,6 +508,23 @@ class IndexWriter:
             f"select 1 from models where id = ? and revision = ? and {DONE_SQL}",
             [model.id, model.revision])) is not None
 
+    def apply_queued(self, models: list[ModelRecord]) -> list[UpdateSummary]:
+        """Record many models that wait in the queue, in one transaction (a busy day lists
+        thousands): those already done are left as they are; the watermark advances past them."""
+        if not models:
+            return []
+        done = {r[0] for r in self.catalog.con.execute(
+            f"select id from models where status not in ('queued', 'discovered') and {DONE_SQL}").fetchall()}
+        todo = [m for m in models if m.id not in done]
+        with self.catalog.transaction():
+            self.catalog.upsert_models(todo)
+            newest = max((m for m in todo if m.created_at is not None), key=lambda m: m.created_at, default=None)
+            if newest is not None:
+                self._advance_watermark(newest)
+        n = len(self.index.ids)
+        return [UpdateSummary(m.id, "unchanged" if m.id in done else m.status.value, m.reason, n_models=n)
+                for m in models]
+
     def apply(self, outcome: ProbeOutcome) -> UpdateSummary:
         model = outcome.model
         if self.is_done(model) and (outcome.probe is None or model.id in self.index.ids):
@@ -420,6 +572,13 @@ class IndexWriter:
         return UpdateSummary(model.id, "indexed", None, snapshot, len(self.index.ids),
                              tuple((others[i], float(dist[i])) for i in order),
                              tuple(result.timings_ms.items()), bool(result.rebuilt))
+
+    def record_poll(self, report: PollReport) -> None:
+        """Record one poll's outcome (the ``polls`` table: what `phylolm status` and a
+        ``watch --once`` exit status read)."""
+        with self.catalog.transaction():
+            self.catalog.record_poll(report.poll_id, report.started_at, report.finished_at, report.complete,
+                                     report.error, report.new_models, report.taken, report.queued)
 
     def _advance_watermark(self, model: ModelRecord) -> None:
         if model.created_at is None:

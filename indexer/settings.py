@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from indexer.errors import PhylolmError
 
@@ -24,7 +24,8 @@ class Settings(BaseModel):
     catalog: Path = Field(Path("phylolm.duckdb"), description="the DuckDB catalog file")
     hub: str | None = Field(None, description="Hub endpoint URL or a folder of model repositories "
                                               "(default: HF_ENDPOINT or the public Hub)")
-    backend: str = Field("transformers", description="prober: vllm | transformers | openai | simulated")
+    backend: str = Field("auto", description="prober: auto | vllm | transformers | openai | simulated "
+                                             "(auto: vllm where a GPU and vLLM are present, else transformers)")
     genome: str = Field("math", description="built-in genome name or a JSONL file")
     genes: int | None = Field(None, ge=1, description="use only the first N genes of the genome")
     samples: int = Field(32, ge=1, description="samples per gene (N)")
@@ -37,6 +38,26 @@ class Settings(BaseModel):
     interval: float = Field(300.0, gt=0, description="seconds between Hub polls in `watch`")
     author: str | None = Field(None, description="watch only this author's uploads")
     device: str | None = Field(None, description="torch device for the transformers backend (cpu, cuda)")
+    first_window_hours: float = Field(24.0, gt=0, description="with no watermark yet, how far back the first "
+                                                               "`watch` poll looks (older models: `backfill`)")
+    probe_budget: int | None = Field(None, ge=1, description="models probed per watch cycle; the rest wait "
+                                                              "as `queued` (default: no limit)")
+    budget_seconds: float | None = Field(None, gt=0, description="probe seconds per watch cycle, at the rate "
+                                                                  "measured over the last day")
+    queue_order: str = Field("rank", pattern="^(rank|newest)$", description="which candidates a cycle takes "
+                                                                              "first: rank (priority) | newest")
+    priority: str = Field("downloads=1,likes=2,related=2,size=-0.5",
+                          description="priority terms and weights: downloads, likes (log10), related "
+                                      "(a base model is indexed), size (GB), age (days)")
+
+
+    @field_validator("priority")
+    @classmethod
+    def _valid_priority(cls, v: str) -> str:
+        from indexer.queue import PriorityWeights
+
+        PriorityWeights.parse(v)  # ValueError says which term is wrong
+        return v
 
 
 def _coerce_env(name: str, raw: str) -> Any:

@@ -42,19 +42,22 @@ def _report(pcoll, total: int | None = None):
 
 
 def run_watch(config: JobConfig, *, interval: float, once: bool = False, duration: float | None = None,
-              runner_args: Sequence[str] = (), publish_every: float = 0.0) -> None:
+              runner_args: Sequence[str] = (), publish_every: float = 0.0) -> str | None:
     """The streaming job (or, with ``once``, one poll → probe → update → publish cycle).
 
     On the in-process runner the polls come from ``TickEveryFn`` (a sleeping loop: the job
     runs in batch mode with one never-ending element source); elsewhere from Beam's
-    ``PeriodicImpulse`` in streaming mode.
+    ``PeriodicImpulse`` in streaming mode. The streaming job retries a listing that failed
+    with backoff within half an interval; ``once`` does not (the scheduler runs it again) and
+    returns the poll's id, whose row in the ``polls`` table says whether the listing completed.
     """
     opts = pipeline_options(runner_args)
     if not once and not _in_process(opts):
         opts.view_as(StandardOptions).streaming = True
+    started = time.time()
     with beam.Pipeline(options=opts) as p:
         if once:
-            polls = p | "OnePoll" >> beam.Create([time.time()])
+            polls = p | "OnePoll" >> beam.Create([started])
         elif _in_process(opts):
             stop = time.time() + duration if duration else None
             polls = p | "Start" >> beam.Impulse() | "Poll" >> beam.ParDo(TickEveryFn(interval, stop))
@@ -63,7 +66,9 @@ def run_watch(config: JobConfig, *, interval: float, once: bool = False, duratio
             stop = start + duration if duration else MAX_TIMESTAMP
             polls = p | "Poll" >> PeriodicImpulse(start_timestamp=start, stop_timestamp=stop,
                                                   fire_interval=interval)
-        _report(polls | "IndexNewModels" >> IndexNewModels(config, publish_every=publish_every))
+        _report(polls | "IndexNewModels" >> IndexNewModels(config, publish_every=publish_every,
+                                                            retry_within=0.0 if once else interval / 2))
+    return f"{started:.6f}" if once else None
 
 
 def run_backfill(config: JobConfig, *, runner_args: Sequence[str] = (), publish_every: float = 10.0) -> int:

@@ -22,8 +22,8 @@ import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms import userstate
 
-from indexer.service import IndexWriter, JobConfig, ListStep, ProbeOutcome, ProbeStep
-from schemas.records import ModelRecord
+from indexer.service import IndexWriter, JobConfig, ListStep, PollReport, ProbeOutcome, ProbeStep
+from schemas.records import ModelRecord, ModelStatus
 
 log = logging.getLogger("phylolm")
 WRITER_KEY = "index"
@@ -53,17 +53,35 @@ class TickEveryFn(beam.DoFn):
 
 
 class ListNewModelsFn(beam.DoFn):
-    """One poll (any element) → the screened new models, oldest first."""
+    """One poll (its start time) → the screened new models, oldest first, then the poll's
+    ``PollReport`` (recorded by the writer).
 
-    def __init__(self, config: JobConfig):
+    ``retry_within`` (the streaming watch: half its interval) retries a listing that could not
+    complete, with exponential backoff from ``retry_base`` seconds, resuming from its cursor,
+    each failed try recorded; 0 (``--once``) leaves it to the scheduler's next run."""
+
+    def __init__(self, config: JobConfig, retry_within: float = 0.0, retry_base: float = 30.0):
         self.config = config
+        self.retry_within = retry_within
+        self.retry_base = retry_base
 
     def setup(self) -> None:
         self.step = ListStep(self.config)
 
-    def process(self, _poll):
-        for record in self.step():
-            yield record
+    def process(self, poll):
+        waited, delay = 0.0, min(self.retry_base, max(self.retry_within / 4, 0.01))
+        while True:
+            yield from self.step(poll if isinstance(poll, (int, float)) else None)
+            report = self.step.last_poll
+            if report is not None:
+                yield report
+            if report is None or report.complete or waited + delay > self.retry_within:
+                return
+            log.warning("the Hub listing failed (%s); retrying in %.0fs", report.error, delay)
+            time.sleep(delay)
+            waited += delay
+            delay *= 2
+            poll = time.time()
 
 
 class FirstSightFn(beam.DoFn):
@@ -75,7 +93,12 @@ class FirstSightFn(beam.DoFn):
 
     def process(self, keyed, seen=beam.DoFn.StateParam(SEEN)):
         _, record = keyed
-        sighting = f"{record.revision}#{record.attempt}"
+        if isinstance(record, PollReport):
+            yield record
+            return
+        # The status is part of a sighting: a model queued by one poll and taken from the
+        # queue by a later one passes again.
+        sighting = f"{record.revision}#{record.attempt}#{record.status.value}"
         if seen.read() == sighting:
             return
         seen.write(sighting)
@@ -92,6 +115,9 @@ class ProbeModelsFn(beam.DoFn):
         self.step = ProbeStep(self.config)
 
     def process(self, record: ModelRecord):
+        if isinstance(record, PollReport):
+            yield WRITER_KEY, record
+            return
         yield WRITER_KEY, self.step(record)
 
     def teardown(self) -> None:
@@ -111,6 +137,7 @@ class UpdateIndexFn(beam.DoFn):
     """
 
     APPLIED = userstate.ReadModifyWriteStateSpec("last", StrUtf8Coder())
+    QUEUED_BATCH = 5000
 
     def __init__(self, config: JobConfig, publish_every: float = 0.0):
         self.config = config
@@ -121,6 +148,22 @@ class UpdateIndexFn(beam.DoFn):
         self._lock = None
         self._last_publish = 0.0
         self._dirty = False
+        self._queued: list = []  # models recorded `queued`: written in one transaction, in order
+
+    def _flush_queued(self):
+        """Write the buffered queued models (before anything else is applied, so that the
+        watermark moves in order); a crash before this loses nothing: they are listed again."""
+        if not self._queued:
+            return []
+        batch, self._queued = self._queued, []
+        writer = self._open()
+        try:
+            summaries = writer.apply_queued(batch)
+        except BaseException:
+            self._abandon()
+            raise
+        self._dirty = True
+        return summaries
 
     def _open(self) -> IndexWriter:
         if self._lock is None:
@@ -151,7 +194,22 @@ class UpdateIndexFn(beam.DoFn):
 
     def process(self, keyed, last=beam.DoFn.StateParam(APPLIED)):
         _, outcome = keyed
+        if (not isinstance(outcome, PollReport) and outcome.probe is None
+                and outcome.model.status == ModelStatus.queued):
+            self._queued.append(outcome.model)
+            if len(self._queued) >= self.QUEUED_BATCH:
+                yield from self._flush_queued()
+            return
+        yield from self._flush_queued()
         writer = self._open()
+        if isinstance(outcome, PollReport):
+            try:
+                writer.record_poll(outcome)
+                self._dirty = True
+            except BaseException:
+                self._abandon()
+                raise
+            return
         try:
             summary = writer.apply(outcome)
             self._dirty = True
@@ -165,7 +223,12 @@ class UpdateIndexFn(beam.DoFn):
         last.write(outcome.key)
         yield summary
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for summary in self._flush_queued():
+            yield WindowedValue(summary, 0, [GlobalWindow()])
         if self._lock is not None and self._writer is not None:
             try:
                 if self._dirty:
@@ -227,17 +290,19 @@ class ProbeAndIndex(beam.PTransform):
 
 
 class IndexNewModels(beam.PTransform):
-    """Polls → new models (each passed once) → probes → single-writer index updates."""
+    """Polls → new models (each passed once) → probes → single-writer index updates.
+    ``retry_within``: see ``ListNewModelsFn``."""
 
-    def __init__(self, config: JobConfig, *, publish_every: float = 0.0):
+    def __init__(self, config: JobConfig, *, publish_every: float = 0.0, retry_within: float = 0.0):
         super().__init__()
         self.config = config
         self.publish_every = publish_every
+        self.retry_within = retry_within
 
     def expand(self, polls):
         return (polls
-                | "ListNewModels" >> beam.ParDo(ListNewModelsFn(self.config))
-                | "KeyByModel" >> beam.Map(lambda m: (m.id, m))
+                | "ListNewModels" >> beam.ParDo(ListNewModelsFn(self.config, self.retry_within))
+                | "KeyByModel" >> beam.Map(lambda m: (m.key if isinstance(m, PollReport) else m.id, m))
                 | "FirstSight" >> beam.ParDo(FirstSightFn())
                 | "ProbeAndIndex" >> ProbeAndIndex(self.config, publish_every=self.publish_every))
 
@@ -252,6 +317,9 @@ class ReportProgress(beam.DoFn):
 
     def process(self, keyed, count=beam.DoFn.StateParam(COUNT)):
         _, summary = keyed
+        if summary.status == "queued":  # thousands a day: the poll's budget line says how many
+            yield summary
+            return
         done = int(count.read() or 0) + 1
         count.write(str(done))
         near = ", ".join(f"{m} {d:.3f}" for m, d in summary.nearest[:3])

@@ -1,4 +1,4 @@
--- The catalog's schema, version 3. Table and column names are a contract (DESIGN section 3):
+-- The catalog's schema, version 4. Table and column names are a contract (DESIGN section 3):
 -- columns may grow, names do not change. Older catalogs are upgraded by the forward
 -- migrations in schemas/migrations.py.
 
@@ -20,7 +20,30 @@ CREATE TABLE IF NOT EXISTS models (
     status              VARCHAR NOT NULL DEFAULT 'discovered',
     reason              VARCHAR,
     attempts            INTEGER NOT NULL DEFAULT 0,  -- failed probes of this revision so far
-    updated_at          TIMESTAMPTZ NOT NULL DEFAULT now()
+    updated_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    downloads           BIGINT,  -- from the Hub's listing
+    likes               BIGINT,
+    priority            DOUBLE   -- rank score: a queued model with a higher one is probed sooner
+);
+
+-- The models waiting for a cycle's probe budget, best first: `rank` orders by priority (the
+-- `rank` queue order), `newest_rank` by upload time (the `newest` queue order).
+CREATE OR REPLACE VIEW queue AS
+    SELECT row_number() OVER (ORDER BY priority DESC NULLS LAST, created_at DESC NULLS LAST, id) AS rank,
+           row_number() OVER (ORDER BY created_at DESC NULLS LAST, id) AS newest_rank,
+           id, revision, created_at, priority, downloads, likes, size_bytes, base_models, updated_at AS queued_at
+    FROM models WHERE status = 'queued';
+
+-- One row per poll of the Hub: complete (the listing reached the watermark) or not, and why.
+CREATE TABLE IF NOT EXISTS polls (
+    poll_id     VARCHAR PRIMARY KEY,  -- the poll's start, as the job stamped it
+    started_at  TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ NOT NULL,
+    complete    BOOLEAN NOT NULL,
+    error       VARCHAR,
+    new_models  INTEGER NOT NULL DEFAULT 0,  -- new on the Hub this poll
+    taken       INTEGER NOT NULL DEFAULT 0,  -- sent to probing this cycle (the budget)
+    queued      INTEGER NOT NULL DEFAULT 0   -- left waiting in the queue after this cycle
 );
 
 CREATE TABLE IF NOT EXISTS genomes (

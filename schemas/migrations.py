@@ -6,7 +6,7 @@ newer version is refused (this build does not know its tables).
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # version reached -> statements that take a catalog from (version - 1) to it.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -20,5 +20,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # v3: failed probes are retried on later polls, up to a limit: count the attempts.
     3: (
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS attempts INTEGER DEFAULT 0",
+    ),
+    # v4: a probe budget per cycle: what waits is `queued` with its priority (the `queue` view
+    # ranks it), from the listing's downloads and likes; the `polls` table (created by the
+    # schema) records each poll, complete or failed, for `phylolm status` and schedulers.
+    4: (
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS downloads BIGINT",
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS likes BIGINT",
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS priority DOUBLE",
     ),
 }

@@ -36,6 +36,8 @@ class Frozen(BaseModel):
 
 class ModelStatus(str, Enum):
     discovered = "discovered"  # listed on the Hub, not yet probed
+    queued = "queued"  # waiting for a later cycle's probe budget (see `priority`)
+    deferred = "deferred"  # needs a backend that is not running (e.g. a GPU for GPTQ)
     probed = "probed"  # alleles stored, not yet in the index
     indexed = "indexed"  # distances, tree leaf and estimates written
     skipped = "skipped"  # refused by policy (remote code, pickle-only, gated, too large...)
@@ -57,6 +59,9 @@ class ModelRecord(Frozen):
     status: ModelStatus = ModelStatus.discovered
     reason: str | None = None
     attempt: int = Field(default=0, ge=0)  # failed probes of this revision so far (a retry has > 0)
+    downloads: int | None = Field(default=None, ge=0)  # from the Hub's listing, for the priority
+    likes: int | None = Field(default=None, ge=0)
+    priority: float | None = None  # rank score of a queued model (higher: probed sooner)
 
     @field_validator("id")
     @classmethod

@@ -61,6 +61,38 @@ def test_older_catalog_is_upgraded(tmp_path):
         assert "stats" in cols
 
 
+def test_v3_catalog_gains_the_queue_and_polls(tmp_path):
+    """v3 -> v4: models gain downloads, likes and priority; the `queue` view and the `polls`
+    table appear; existing rows keep their values."""
+    path = tmp_path / "v3.duckdb"
+    Catalog(path, create=True).close()
+    con = duckdb.connect(str(path))
+    # Back to version 3 as released: without the v4 columns, view and table.
+    con.execute("drop view queue")
+    con.execute("drop table polls")
+    for col in ("downloads", "likes", "priority"):
+        con.execute(f"alter table models drop column {col}")
+    con.execute("update meta set value = '3' where key = 'schema_version'")
+    con.execute("insert into models (id, author, status, attempts) values ('old/model', 'old', 'failed', 2)")
+    con.close()
+    from datetime import datetime, timezone
+
+    from schemas.records import ModelRecord, ModelStatus
+
+    with Catalog(path) as cat:
+        assert cat.schema_version() == SCHEMA_VERSION == 4
+        assert cat.con.execute("select author, status, attempts, priority from models").fetchall() == [
+            ("old", "failed", 2, None)]
+        when = datetime(2025, 1, 1, tzinfo=timezone.utc)
+        cat.upsert_models([ModelRecord(id=f"q/m{i}", created_at=when, status=ModelStatus.queued, downloads=10 * i,
+                                       likes=i, priority=float(i)) for i in range(3)])
+        assert cat.con.execute("select rank, id from queue order by rank").fetchall() == [
+            (1, "q/m2"), (2, "q/m1"), (3, "q/m0")]
+        assert cat.get_model("q/m1").downloads == 10
+        cat.record_poll("1.0", when, when, False, "listing models: 503")
+        assert cat.con.execute("select complete, error from polls").fetchall() == [(False, "listing models: 503")]
+
+
 def test_newer_catalog_is_refused(tmp_path):
     path = tmp_path / "future.duckdb"
     Catalog(path, create=True).close()

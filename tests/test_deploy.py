@@ -155,7 +155,9 @@ def sim_hub(tmp_path_factory) -> Path:
     return out
 
 
-SIM_ENV = {"PHYLOLM_BACKEND": "simulated", "PHYLOLM_GENES": "16", "PHYLOLM_SAMPLES": "8"}
+# The simulated uploads are dated years back: the first poll's window is widened to reach them.
+SIM_ENV = {"PHYLOLM_BACKEND": "simulated", "PHYLOLM_GENES": "16", "PHYLOLM_SAMPLES": "8",
+           "PHYLOLM_FIRST_WINDOW_HOURS": "200000"}
 
 
 def _count_indexed(catalog: Path, cwd: Path) -> int:

@@ -224,7 +224,8 @@ def _watch_once(zoo: dict, tmp_path: Path):
     env = {"PHYLOLM_CACHE_DIR": str(tmp_path / "cache"), "PHYLOLM_MAX_WEIGHTS_GB": str(BUDGET_GB),
            "PHYLOLM_DEVICE": "cpu"}
     return run_cli("watch", "--once", "--hub", str(zoo["hub"]), "--catalog", str(tmp_path / "c.duckdb"),
-                   "--backend", "transformers", "--genes", str(GENES), "--samples", "4", cwd=tmp_path, env=env)
+                   "--backend", "transformers", "--genes", str(GENES), "--samples", "4",
+                   "--first-window", "200000", cwd=tmp_path, env=env)  # uploads dated 2024
 
 
 def test_watch_survives_every_model_fault(zoo, tmp_path):

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.faults
 
 N_MODELS = 5
 JOB = ["--backend", "simulated", "--genes", "16", "--samples", "8"]
+FIRST_WINDOW_H = 200_000  # hours: the simulated uploads are dated years back
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def ecosystem(tmp_path_factory) -> Path:
 
 
 def _watch_once(hub: Path, catalog: Path, cwd: Path, failpoint: str | None = None, **kw):
-    env = {"PHYLOLM_CACHE_DIR": str(cwd / "cache")}
+    # The simulated uploads are dated in the past: the first poll looks back far enough.
+    env = {"PHYLOLM_CACHE_DIR": str(cwd / "cache"), "PHYLOLM_FIRST_WINDOW_HOURS": str(FIRST_WINDOW_H)}
     if failpoint:
         env["PHYLOLM_FAILPOINT"] = failpoint
     return run_cli("watch", "--once", "--hub", str(hub), "--catalog", str(catalog), "--publish-dir",
@@ -96,7 +98,7 @@ def test_readers_and_second_writers_while_a_watch_writes(ecosystem, tmp_path):
     repos = repos_by_upload(ecosystem)
     publish(repos[:2], served)
     catalog = tmp_path / "c.duckdb"
-    env = {**BASE_ENV, "PHYLOLM_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**BASE_ENV, "PHYLOLM_CACHE_DIR": str(tmp_path / "cache"), "PHYLOLM_FIRST_WINDOW_HOURS": str(FIRST_WINDOW_H)}
     proc = subprocess.Popen([sys.executable, "-m", "indexer", "watch", "--hub", str(served), "--catalog", str(catalog),
                              *JOB, "--interval", "0.5"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -17,6 +17,7 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
+    HfHubHTTPError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -129,8 +130,14 @@ def test_model_info_revisions_and_errors(hub_dir: Path) -> None:
         assert new.sha != info.sha
         with pytest.raises(RevisionNotFoundError):
             api.model_info("org0/m2", revision=info.sha)
-        with pytest.raises(RepositoryNotFoundError):
+        # Unknown repository: 401 with no error code to an anonymous client, as the Hub answers
+        # (huggingface_hub maps it to RepositoryNotFoundError on https endpoints only).
+        with pytest.raises(HfHubHTTPError) as e:
             api.model_info("org0/nope")
+        assert e.value.response.status_code == 401 and "x-error-code" not in e.value.response.headers
+        with pytest.raises(RepositoryNotFoundError) as e:  # with a token: 404 RepoNotFound
+            HfApi(endpoint=url, token="hf_any_valid_token_123").model_info("org0/nope")
+        assert e.value.response.status_code == 404
 
 
 def test_snapshot_and_file_download(hub_dir: Path, tmp_path: Path) -> None:
@@ -203,8 +210,9 @@ def test_served_set_is_the_folder_at_request_time(hub_dir: Path, tmp_path: Path)
         assert next(iter(api.list_models(sort="created_at"))).id == "new/arrival"
         shutil.rmtree(hub_dir / "org0/m4")
         assert "org0/m4" not in {m.id for m in api.list_models()}
-        with pytest.raises(RepositoryNotFoundError):
+        with pytest.raises(HfHubHTTPError) as e:  # anonymous: 401, as the Hub answers
             api.model_info("org0/m4")
+        assert e.value.response.status_code == 401
 
 
 def test_created_before_cutoff_hides_later_uploads(hub_dir: Path) -> None:

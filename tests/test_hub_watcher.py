@@ -46,7 +46,9 @@ EXPECTED = {
     "bad/gated": (ModelStatus.skipped, "gated"),
     "bad/too-big": (ModelStatus.skipped, "too large"),
     "bad/classifier": (ModelStatus.skipped, "not text-generation"),
-    "bad/py-file": (ModelStatus.skipped, "remote code"),
+    # .py files with a native architecture and no auto_map: nothing would run them (they are
+    # never downloaded), so the model is probed (tiiuae/falcon-7b-instruct is such a repo).
+    "bad/py-file": (ModelStatus.discovered, None),
     "kid/merge": (ModelStatus.discovered, None),
 }
 

@@ -104,8 +104,9 @@ def test_watch_once_then_streaming_watch_sees_new_uploads(ecosystem, tmp_path):
     repos = repos_by_upload(ecosystem)
     publish(repos[:4], served)
     catalog = tmp_path / "c.duckdb"
+    # The simulated uploads are dated years back: the first poll's window must reach them.
     args = ["--hub", str(served), "--catalog", str(catalog), "--backend", "simulated", "--genes", "32",
-            "--samples", "16"]
+            "--samples", "16", "--first-window", "200000"]
     r = run_cli("watch", "--once", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     _consistent(catalog, tmp_path, 4)

@@ -74,7 +74,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False,
                config: Annotated[Path | None, typer.Option(help="Config file (TOML).")] = None) -> None:
-        """Where the index stands: models by status, table sizes, the settings in force."""
+        """Where the index stands: models by status, the queue (backlog, throughput over the last day,
+        time to clear it), the last complete and last failed Hub poll, the backend chosen and why,
+        table sizes, the settings in force."""
         settings, sources = load_settings({"catalog": catalog}, config)
         catalog = settings.catalog
         cols, rows = run_query(catalog, "select status, count(*) from models group by status order by status")
@@ -84,20 +86,65 @@ def register(app: typer.Typer) -> None:
             counts[t] = run_query(catalog, f"select count(*) from {t}")[1][0][0]
         wm = run_query(catalog, "select value from meta where key = 'watermark'")[1]
         snap = snapshot_path(catalog)
+        from indexer.probers.base import resolve_backend
+
+        backend, why = resolve_backend(settings.backend)
         report = {
             "catalog": str(catalog), "models": models, "tables": counts,
             "watermark": wm[0][0] if wm else None,
             "snapshot": str(snap) if snap.exists() else None,
+            "polls": _polls(catalog), "backlog": _backlog(catalog, models),
+            "backend": {"setting": settings.backend, "chosen": backend, "why": why},
             "settings": {k: {"value": v, "source": sources[k]} for k, v in settings.model_dump(mode="json").items()},
         }
         if json:
             print_json(report)
             return
+        polls, backlog = report["polls"], report["backlog"]
         out.print(f"catalog {catalog}  watermark {report['watermark'] or '-'}")
+        out.print(f"last complete poll {polls['last_complete'] or '-'}  last failed poll {polls['last_failed'] or '-'}"
+                  + (f" ({polls['last_error']})" if polls["last_failed"] else ""), markup=False, highlight=False)
+        rate = backlog["models_per_hour"]
+        out.print(f"backlog {backlog['queued']} queued, {backlog['deferred']} deferred; throughput over the last "
+                  f"day {backlog['probed_last_day']} models" + (f" ({rate:.1f}/h); backlog clears in about "
+                                                                 f"{_hours(backlog['hours_to_clear'])}" if rate else ""),
+                  markup=False, highlight=False)
+        out.print(f"backend {backend} ({why})", markup=False, highlight=False)
         print_rows(["status", "models"], sorted(models.items()) or [("(none)", 0)])
         print_rows(["table", "rows"], list(counts.items()))
         print_rows(["setting", "value", "from"],
                    [(k, v["value"], v["source"]) for k, v in report["settings"].items()])
+
+    def _polls(catalog: Path) -> dict:
+        """The last complete and the last failed poll (a catalog older than v4 has none)."""
+        try:
+            done = run_query(catalog, "select max(finished_at) from polls where complete")[1][0][0]
+            failed = run_query(catalog, "select finished_at, error from polls where not complete "
+                                        "order by finished_at desc limit 1")[1]
+        except PhylolmError:
+            return {"last_complete": None, "last_failed": None, "last_error": None}
+        return {"last_complete": done.isoformat() if done else None,
+                "last_failed": failed[0][0].isoformat() if failed else None,
+                "last_error": failed[0][1] if failed else None}
+
+    def _backlog(catalog: Path, models: dict) -> dict:
+        """What waits, the probing rate over the last day, and how long the queue takes at it."""
+        n, first = run_query(catalog, "select count(*), min(started_at) from probes "
+                                      "where started_at >= now() - interval 1 day")[1][0]
+        queued, deferred = models.get("queued", 0), models.get("deferred", 0)
+        rate = None
+        if n and first is not None:
+            from datetime import datetime, timezone
+
+            span_h = max((datetime.now(timezone.utc) - first).total_seconds() / 3600, 1 / 60)
+            rate = n / min(24.0, span_h)
+        return {"queued": queued, "deferred": deferred, "probed_last_day": n, "models_per_hour": rate,
+                "hours_to_clear": queued / rate if rate else None}
+
+    def _hours(h: float | None) -> str:
+        if h is None:
+            return "-"
+        return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days"
 
     @app.command()
     def genomes(catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False,

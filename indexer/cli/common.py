@@ -21,7 +21,8 @@ HubOpt = Annotated[str | None, typer.Option(
     "--hub", help="Hub endpoint URL, or a folder of model repositories served on loopback "
                   "(default: HF_ENDPOINT or the public Hub).")]
 BackendOpt = Annotated[str | None, typer.Option(
-    "--backend", help="Prober: vllm | transformers | openai | simulated (default from settings).")]
+    "--backend", help="Prober: auto | vllm | transformers | openai | simulated (default from settings: "
+                      "auto, i.e. vllm where a GPU and vLLM are present, else transformers).")]
 DEFAULT_CATALOG = None  # resolved by indexer.catalog.resolve_path
 
 out = Console(soft_wrap=True)

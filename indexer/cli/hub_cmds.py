@@ -20,10 +20,15 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port (0: a free one).")] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     page_size: Annotated[int, typer.Option(help="Listing page size when the client gives no limit.")] = 1000,
+    rate_window: Annotated[float, typer.Option(
+        help="Seconds of a fixed rate-limit window, with the Hub's quotas (anonymous: 500 API and "
+             "3,000 download requests per window); 0 turns rate limiting off.")] = 300.0,
 ) -> None:
     """Serve DIRECTORY as a Hub endpoint (listing, model info, file download) until interrupted.
 
-    Point any huggingface_hub client at it: HfApi(endpoint=URL) or HF_ENDPOINT=URL.
+    Point any huggingface_hub client at it: HfApi(endpoint=URL) or HF_ENDPOINT=URL. It answers
+    as the public Hub does: RateLimit headers and 429s, 401/403 for gated files, 307 after a
+    rename, the Hub's derived lineage (see indexer/hub/server.py).
     """
     from indexer.hub.server import HubServer
 
@@ -36,7 +41,10 @@ def serve(
     except ValueError:
         loopback = host == "localhost"
     try:
-        server = HubServer(directory, host=host, port=port, page_size=max(1, page_size))
+        if rate_window < 0:
+            raise PhylolmError(f"--rate-window {rate_window:g}: expected >= 0 (0: no rate limiting)")
+        server = HubServer(directory, host=host, port=port, page_size=max(1, page_size),
+                           rate_window=rate_window or None)
     except OSError as e:
         raise PhylolmError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if not loopback:

@@ -21,23 +21,32 @@ GenesOpt = Annotated[int | None, typer.Option("--genes", help="Use only the firs
 SamplesOpt = Annotated[int | None, typer.Option("--samples", help="Samples per gene (paper: 32).")]
 PublishOpt = Annotated[Path | None, typer.Option("--publish-dir", help="Folder refreshed after each update.")]
 GenomeOpt = Annotated[str | None, typer.Option("--genome", help="Genome: math, code, or a JSONL file.")]
+# `watch --once` exit status when the Hub could not be listed completely (an outage, a rate
+# limit that outlasted the retries): distinct from bad input (2) and unexpected errors (1), so
+# that a CronJob or systemd timer reports the failure.
+EXIT_HUB_UNAVAILABLE = 3
 
 
 def job_settings(config: Path | None, **cli) -> Settings:
-    from indexer.probers.base import BACKENDS
+    from indexer.probers.base import AUTO, BACKENDS
 
     s = load_settings(cli, config)[0]
-    if s.backend not in BACKENDS:  # refused up front: a typo must not fail every model of the run
-        raise PhylolmError(f"backend: unknown {s.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if s.backend not in BACKENDS and s.backend != AUTO:  # refused up front: a typo must not fail every model
+        raise PhylolmError(f"backend: unknown {s.backend!r}; choose one of {', '.join([AUTO, *BACKENDS])}")
     return s
 
 
 def job_config(s: Settings, hub_url: str | None, **extra):
     from indexer.service import JobConfig
 
+    from indexer.probers.base import resolve_backend
+
     params = ProbeParams(n_samples=s.samples, temperature=s.temperature, max_tokens=s.max_tokens, seed=s.seed)
-    options = (("device", s.device),) if s.device and s.backend == "transformers" else ()
-    return JobConfig(catalog=s.catalog.resolve(), hub=hub_url, backend=s.backend, backend_options=options,
+    backend, why = resolve_backend(s.backend)  # probes record the backend that really ran
+    if s.backend != backend:
+        logging.getLogger("phylolm").info("backend %s (%s)", backend, why)
+    options = (("device", s.device),) if s.device and backend == "transformers" else ()
+    return JobConfig(catalog=s.catalog.resolve(), hub=hub_url, backend=backend, backend_options=options,
                      genome=s.genome, n_genes=s.genes, params=params, cache_dir=s.cache_dir.expanduser(),
                      publish_dir=s.publish_dir.resolve() if s.publish_dir else None,
                      max_bytes=s.max_weights_gb * 1e9, author=s.author, **extra)
@@ -64,24 +73,52 @@ def register(app: typer.Typer) -> None:
               once: Annotated[bool, typer.Option("--once", help="One poll → probe → update → publish cycle (for cron).")] = False,
               interval: Annotated[float | None, typer.Option("--interval", help="Seconds between polls.")] = None,
               duration: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
-              author: Annotated[str | None, typer.Option("--author", help="Only this author's uploads.")] = None) -> None:
+              author: Annotated[str | None, typer.Option("--author", help="Only this author's uploads.")] = None,
+              first_window: Annotated[float | None, typer.Option(
+                  "--first-window", help="Hours the first poll looks back when the catalog has no watermark "
+                                         "yet [default: 24]; older models: `phylolm backfill --since`.")] = None,
+              probe_budget: Annotated[int | None, typer.Option(
+                  "--probe-budget", min=1, help="Models probed per cycle; the rest wait as `queued` for later "
+                                                "cycles [default: no limit].")] = None,
+              budget_seconds: Annotated[float | None, typer.Option(
+                  "--budget-seconds", help="Probe seconds per cycle, at the rate measured over the last day.")] = None,
+              queue_order: Annotated[str | None, typer.Option(
+                  "--queue-order", help="Which candidates a cycle takes first: rank (by --priority) | newest.")] = None,
+              priority: Annotated[str | None, typer.Option(
+                  "--priority", help="Priority terms: downloads, likes, related, size, age, as TERM=WEIGHT,... "
+                                     "[default: downloads=1,likes=2,related=2,size=-0.5].")] = None) -> None:
         """Watch the Hub: probe each new upload and insert it into the index as it appears.
 
         Streaming by default (a poll every --interval seconds, until stopped); --once runs a
-        single bounded cycle. A failed probe (download, engine) is retried on later polls, up to
-        3 attempts per revision. Only one job may write a catalog at a time; meanwhile
-        `phylolm sql` reads the snapshot the job publishes after each update.
+        single bounded cycle. With no watermark yet, the first poll looks back --first-window
+        hours. Each cycle probes at most --probe-budget models (or --budget-seconds of probing),
+        the best by --queue-order; the rest are recorded `queued` (see the `queue` view) and
+        taken by later cycles. A failed probe (download, engine) is retried on later polls, up
+        to 3 attempts per revision. A listing the Hub did not let complete (outage, rate limit)
+        records nothing: the streaming watch retries it with backoff and keeps polling, and
+        --once exits with status 3 (bad input: 2). Only one job may write a catalog at a time;
+        meanwhile `phylolm sql` reads the snapshot the job publishes after each update.
         """
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
-                         samples=samples, publish_dir=publish_dir, interval=interval, author=author)
+                         samples=samples, publish_dir=publish_dir, interval=interval, author=author,
+                         first_window_hours=first_window, probe_budget=probe_budget,
+                         budget_seconds=budget_seconds, queue_order=queue_order, priority=priority)
         with job(s) as url:
             # Beam is imported only once the input is valid and the lock held: its import-time
             # warnings must not precede a refusal's one-line message.
             from pipelines.run import run_watch
 
             out.print(f"watching {url} every {s.interval:g}s → {s.catalog}" if not once else f"polling {url} once")
-            run_watch(job_config(s, url), interval=s.interval, once=once, duration=duration,
-                      runner_args=ctx.args)
+            budget = ", ".join(x for x in (f"{s.probe_budget} models" if s.probe_budget else "",
+                                           f"{s.budget_seconds:g}s" if s.budget_seconds else "") if x)
+            if budget:
+                out.print(f"probe budget per cycle: {budget}; the rest queued ({s.queue_order} order)")
+            cfg = job_config(s, url, first_window_hours=s.first_window_hours, probe_budget=s.probe_budget,
+                             budget_seconds=s.budget_seconds, queue_order=s.queue_order, priority=s.priority,
+                             use_queue=True)
+            poll_id = run_watch(cfg, interval=s.interval, once=once, duration=duration, runner_args=ctx.args)
+        if once:
+            _exit_for_poll(s.catalog.resolve(), poll_id)
 
     @app.command(context_settings=extra, epilog=RUNNER_HELP)
     def backfill(ctx: typer.Context,
@@ -129,12 +166,15 @@ def register(app: typer.Typer) -> None:
                 else:
                     step = ProbeStep(cfg)
                     try:
-                        outcome = step(listed[0])
+                        # A renamed model lists its old id (resolved) before the new one.
+                        for record in listed[:-1]:
+                            writer.apply(step(record))
+                        outcome = step(listed[-1])
                     finally:
                         step.close()
                     summary = writer.apply(outcome)
                     writer.publish()
-                    result = {"model_id": model_id, "status": summary.status, "reason": summary.reason,
+                    result = {"model_id": summary.model_id, "status": summary.status, "reason": summary.reason,
                               "snapshot": summary.snapshot, "nearest": summary.nearest,
                               "seconds": outcome.probe.seconds if outcome.probe else None}
             finally:
@@ -143,10 +183,24 @@ def register(app: typer.Typer) -> None:
             print_json(result)
         else:
             near = ", ".join(f"{m} ({d:.3f})" for m, d in result.get("nearest") or ())
-            out.print(f"{result['status']}: {model_id}" + (f" — {result['reason']}" if result.get("reason") else "")
+            out.print(f"{result['status']}: {result['model_id']}" + (f" — {result['reason']}" if result.get("reason") else "")
                       + (f"\nnearest: {near}" if near else ""))
         if result["status"] in ("failed", "skipped"):
             raise typer.Exit(1)
+
+
+def _exit_for_poll(catalog: Path, poll_id: str | None) -> None:
+    """After `watch --once`: exit 3 when that cycle's listing did not complete."""
+    from indexer.catalog import run_query
+    from indexer.cli.common import err
+
+    rows = run_query(catalog, f"select complete, error from polls where poll_id = '{poll_id}'")[1] if poll_id else []
+    if rows and rows[0][0]:
+        return
+    why = rows[0][1] if rows else "the poll recorded no outcome"
+    err.print(f"error: the Hub listing did not complete, nothing new recorded this cycle: {why} "
+              f"(exit {EXIT_HUB_UNAVAILABLE})", markup=False, highlight=False)
+    raise typer.Exit(EXIT_HUB_UNAVAILABLE)
 
 
 def check_id(model_id: str) -> str:

@@ -3,9 +3,16 @@
 
 Every call to the Hub goes through ``HubClient._call``: transient failures (HTTP 408/429/5xx,
 timeouts, connection resets, malformed JSON) are retried with exponential backoff and full
-jitter, honouring ``Retry-After``, for at most ``RetryPolicy.attempts`` attempts; permanent
-ones (repository or revision not found, gated) are not. What cannot be done ends as a
-``HubError`` carrying the model's status (skipped | failed) and a one-line reason.
+jitter for at most ``RetryPolicy.attempts`` attempts; permanent ones (repository or revision
+not found, gated, a refused request) are not. What cannot be done ends as a ``HubError``
+carrying the model's status (skipped | failed) and a one-line reason.
+
+Rate limits as the Hub announces them (hub-docs docs/hub/rate-limits.md): every answer carries
+``RateLimit: "api";r=<remaining>;t=<seconds to reset>`` and ``RateLimit-Policy: "fixed
+window";"api";q=<quota>;w=<window>``, and a 429 carries no ``Retry-After``. A 429 waits for the
+announced reset (``t``; ``Retry-After`` where a proxy sends one instead); and ``RatePacer``
+spreads the requests left in a window over the time left once half the quota is used, and
+waits for the reset rather than spend the last request, so a long listing does not hit the wall.
 
 The token comes from the environment only (``HF_TOKEN``; never the login file) and is scrubbed
 from every message this module produces or passes on.
@@ -27,10 +34,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+from urllib.parse import quote
 
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
+    BadRequestError,
     GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -38,6 +47,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import tqdm as _hf_tqdm
 
 from indexer.http_retry import retry_after_seconds
@@ -149,10 +159,82 @@ class RetryPolicy:
         return backoff
 
 
+_RATELIMIT = re.compile(r'"(?P<bucket>[^"]+)"\s*;\s*r\s*=\s*(?P<r>\d+)\s*;\s*t\s*=\s*(?P<t>\d+)')
+_RATELIMIT_POLICY = re.compile(r"q\s*=\s*(?P<q>\d+)\s*;\s*w\s*=\s*(?P<w>\d+)")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """What a ``RateLimit`` / ``RateLimit-Policy`` header pair says (IETF draft v9, as the Hub
+    sends it): ``remaining`` requests in a window that resets in ``reset`` seconds; the policy's
+    ``quota`` per ``window`` seconds when given."""
+
+    bucket: str
+    remaining: int
+    reset: int
+    quota: int | None = None
+    window: int | None = None
+
+
+def parse_rate_limit(headers: Mapping[str, str] | None) -> RateLimit | None:
+    if headers is None:
+        return None
+    value = headers.get("RateLimit") or headers.get("ratelimit")
+    m = _RATELIMIT.search(value or "")
+    if not m:
+        return None
+    p = _RATELIMIT_POLICY.search(headers.get("RateLimit-Policy") or headers.get("ratelimit-policy") or "")
+    return RateLimit(m["bucket"], int(m["r"]), int(m["t"]), int(p["q"]) if p else None, int(p["w"]) if p else None)
+
+
+def _headers(exc: BaseException):
+    return getattr(getattr(exc, "response", None), "headers", None)
+
+
 def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    return retry_after_seconds(headers.get("Retry-After") if headers is not None else None)
+    """Seconds the server asks to wait: the reset of an exhausted RateLimit window (the Hub's
+    429), else ``Retry-After``; None when it says neither."""
+    headers = _headers(exc)
+    if headers is None:
+        return None
+    rl = parse_rate_limit(headers)
+    if rl is not None and rl.remaining == 0 and _status_of(exc) == 429:
+        return rl.reset + RatePacer.MARGIN
+    return retry_after_seconds(headers.get("Retry-After"))
+
+
+class RatePacer:
+    """Keeps a client inside the Hub's announced window: fed every answer's headers, it says
+    how long to wait before the next request of the same bucket.
+
+    Remaining requests <= ``reserve``: wait for the reset. Under half the quota left: spread the
+    remaining requests evenly over the time left. Otherwise: no wait. ``waited`` adds up."""
+
+    MARGIN = 0.25  # the server rounds the reset up to whole seconds; this covers clock skew
+
+    def __init__(self, reserve: int = 1):
+        self.reserve = reserve
+        self.waited = 0.0
+        self._state: dict[str, tuple[RateLimit, float]] = {}
+
+    def update(self, headers: Mapping[str, str] | None, bucket: str = "api") -> None:
+        rl = parse_rate_limit(headers)
+        if rl is not None:
+            self._state[bucket] = (rl, time.monotonic())
+
+    def delay(self, bucket: str = "api") -> float:
+        if bucket not in self._state:
+            return 0.0
+        rl, seen = self._state[bucket]
+        left = rl.reset - (time.monotonic() - seen)
+        if left <= 0:
+            return 0.0
+        usable = rl.remaining - self.reserve
+        if usable <= 0:
+            return left + self.MARGIN
+        if rl.quota and rl.remaining < rl.quota / 2:
+            return left / usable
+        return 0.0
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -176,11 +258,15 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass
 class ListingReport:
-    """What one listing did: pages read, items seen, and what went wrong."""
+    """What one listing did: pages read, items seen, and what went wrong. ``next_url`` is the
+    page to read next when the listing stopped before its end (the cursor to resume from)."""
 
     pages: int = 0
     items: int = 0
     retries: int = 0
+    rate_limited: int = 0  # 429s met
+    waited: float = 0.0  # seconds waited for rate limits (429s and pacing)
+    next_url: str | None = None
     loop_detected: bool = False
     truncated_pages: bool = False  # stopped at max_pages
     truncated: bool = False  # more new models than one poll keeps
@@ -208,6 +294,8 @@ class HubClient:
         self.max_workers = max_workers
         self.progress = progress
         self._rng = random.Random(retry.seed)
+        self.pacer = RatePacer()
+        self._headers = build_hf_headers(token=self._token or False, library_name="phylolm-indexer")
         # token=False: never fall back on a token stored by `hf auth login`.
         self.api = HfApi(endpoint=self.endpoint, token=self._token or False,
                          library_name="phylolm-indexer")
@@ -236,24 +324,41 @@ class HubClient:
                 if attempt + 1 >= self.retry.attempts:
                     break
                 wait = self.retry.delay(attempt, _retry_after(exc), self._rng)
-                log.warning("%s: %s (attempt %d/%d), retrying in %.2fs", what,
-                            self.scrub(_describe(exc)), attempt + 1, self.retry.attempts, wait)
+                limited = _status_of(exc) == 429
+                log.warning("%s: %s (attempt %d/%d), retrying in %.2fs%s", what,
+                            self.scrub(_describe(exc)), attempt + 1, self.retry.attempts, wait,
+                            " (rate limited: waiting for the window to reset)" if limited else "")
                 if on_retry:
-                    on_retry()
+                    on_retry(exc, wait)
                 self.sleep(wait)
         raise HubError(f"{what}: gave up after {self.retry.attempts} attempts: {_describe(last)}",
                        transient=True) from None
+
+    def _get(self, url: str, params: Any = None, bucket: str = "api"):
+        """One GET through huggingface_hub's session, paced to the announced rate limit; raises
+        huggingface_hub's errors for error answers."""
+        wait = self.pacer.delay(bucket)
+        if wait > 0:
+            log.info("rate limit: %.2fs before the next request (window nearly used)", wait)
+            self.pacer.waited += wait
+            self.sleep(wait)
+        r = get_session().get(url, params=params, headers=self._headers, timeout=self.timeout)
+        self.pacer.update(r.headers, bucket)
+        hf_raise_for_status(r)
+        return r
 
     # -- listing ----------------------------------------------------------------------------
 
     def iter_listing(self, *, sort: str = "createdAt", author: str | None = None, search: str | None = None,
                      filter: list[str] | None = None, expand: list[str] | None = None,  # noqa: A002
                      page_size: int | None = None, max_pages: int = 1000,
-                     report: ListingReport | None = None) -> Iterator[list[dict]]:
+                     report: ListingReport | None = None, start_url: str | None = None) -> Iterator[list[dict]]:
         """Pages of raw listing items (``GET /api/models``), newest first for ``createdAt``.
 
         Follows ``Link: rel="next"``; stops on a link already followed (a loop) or after
-        ``max_pages``; retries each page; raises ``HubError`` if a page cannot be had.
+        ``max_pages``; retries each page; raises ``HubError`` if a page cannot be had, with
+        ``report.next_url`` the page to resume from. ``start_url``: resume at that page (a
+        ``next_url`` of an earlier listing) instead of the first.
         """
         report = report if report is not None else ListingReport()
         params: list[tuple[str, Any]] = [("sort", sort), ("direction", "-1")]
@@ -265,11 +370,11 @@ class HubClient:
         params += [("expand", e) for e in expand or ()]
         if page_size:
             params.append(("limit", page_size))
-        headers = build_hf_headers(token=self._token or False, library_name="phylolm-indexer")
-        url: str | None = f"{self.endpoint}/api/models"
+        url: str | None = start_url or f"{self.endpoint}/api/models"
         seen: set[str] = set()
-        first = True
+        first = start_url is None
         while url is not None:
+            report.next_url = url
             if report.pages >= max_pages:
                 report.truncated_pages = True
                 log.warning("listing: stopped after %d pages", max_pages)
@@ -282,41 +387,67 @@ class HubClient:
             seen.add(key)
 
             def fetch(url: str = url, first: bool = first) -> tuple[list, str | None]:
-                r = get_session().get(url, params=params if first else None, headers=headers,
-                                      timeout=self.timeout)
-                hf_raise_for_status(r)
+                r = self._get(url, params=params if first else None)
                 data = r.json()
                 if not isinstance(data, list):
                     raise json.JSONDecodeError("listing page is not a JSON list", str(type(data)), 0)
                 nxt = r.links.get("next", {}).get("url") if hasattr(r, "links") else None
                 return data, nxt
 
-            def count_retry() -> None:
+            def count_retry(exc: BaseException, wait: float) -> None:
                 report.retries += 1
+                if _status_of(exc) == 429:
+                    report.rate_limited += 1
+                    report.waited += wait
 
             try:
                 page, url = self._call("listing models", fetch, count_retry)
             except HubError:
                 raise
+            except BadRequestError as exc:  # e.g. an expand value this Hub does not know
+                raise HubError(f"listing models: the Hub refused the request: {_describe(exc)}") from None
             except Exception as exc:  # a permanent HTTP error on the listing itself
                 raise HubError(f"listing models: {_describe(exc)}") from None
             first = False
             report.pages += 1
             report.items += len(page)
+            report.next_url = url
             yield page
 
     # -- model info -------------------------------------------------------------------------
 
     def model_info(self, model_id: str, revision: str | None = None, *, files_metadata: bool = True):
-        """``HfApi.model_info`` with retries; ``HubError`` (failed/skipped) if it cannot be had."""
+        """The model's info (``GET /api/models/{id}[/revision/{rev}]``, with ``blobs=true`` for
+        file sizes) with retries; ``HubError`` (failed/skipped) if it cannot be had.
+
+        A renamed repository answers 307 to its new id, which is followed: the returned info's
+        ``id`` is then the new id (callers compare it with ``model_id``)."""
+        url = f"{self.endpoint}/api/models/{model_id}"
+        if revision is not None:
+            url += f"/revision/{quote(revision, safe='')}"
+        params = {"blobs": "true"} if files_metadata else None
+
+        def fetch():
+            data = self._get(url, params=params).json()
+            if not isinstance(data, dict):
+                raise json.JSONDecodeError("model info is not a JSON object", str(type(data)), 0)
+            return ModelInfo(**data)
+
         try:
-            return self._call(f"model info {model_id}", lambda: self.api.model_info(
-                model_id, revision=revision, files_metadata=files_metadata, timeout=self.timeout))
+            return self._call(f"model info {model_id}", fetch)
         except RevisionNotFoundError:
             raise HubError(f"{model_id}: revision {(revision or 'main')[:12]} no longer exists "
                            "(the repository changed since it was listed)") from None
-        except RepositoryNotFoundError:
-            raise HubError(f"{model_id}: repository not found (deleted or private)") from None
+        except GatedRepoError as exc:
+            raise _gated_error(model_id, exc, self.has_token) from None
+        except (RepositoryNotFoundError, HfHubHTTPError) as exc:
+            status = _status_of(exc)
+            if isinstance(exc, RepositoryNotFoundError) or status in (401, 404):
+                raise HubError(f"{model_id}: repository not found ({status or 404}: deleted, private"
+                               + (", or gated and no token)" if status == 401 and not self.has_token else ")")) from None
+            if status == 400:
+                raise HubError(f"model info {model_id}: the Hub refused the request: {_describe(exc)}") from None
+            raise HubError(f"model info {model_id}: {_describe(exc)}") from None
         except HubError:
             raise
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
@@ -342,10 +473,15 @@ class HubClient:
             raise HubError(f"{model_id}: the Hub gave no commit sha for revision {revision[:12]}")
         if _SHA.match(revision) and pinned != revision:
             raise HubError(f"{model_id}: revision changed (listed {revision[:12]}, now {pinned[:12]})")
-        wanted = {s.rfilename: s for s in (info.siblings or []) if _allowed(s.rfilename)}
+        if info.id != model_id:
+            raise HubError(f"{model_id}: renamed on the Hub to {info.id}")
+        # Root-level files only: weights in subfolders (a GGUF repository's `qad/...`, a
+        # checkpoint folder) are not this model's, and a loader reads the root.
+        wanted = {s.rfilename: s for s in (info.siblings or [])
+                  if "/" not in s.rfilename and _allowed(s.rfilename)}
         if not any(name.endswith(".safetensors") for name in wanted):
             raise HubError(f"{model_id}: no safetensors weights", status=ModelStatus.skipped)
-        total = sum(s.size or 0 for s in wanted.values())
+        total = sum(_file_size(s) or 0 for s in wanted.values() if s.rfilename.endswith(".safetensors"))
         if max_bytes is not None and total > max_bytes:
             raise HubError(f"{model_id}: {total} bytes to download exceeds the budget of {max_bytes}",
                            status=ModelStatus.skipped)
@@ -355,7 +491,7 @@ class HubClient:
         def fetch() -> str:
             return snapshot_download(
                 model_id, revision=pinned, cache_dir=str(cache_dir), endpoint=self.endpoint,
-                token=self._token or False, allow_patterns=list(ALLOW_PATTERNS),
+                token=self._token or False, allow_patterns=sorted(wanted),
                 ignore_patterns=list(DENY_PATTERNS), etag_timeout=self.timeout,
                 max_workers=self.max_workers, library_name="phylolm-indexer",
                 tqdm_class=None if self.progress else _QuietBar)
@@ -364,16 +500,39 @@ class HubClient:
             folder = Path(self._call(f"download {model_id}", fetch))
         except RevisionNotFoundError:
             raise HubError(f"{model_id}: revision {pinned[:12]} changed during download") from None
-        except GatedRepoError:
-            raise HubError(f"{model_id}: gated model, access refused", status=ModelStatus.skipped) from None
+        except GatedRepoError as exc:
+            raise _gated_error(model_id, exc, self.has_token) from None
         except RepositoryNotFoundError:
             raise HubError(f"{model_id}: repository deleted before download") from None
+        except HfHubHTTPError as exc:
+            if _status_of(exc) in (401, 404):
+                raise HubError(f"{model_id}: repository deleted before download "
+                               f"({_status_of(exc)})") from None
+            raise HubError(f"download {model_id}: {_describe(exc)}") from None
         except HubError:
             raise
         except Exception as exc:
             raise HubError(f"download {model_id}: {_describe(exc)}") from None
         _verify(model_id, pinned, folder, wanted)
         return folder
+
+
+def _gated_error(model_id: str, exc: BaseException, has_token: bool) -> HubError:
+    """401: no token; 403: a token that is not on the repository's access list."""
+    if _status_of(exc) == 403 or has_token:
+        return HubError(f"{model_id}: gated model, and the token ({TOKEN_ENV}) is not on its access list",
+                        status=ModelStatus.skipped)
+    return HubError(f"{model_id}: gated model and no token ({TOKEN_ENV})", status=ModelStatus.skipped)
+
+
+def _file_size(sibling: Any) -> int | None:
+    """A file's size: the sibling's, else its LFS pointer's."""
+    size = getattr(sibling, "size", None)
+    if isinstance(size, int):
+        return size
+    lfs = getattr(sibling, "lfs", None)
+    size = getattr(lfs, "size", None) if lfs is not None else None
+    return size if isinstance(size, int) else None
 
 
 def _verify(model_id: str, sha: str, folder: Path, wanted: dict) -> None:

@@ -7,7 +7,7 @@ request, which fault (if any) to inject; the plan counts thread-safely and keeps
 it injected, so tests can check that a fault really happened and what the client did next.
 
 The constructors below name the faults the reliability suite exercises:
-``http_error`` (500/502/503...), ``rate_limit`` (429 with Retry-After), ``connection_reset``,
+``http_error`` (500/502/503...), ``rate_limit`` (429 with Retry-After, or the Hub's RateLimit headers), ``connection_reset``,
 ``stall`` (answer later than the client's timeout), ``malformed_json``, ``looping_link``
 (a pagination ``Link`` that points back to the first page), ``huge_listing`` (a listing that
 never ends), ``wrong_types`` / ``missing_fields`` (model metadata with fields of the wrong
@@ -36,7 +36,8 @@ class Fault:
     times: int = 1  # how many matching requests are hit; -1 = every one
     skip: int = 0  # matching requests let through before the first hit
     status: int = 503
-    retry_after: int = 1
+    retry_after: int = 1  # rate_limit: seconds to wait (Retry-After, or the RateLimit header's t)
+    hub_headers: bool = False  # rate_limit: the Hub's RateLimit headers instead of Retry-After
     seconds: float = 5.0  # stall duration
     count: int = 100_000  # huge_listing: number of synthetic entries
     fields: tuple[str, ...] = ("createdAt", "siblings", "safetensors", "tags")
@@ -90,9 +91,11 @@ def http_error(status: int = 503, path: str = "", *, times: int = 1, skip: int =
 
 
 def rate_limit(retry_after: int = 1, path: str = "", *, times: int = 1, skip: int = 0,
-               method: str | None = None) -> Fault:
-    """Answer 429 Too Many Requests with ``Retry-After: retry_after`` (seconds)."""
-    return Fault("rate_limit", path, method, times, skip, status=429, retry_after=retry_after)
+               method: str | None = None, hub_headers: bool = False) -> Fault:
+    """Answer 429 Too Many Requests with ``Retry-After: retry_after`` (seconds), or, with
+    ``hub_headers``, as the Hub does: ``RateLimit: "api";r=0;t=retry_after`` and no Retry-After."""
+    return Fault("rate_limit", path, method, times, skip, status=429, retry_after=retry_after,
+                 hub_headers=hub_headers)
 
 
 def connection_reset(path: str = "", *, times: int = 1, skip: int = 0, method: str | None = None) -> Fault:

@@ -2,8 +2,9 @@
 
 The folder holds ``DIR/<owner>/<name>/`` repositories (config.json, *.safetensors, tokenizer
 files, a README.md model card with YAML front matter) and optionally a sidecar
-``DIR/<owner>/<name>/.hub.json`` ``{"created_at": ISO-8601, "author": str, "gated": bool}``
-(never served as a file; without it ``created_at`` is the directory's modification time).
+``DIR/<owner>/<name>/.hub.json`` ``{"created_at": ISO-8601, "author": str, "gated": bool,
+"downloads": int, "likes": int, "renamed_from": [old ids]}`` (never served as a file; without it
+``created_at`` is the directory's modification time).
 
 What is served is what is in the folder *at request time*: copying (or symlinking) a
 repository into the folder publishes it, removing it deletes it. To publish a repository
@@ -21,6 +22,38 @@ Routes, shaped like the public Hub's so that the real ``huggingface_hub`` client
 - ``GET /api/models/{id}/tree/{rev}[/{path}]`` — files, with sizes and LFS sha256.
 - ``HEAD|GET /{id}/resolve/{rev}/{path}`` — file download with ``X-Repo-Commit``, ``ETag``,
   ``X-Linked-Etag``/``X-Linked-Size`` (weights), ``Content-Length``; single byte ranges.
+
+Behaving as the public Hub does (each point says where the behaviour is documented or
+recorded, so that the tests built on this server meet what the real client meets):
+
+- Rate limits in fixed windows per client (token, else address) and bucket (``api`` for
+  ``/api/...``, ``resolvers`` for ``/resolve/``), announced on every answer by
+  ``RateLimit: "api";r=<remaining>;t=<seconds to reset>`` and
+  ``RateLimit-Policy: "fixed window";"api";q=<quota>;w=<window>``; over quota, 429 with those
+  headers and no ``Retry-After`` (hub-docs docs/hub/rate-limits.md: IETF draft
+  ratelimit-headers v9, 5-minute windows, anonymous API quota 500; huggingface_hub
+  ``parse_ratelimit_headers``). ``rate_window`` and ``rate_quotas`` shrink them for tests.
+- The listing's cursor is on a time-ordered key: (createdAt, ``_id``), where ``_id`` is an
+  ObjectId whose first four bytes are the creation time, as the Hub's Mongo ids are.
+- ``siblings`` carry sizes, blob ids and LFS sizes only with ``blobs=true`` (what
+  ``HfApi.model_info(files_metadata=True)`` sends); listings never carry sizes.
+- An ``expand`` value the Hub does not know is a 400 (the set is huggingface_hub's
+  ``ExpandModelProperty_T``).
+- Unknown repositories: 401 without an error code to an anonymous client, 404 ``RepoNotFound``
+  with an accepted token (the Hub hides whether a private repository exists; huggingface_hub's
+  ``hf_raise_for_status`` comments on it). Gated files: 401 ``GatedRepo`` without a token,
+  403 ``GatedRepo`` for a token not on the repository's list (``tokens``); metadata of a gated
+  repository is public.
+- Renamed repositories (``renamed_from`` in the sidecar): the old id answers 307 with a
+  relative ``Location`` to the new one, as the Hub redirects after a rename.
+- Lineage derived by the Hub: ``base_model:<id>`` and ``base_model:<relation>:<id>`` tags and
+  the ``baseModels`` expand field ``{"relation", "models": [{"_id", "id"}]}``, with canonical ids
+  (renames resolved) and the relation inferred when the card declares none: adapter
+  (``adapter_config.json``), quantized (``quantization_config`` or GGUF files), merge (several
+  bases), else finetune (hub-docs docs/hub/model-cards.md, "Specifying a base model").
+- ``config`` carries ``architectures``, ``model_type``, ``auto_map``, ``quantization_config``
+  and a ``tokenizer_config`` with its ``auto_map``; ``custom_code`` is tagged from ``auto_map``
+  (a repository that merely ships ``.py`` files is not custom code).
 
 Revisions: the commit sha of a repository is a hash of its content (every served file's path,
 size and sha256), so it changes exactly when the files change and two copies of one
@@ -42,6 +75,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import struct
@@ -74,6 +108,19 @@ _MAX_SAFETENSORS_HEADER = 100 << 20
 _DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
                 "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
 
+# Every `expand` value the Hub accepts for models (huggingface_hub's ExpandModelProperty_T);
+# anything else is a 400, as on the Hub.
+KNOWN_EXPAND = frozenset({
+    "author", "baseModels", "cardData", "childrenModelCount", "config", "createdAt", "disabled",
+    "downloads", "downloadsAllTime", "evalResults", "gated", "gguf", "inference",
+    "inferenceProviderMapping", "lastModified", "library_name", "likes", "mask_token", "model-index",
+    "pipeline_tag", "private", "resourceGroup", "safetensors", "sha", "siblings", "spaces", "tags",
+    "transformersInfo", "trendingScore", "usedStorage", "widgetData"})
+# Anonymous and token quotas per fixed window (hub-docs rate-limits.md, "Rate limit Tiers":
+# anonymous 500 API / 3,000 resolver requests, free user 1,000 / 5,000, per 5 minutes).
+DEFAULT_RATE_WINDOW = 300.0
+DEFAULT_RATE_QUOTAS = {("api", False): 500, ("api", True): 1000,
+                       ("resolvers", False): 3000, ("resolvers", True): 5000}
 # Fields of a listing item without `full`/`expand` (as on the public Hub).
 _LIST_FIELDS = {"id", "modelId", "_id", "createdAt", "private", "downloads", "likes", "tags",
                 "pipeline_tag", "library_name", "trendingScore"}
@@ -117,6 +164,10 @@ class RepoState:
     gated: bool | str
     card: dict
     config: dict
+    tokenizer_config: dict = field(default_factory=dict)
+    downloads: int = 0
+    likes: int = 0
+    renamed_from: tuple[str, ...] = ()
     _sha: str | None = field(default=None, repr=False)
     _safetensors: dict | None = field(default=None, repr=False)
 
@@ -161,6 +212,25 @@ def _parse_time(value: Any) -> datetime | None:
     else:
         return None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _valid_id(value: str) -> bool:
+    try:
+        check_model_id(value)
+    except ValueError:
+        return False
+    return "/" in value
+
+
+def object_id(state: "RepoState") -> str:
+    """A Mongo-style ObjectId: 4 bytes of creation time (seconds), then 8 bytes from the id, so
+    that ids sort by upload time as the Hub's do."""
+    seconds = max(0, min(int(state.created_at.timestamp()), 0xFFFFFFFF))
+    return f"{seconds:08x}" + hashlib.sha1(state.repo_id.encode()).hexdigest()[:16]
 
 
 def _read_card(path: str) -> dict:
@@ -232,6 +302,7 @@ class RepoFolder:
         self.hashes = _HashCache()
         self._lock = threading.Lock()
         self._states: dict[str, tuple[tuple, RepoState]] = {}
+        self._alias_cache: dict[tuple, tuple[str, ...]] = {}
 
     def repo_dirs(self) -> dict[str, Path]:
         """repo id -> directory, for every ``owner/name`` directory present now."""
@@ -333,6 +404,8 @@ class RepoFolder:
         sidecar = _read_json(sidecar_path, 1 << 20) if side_key else {}
         card = _read_card(files["README.md"].path) if "README.md" in files else {}
         config = _read_json(files["config.json"].path, _MAX_CONFIG_BYTES) if "config.json" in files else {}
+        tok_config = (_read_json(files["tokenizer_config.json"].path, _MAX_CONFIG_BYTES)
+                      if "tokenizer_config.json" in files else {})
         created = _parse_time(sidecar.get("created_at")) or datetime.fromtimestamp(
             dir_stat.st_mtime, tz=timezone.utc)
         newest = max([f.mtime_ns for f in files.values()] + [dir_stat.st_mtime_ns])
@@ -342,11 +415,15 @@ class RepoFolder:
         if not isinstance(gated, (bool, str)):
             gated = False
         author = sidecar.get("author")
+        renamed = sidecar.get("renamed_from")
+        renamed = [renamed] if isinstance(renamed, str) else renamed if isinstance(renamed, list) else []
         state = RepoState(
             repo_id=repo_id, root=directory, files=files, created_at=created,
             last_modified=datetime.fromtimestamp(newest / 1e9, tz=timezone.utc),
             author=author if isinstance(author, str) and author else repo_id.split("/")[0],
-            gated=gated, card=card, config=config,
+            gated=gated, card=card, config=config, tokenizer_config=tok_config,
+            downloads=_count(sidecar.get("downloads")), likes=_count(sidecar.get("likes")),
+            renamed_from=tuple(r for r in renamed if isinstance(r, str) and _valid_id(r)),
         )
         with self._lock:
             self._states[repo_id] = (key, state)
@@ -360,6 +437,30 @@ class RepoFolder:
                 out.append(s)
         return out
 
+    def aliases(self) -> dict[str, str]:
+        """Old id -> current id, from the sidecars' ``renamed_from`` (one stat per repository,
+        a sidecar read only when it changed)."""
+        found: dict[str, str] = {}
+        for repo_id, d in self.repo_dirs().items():
+            path = d / SIDECAR
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            with self._lock:
+                olds = self._alias_cache.get(key)
+            if olds is None:
+                data = _read_json(path, 1 << 20)
+                raw = data.get("renamed_from")
+                raw = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+                olds = tuple(r for r in raw if isinstance(r, str) and _valid_id(r))
+                with self._lock:
+                    self._alias_cache[key] = olds
+            for old in olds:
+                found.setdefault(old, repo_id)
+        return found
+
     # -- derived metadata -------------------------------------------------------------------
 
     def sha(self, state: RepoState) -> str:
@@ -371,11 +472,20 @@ class RepoFolder:
         return state._sha
 
     def safetensors(self, state: RepoState) -> dict | None:
+        """Parameters per dtype, as the Hub reports them: of a quantized checkpoint, the packed
+        integer tensors count the logical parameters they hold (a GPTQ 4-bit ``I32`` element is
+        8 parameters, a bitsandbytes 4-bit ``U8`` element 2), which is why ``parameters`` x
+        dtype size overstates such a repository's bytes several times over."""
         if state._safetensors is None:
+            from indexer.hub.watcher import _PACKED_DTYPES, quantization_bits
+
+            bits = quantization_bits(state.config)
             params: dict[str, int] = {}
             for rel, entry in state.files.items():
                 if rel.endswith(".safetensors"):
                     for dtype, n in _safetensors_params(entry.path).items():
+                        if bits is not None and dtype in _PACKED_DTYPES:
+                            n = int(n * _DTYPE_BYTES[dtype] * 8 / bits)
                         params[dtype] = params.get(dtype, 0) + n
             state._safetensors = {"parameters": params, "total": sum(params.values())} if params else {}
         return state._safetensors or None
@@ -398,7 +508,7 @@ class RepoFolder:
             return lib
         return "transformers" if "config.json" in state.files else None
 
-    def tags(self, state: RepoState) -> list[str]:
+    def tags(self, state: RepoState, aliases: dict[str, str] | None = None) -> list[str]:
         tags: list[str] = []
 
         def add(t: Any) -> None:
@@ -413,19 +523,42 @@ class RepoFolder:
         card_tags = state.card.get("tags")
         for t in card_tags if isinstance(card_tags, list) else [card_tags]:
             add(t)
-        if "auto_map" in state.config or any(r.endswith(".py") for r in state.files):
+        # The Hub tags custom_code from auto_map (the code a loader would run), not from
+        # whatever .py files a repository happens to ship.
+        if "auto_map" in state.config or "auto_map" in state.tokenizer_config:
             add("custom_code")
-        bases = state.card.get("base_model")
-        relation = state.card.get("base_model_relation")
-        for b in bases if isinstance(bases, list) else [bases]:
-            if isinstance(b, str):
-                add(f"base_model:{b}")
-                if isinstance(relation, str):
-                    add(f"base_model:{relation}:{b}")
+        bases, relation = self.lineage(state, aliases)
+        for b in bases:
+            add(f"base_model:{b}")
+            add(f"base_model:{relation}:{b}")
         lic = state.card.get("license")
         if isinstance(lic, str):
             add(f"license:{lic}")
         return tags
+
+    @staticmethod
+    def lineage(state: RepoState, aliases: dict[str, str] | None = None) -> tuple[list[str], str | None]:
+        """The base models as the Hub derives them: the card's ``base_model`` ids made canonical
+        (renames followed) and the relation, the card's if it declares a known one, else
+        inferred: adapter, quantized, merge (several bases), finetune."""
+        raw = state.card.get("base_model")
+        raw = raw if isinstance(raw, list) else [raw]
+        bases: list[str] = []
+        for b in raw:
+            if isinstance(b, str) and _valid_id(b):
+                b = (aliases or {}).get(b, b)
+                if b not in bases:
+                    bases.append(b)
+        if not bases:
+            return [], None
+        declared = state.card.get("base_model_relation")
+        if declared in ("adapter", "merge", "quantized", "finetune"):
+            return bases, declared
+        if "adapter_config.json" in state.files:
+            return bases, "adapter"
+        if "quantization_config" in state.config or any(r.endswith(".gguf") for r in state.files):
+            return bases, "quantized"
+        return bases, "merge" if len(bases) > 1 else "finetune"
 
     def siblings(self, state: RepoState, sizes: bool) -> list[dict]:
         out = []
@@ -439,10 +572,11 @@ class RepoFolder:
             out.append(item)
         return out
 
-    def info(self, state: RepoState, fields: set[str] | None, *, sizes: bool = False) -> dict:
+    def info(self, state: RepoState, fields: set[str] | None, *, sizes: bool = False,
+             aliases: dict[str, str] | None = None) -> dict:
         """The model-info JSON with ``fields`` (None: all of them)."""
         want = (lambda f: True) if fields is None else (lambda f: f in fields)
-        d: dict[str, Any] = {"_id": hashlib.sha1(state.repo_id.encode()).hexdigest()[:24], "id": state.repo_id}
+        d: dict[str, Any] = {"_id": object_id(state), "id": state.repo_id}
         if want("modelId"):
             d["modelId"] = state.repo_id
         if want("author"):
@@ -459,20 +593,32 @@ class RepoFolder:
             d["gated"] = state.gated
         if want("disabled"):
             d["disabled"] = False
-        for counter in ("downloads", "likes", "trendingScore"):
-            if want(counter):
-                d[counter] = 0
+        if want("downloads"):
+            d["downloads"] = state.downloads
+        if want("likes"):
+            d["likes"] = state.likes
+        if want("trendingScore"):
+            d["trendingScore"] = 0
         if want("library_name"):
             d["library_name"] = self.library_name(state)
         if want("pipeline_tag"):
             d["pipeline_tag"] = self.pipeline_tag(state)
         if want("tags"):
-            d["tags"] = self.tags(state)
+            d["tags"] = self.tags(state, aliases)
+        if want("baseModels"):
+            bases, relation = self.lineage(state, aliases)
+            if bases:
+                d["baseModels"] = {"relation": relation, "models": [
+                    {"_id": hashlib.sha1(b.encode()).hexdigest()[:24], "id": b} for b in bases]}
         if want("cardData"):
             d["cardData"] = state.card
         if want("config"):
-            cfg = {k: state.config[k] for k in ("architectures", "model_type", "auto_map", "torch_dtype")
-                   if k in state.config}
+            cfg = {k: state.config[k] for k in ("architectures", "model_type", "auto_map", "torch_dtype",
+                                                "quantization_config") if k in state.config}
+            tok = {k: state.tokenizer_config[k] for k in ("auto_map", "chat_template", "eos_token")
+                   if k in state.tokenizer_config}
+            if tok:
+                cfg["tokenizer_config"] = tok
             d["config"] = cfg
         if want("siblings"):
             d["siblings"] = self.siblings(state, sizes)
@@ -505,6 +651,18 @@ def _split_path(raw: str) -> list[str]:
             raise HubRequestError(400, None, "invalid path")
         out.append(c)
     return out
+
+
+class _Answered(Exception):
+    """The handler has already sent its answer."""
+
+
+def _expand(q: dict[str, list[str]]) -> list[str]:
+    values = q.get("expand", []) + q.get("expand[]", [])
+    unknown = [v for v in values if v not in KNOWN_EXPAND]
+    if unknown:
+        raise HubRequestError(400, None, f'"expand" must be one of {sorted(KNOWN_EXPAND)}, got {unknown[0]!r}')
+    return values
 
 
 def _encode_cursor(key: tuple) -> str:
@@ -554,6 +712,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        self._send_rate_headers()
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -586,17 +745,42 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch()
 
+    def _send_rate_headers(self) -> None:
+        rate = getattr(self, "_rate", None)
+        if rate is not None:
+            bucket, remaining, reset, quota, window = rate
+            self.send_header("RateLimit", f'"{bucket}";r={remaining};t={reset}')
+            self.send_header("RateLimit-Policy", f'"fixed window";"{bucket}";q={quota};w={window}')
+
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
+        self._rate = None
         self._fault = self.server.faults.take(self.command, url.path) if self.server.faults else None
         f = self._fault
         try:
+            bucket = "resolvers" if "/resolve/" in url.path else "api" if url.path.startswith("/api/") else None
+            if bucket is not None:
+                self._rate = self.server.count_request(bucket, self.client_address[0],
+                                                       self.headers.get("Authorization"))
+                if self._rate is not None and self._rate[1] < 0:
+                    # Over quota: 429 with the RateLimit headers (r=0, t=reset) and no
+                    # Retry-After, as the Hub answers (hub-docs rate-limits.md).
+                    self._rate = (self._rate[0], 0, *self._rate[2:])
+                    self.server.stats["announced_resets"].append(self._rate[2])
+                    self._send(429, json.dumps({"error": "You have exceeded our hourly quotas for action: "
+                                                         f"{bucket}. Retry later."}).encode(),
+                               headers={"X-Error-Message": "rate limited"})
+                    return
             if f is not None:
                 if f.kind == "status":
                     raise HubRequestError(f.status, None, f"injected {f.status}")
                 if f.kind == "rate_limit":
-                    self._send(429, b'{"error":"rate limited"}',
-                               headers={"Retry-After": str(f.retry_after), "X-Error-Message": "rate limited"})
+                    if f.hub_headers:  # the Hub's own way: RateLimit headers, no Retry-After
+                        self._rate = ("api", 0, f.retry_after, 500, 300)
+                        headers = {"X-Error-Message": "rate limited"}
+                    else:  # a proxy or mirror's way
+                        headers = {"Retry-After": str(f.retry_after), "X-Error-Message": "rate limited"}
+                    self._send(429, b'{"error":"rate limited"}', headers=headers)
                     return
                 if f.kind == "reset":
                     self._reset()
@@ -609,14 +793,37 @@ class _Handler(BaseHTTPRequestHandler):
                     raise HubRequestError(404, "RepoNotFound", "Repository not found")
                 if f.kind == "mutate_revision" and f.repo_id:
                     self.server.mutate(f.repo_id)
-            self._route(url.path, parse_qs(url.query, keep_blank_values=True))
+            self._route(url.path, parse_qs(url.query, keep_blank_values=True), url.query)
+        except _Answered:
+            pass
         except HubRequestError as e:
             self._send_error(e)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _route(self, path: str, q: dict[str, list[str]]) -> None:
+    def _redirect_renamed(self, parts: list[str], query: str) -> None:
+        """307 to the repository's new id when ``parts`` names an old one (the Hub keeps
+        redirecting an old id after a rename, with a relative Location)."""
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            at = 2
+        elif len(parts) >= 5 and parts[2] == "resolve":
+            at = 0
+        else:
+            return
+        old = f"{parts[at]}/{parts[at + 1]}"
+        if self.server.folder.repo_dir(old) is not None:
+            return
+        new = self.server.folder.aliases().get(old)
+        if new is None:
+            return
+        rest = parts[:at] + new.split("/") + parts[at + 2:]
+        location = "/" + "/".join(quote(p, safe="") for p in rest) + (f"?{query}" if query else "")
+        self._send(307, json.dumps({"error": "Moved"}).encode(), headers={"Location": location})
+        raise _Answered()
+
+    def _route(self, path: str, q: dict[str, list[str]], query: str = "") -> None:
         parts = _split_path(path)
+        self._redirect_renamed(parts, query)
         if parts[:2] == ["api", "models"]:
             if self.command != "GET":
                 raise HubRequestError(405, None, "method not allowed")
@@ -642,6 +849,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _state_at(self, repo_id: str, revision: str) -> RepoState:
         state = self.server.visible_state(repo_id)
         if state is None:
+            if self.server.access(self.headers.get("Authorization")) == "anonymous":
+                # The Hub answers an anonymous client 401 with no error code (it will not say
+                # whether a private repository exists); huggingface_hub maps it to
+                # RepositoryNotFoundError on https endpoints.
+                raise HubRequestError(401, None, "Invalid username or password.")
             raise HubRequestError(404, "RepoNotFound", "Repository not found")
         if revision not in ("main", self.server.folder.sha(state)):
             raise HubRequestError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
@@ -655,9 +867,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _info(self, repo_id: str, revision: str, q: dict[str, list[str]]) -> None:
         state = self._state_at(repo_id, revision)
-        expand = q.get("expand", []) + q.get("expand[]", [])
+        expand = _expand(q)
         fields = ({"id", "_id", *expand}) if expand else None
-        info = self.server.folder.info(state, fields, sizes=True)
+        info = self.server.folder.info(state, fields, sizes=_truthy(q.get("blobs")),
+                                       aliases=self.server.folder.aliases())
         self._send_json(self._fault_items([info])[0])
 
     def _tree(self, repo_id: str, revision: str, sub: str, q: dict[str, list[str]]) -> None:
@@ -693,8 +906,14 @@ class _Handler(BaseHTTPRequestHandler):
         entry = state.files.get(rel)
         if entry is None:
             raise HubRequestError(404, "EntryNotFound", f"{rel} does not exist on \"{revision}\"")
-        if state.gated and not self.server.authorized(self.headers.get("Authorization")):
-            raise HubRequestError(401, "GatedRepo", "Access to this model is restricted; a token is needed.")
+        if state.gated:
+            access = self.server.access(self.headers.get("Authorization"))
+            if access == "anonymous":
+                raise HubRequestError(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have "
+                                                        "access to it and be authenticated to access it. Please log in.")
+            if access != "granted":
+                raise HubRequestError(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not "
+                                                        "in the authorized list.")
         sha256, blob = self.server.folder.hashes.get(entry)
         size = entry.size
         etag = sha256 if entry.is_lfs else blob
@@ -721,6 +940,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(end - start + 1))
         for k, v in headers.items():
             self.send_header(k, v)
+        self._send_rate_headers()
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -750,7 +970,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise HubRequestError(400, None, "limit must be an integer") from None
         page = min(limit or self.server.page_size, MAX_PAGE_SIZE)
-        expand = q.get("expand", []) + q.get("expand[]", [])
+        expand = _expand(q)
         if expand:
             fields = {"id", "_id", *expand}
         else:
@@ -760,12 +980,14 @@ class _Handler(BaseHTTPRequestHandler):
             if _truthy(q.get("config")):
                 fields.add("config")
 
+        # The cursor is the last item's sort key; for times, (time, ObjectId): time-ordered
+        # and unique, so pages neither repeat nor skip when uploads arrive meanwhile.
         def sort_key(s: RepoState) -> tuple[str, str]:
             if sort == "lastModified":
-                return (_iso(s.last_modified), s.repo_id)
+                return (_iso(s.last_modified), object_id(s))
             if sort == "id":
                 return (s.repo_id, s.repo_id)
-            return (_iso(s.created_at), s.repo_id)
+            return (_iso(s.created_at), object_id(s))
 
         chosen = []
         for s in self.server.visible_states():
@@ -784,7 +1006,10 @@ class _Handler(BaseHTTPRequestHandler):
             after = _decode_cursor(cursor)
             chosen = [kv for kv in chosen if (kv[0] < after if descending else kv[0] > after)]
         batch = chosen[:page]
-        items = self._fault_items([folder.info(s, fields) for _, s in batch])
+        aliases = folder.aliases() if fields & {"tags", "baseModels"} else {}
+        items = self._fault_items([folder.info(s, fields, aliases=aliases) for _, s in batch])
+        self.server.stats["listing_requests"] += 1
+        self.server.stats["listing_items"] += len(items)
         headers = {}
         if f is not None and f.kind == "looping_link":
             # The "next" page is the first page, again.
@@ -839,13 +1064,20 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, addr: tuple[str, int], folder: RepoFolder, *, faults: FaultPlan | None,
                  page_size: int, tokens: frozenset[str] | None,
-                 created_before: Callable[[], datetime | None] | None):
+                 created_before: Callable[[], datetime | None] | None,
+                 rate_window: float | None, rate_quotas: dict):
         super().__init__(addr, _Handler)
         self.folder = folder
         self.faults = faults
         self.page_size = page_size
         self.tokens = tokens
         self.created_before = created_before
+        self.rate_window = rate_window
+        self.rate_quotas = rate_quotas
+        self._rate_lock = threading.Lock()
+        self._rate_counts: dict[tuple, int] = {}
+        self.stats: dict[str, Any] = {"listing_requests": 0, "listing_items": 0, "rate_limited": 0,
+                                      "announced_resets": []}
         self.stopping = threading.Event()
         host, port = self.server_address[:2]
         self.base_url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -861,10 +1093,36 @@ class _Server(ThreadingHTTPServer):
         s = self.folder.state(repo_id)
         return s if s is not None and self._visible(s) else None
 
-    def authorized(self, header: str | None) -> bool:
+    def access(self, header: str | None) -> str:
+        """anonymous (no bearer token) | granted (a token with access: any, or one of
+        ``tokens``) | refused (a token not on the list)."""
         if not header or not header.startswith("Bearer ") or len(header) <= 7:
-            return False
-        return self.tokens is None or header[7:] in self.tokens
+            return "anonymous"
+        return "granted" if self.tokens is None or header[7:] in self.tokens else "refused"
+
+    def count_request(self, bucket: str, address: str, auth: str | None) -> tuple | None:
+        """Count one request in its fixed window; (bucket, remaining, seconds to reset, quota,
+        window) with remaining < 0 when over quota; None when rate limiting is off."""
+        if self.rate_window is None:
+            return None
+        authed = self.access(auth) != "anonymous"
+        quota = self.rate_quotas.get((bucket, authed))
+        if quota is None:
+            return None
+        now = time.time()
+        window_no = int(now // self.rate_window)
+        who = auth if authed else address
+        with self._rate_lock:
+            key = (bucket, who, window_no)
+            used = self._rate_counts.get(key, 0) + 1
+            self._rate_counts[key] = used
+            if len(self._rate_counts) > 10_000:  # forget windows gone by
+                self._rate_counts = {k: v for k, v in self._rate_counts.items() if k[2] >= window_no}
+            if used > quota:
+                self.stats["rate_limited"] += 1
+        reset = max(1, math.ceil((window_no + 1) * self.rate_window - now))
+        window = max(1, math.ceil(self.rate_window))
+        return (bucket, quota - used, reset, quota, window)
 
     def mutate(self, repo_id: str) -> None:
         """Change the repository on disk (a new commit): append to its model card."""
@@ -884,21 +1142,30 @@ class HubServer:
 
     ``port=0`` picks a free port. ``faults`` injects failures (see ``indexer.hub.faults``).
     ``page_size`` is the listing page size when the client gives no ``limit``.
-    ``tokens``: accepted bearer tokens for gated repositories (None: any bearer token).
-    ``created_before``: a callable returning a cutoff; repositories created after it are not
-    served (None: everything in the folder is served).
+    ``tokens``: bearer tokens on gated repositories' access lists (None: any bearer token);
+    another token gets 403 on a gated file. ``created_before``: a callable returning a cutoff;
+    repositories created after it are not served (None: everything in the folder is served).
+    ``rate_window``: seconds of a fixed rate-limit window (None: no rate limiting);
+    ``rate_quotas``: requests per window by (bucket, with a token), the Hub's by default.
+    ``stats``: what was served (listing requests and items, 429s), for tests.
     """
 
     def __init__(self, root: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0,
                  faults: FaultPlan | None = None, page_size: int = DEFAULT_PAGE_SIZE,
                  tokens: set[str] | None = None,
-                 created_before: Callable[[], datetime | None] | None = None):
+                 created_before: Callable[[], datetime | None] | None = None,
+                 rate_window: float | None = DEFAULT_RATE_WINDOW, rate_quotas: dict | None = None):
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
+        if rate_window is not None and rate_window <= 0:
+            raise ValueError("rate_window must be > 0")
+        quotas = dict(DEFAULT_RATE_QUOTAS)
+        for k, v in (rate_quotas or {}).items():
+            quotas.update({(k, False): v, (k, True): v} if isinstance(k, str) else {k: v})
         self.folder = RepoFolder(root)
         self._server = _Server((host, port), self.folder, faults=faults, page_size=page_size,
                                tokens=frozenset(tokens) if tokens is not None else None,
-                               created_before=created_before)
+                               created_before=created_before, rate_window=rate_window, rate_quotas=quotas)
         self._thread: threading.Thread | None = None
 
     @property
@@ -908,6 +1175,10 @@ class HubServer:
     @property
     def faults(self) -> FaultPlan | None:
         return self._server.faults
+
+    @property
+    def stats(self) -> dict:
+        return self._server.stats
 
     def start(self) -> str:
         """Serve from a daemon thread; returns the endpoint URL."""

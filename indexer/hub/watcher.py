@@ -7,7 +7,17 @@ first). Each record is screened from Hub metadata alone, before anything is down
 token, no remote code, no pickle-only checkpoint. Refused models come out as ``skipped``
 records with the reason; models whose metadata is broken come out as ``failed``. The watcher
 never raises for one bad item, and a Hub that cannot be listed ends the poll with no records
-and ``report.error`` set (the watermark must then stay where it was).
+and ``report.error`` set (the watermark must then stay where it was); what was read so far and
+the cursor of the page that failed are kept (``resume``), and the next poll continues from
+there instead of starting again.
+
+Metadata is read as the Hub really gives it: weights' size from the root-level safetensors
+files (sizes with ``blobs=true``, or their LFS sizes), else from ``safetensors.parameters``
+with quantization-aware bytes per parameter (the Hub counts logical parameters: a GPTQ
+``I32`` or bitsandbytes ``U8`` count is not a count of packed elements); lineage from the Hub's
+``baseModels`` field and ``base_model:`` tags (canonical ids, the Hub's inferred relation),
+falling back to the card; remote code from ``auto_map`` in ``config.json`` or
+``tokenizer_config.json`` (``.py`` files are never downloaded, so they alone run nothing).
 
 ``Watcher.fetch(record, cache_dir)`` downloads a screened model (safetensors only, pinned to
 the listed commit) and never raises either: it returns the record, updated to ``failed`` or
@@ -15,10 +25,13 @@ the listed commit) and never raises either: it returns the record, updated to ``
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -32,7 +45,11 @@ log = logging.getLogger(__name__)
 
 # Listing fields the screen needs, asked for in the listing itself (one request per page).
 LISTING_EXPAND = ["createdAt", "author", "sha", "gated", "disabled", "private", "pipeline_tag",
-                  "library_name", "tags", "cardData", "config", "safetensors", "siblings", "usedStorage"]
+                  "library_name", "tags", "cardData", "config", "safetensors", "siblings", "usedStorage",
+                  "baseModels", "downloads", "likes"]
+RELATIONS = ("adapter", "merge", "quantized", "finetune")
+# Integer dtypes that quantizers pack low-bit weights into (GPTQ/AWQ: I32, bitsandbytes: U8).
+_PACKED_DTYPES = {"I32", "U32", "I16", "U16", "I8", "U8"}
 TEXT_GENERATION_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 _DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
@@ -52,20 +69,101 @@ class ScreenPolicy:
     has_token: bool = False
 
 
+def quantization_bits(config: dict) -> float | None:
+    """Bits per weight of a quantized checkpoint from its ``quantization_config`` (GPTQ / AWQ /
+    other ``bits``; bitsandbytes 4- or 8-bit), or None when it is not quantized."""
+    q = config.get("quantization_config")
+    if not isinstance(q, dict):
+        return None
+    bits = q.get("bits", q.get("w_bit"))
+    if isinstance(bits, (int, float)) and not isinstance(bits, bool) and 0 < bits <= 16:
+        return float(bits)
+    if q.get("load_in_4bit") is True or "bnb_4bit_quant_type" in q:
+        return 4.0
+    if q.get("load_in_8bit") is True:
+        return 8.0
+    return None
+
+
+def root_weight_files(info: ModelInfo) -> list:
+    """The root-level *.safetensors siblings (weights in subfolders are not the model's)."""
+    return [s for s in _siblings(info) if s.rfilename.endswith(".safetensors") and "/" not in s.rfilename]
+
+
 def weights_bytes(info: ModelInfo) -> int | None:
-    """Bytes of safetensors weights from metadata: parameters x dtype size (exact), else the
-    listed sizes of the *.safetensors files; None when the Hub gave neither."""
+    """Bytes of the model's weights from metadata: the root-level safetensors files' sizes (or
+    their LFS sizes) when the Hub gave them (``blobs=true``), else ``safetensors.parameters``
+    times bytes per parameter, where a quantized checkpoint's packed integer dtypes count
+    ``bits/8`` bytes per (logical) parameter; None when the Hub gave neither."""
+    from indexer.hub.client import _file_size
+
+    files = root_weight_files(info)
+    sizes = [_file_size(s) for s in files]
+    if sizes and all(isinstance(n, int) for n in sizes):
+        return sum(sizes)  # type: ignore[arg-type]
     st = getattr(info, "safetensors", None)
     params = getattr(st, "parameters", None)
     if isinstance(params, dict) and params:
+        bits = quantization_bits(_config(info))
         try:
-            return sum(int(n) * _DTYPE_BYTES.get(str(dtype).upper(), 4) for dtype, n in params.items())
+            total = 0.0
+            for dtype, n in params.items():
+                d = str(dtype).upper()
+                per = bits / 8 if bits is not None and d in _PACKED_DTYPES else _DTYPE_BYTES.get(d, 4)
+                total += int(n) * per
+            return int(math.ceil(total))
         except (TypeError, ValueError):
             pass
-    sizes = [s.size for s in _siblings(info) if s.rfilename.endswith(".safetensors")]
-    if sizes and all(isinstance(n, int) for n in sizes):
-        return sum(sizes)
     return None
+
+
+def remote_code(info: ModelInfo) -> bool:
+    """Whether loading would need code shipped with the model: ``auto_map`` in ``config.json``
+    or in ``tokenizer_config.json`` (as the Hub's ``config`` field carries them). Without a
+    ``config`` in the metadata, the Hub's ``custom_code`` tag (derived from ``auto_map``)."""
+    cfg = _config(info)
+    tok = cfg.get("tokenizer_config")
+    if "auto_map" in cfg or (isinstance(tok, dict) and "auto_map" in tok):
+        return True
+    tags = getattr(info, "tags", None)
+    return not cfg and isinstance(tags, list) and "custom_code" in tags
+
+
+def lineage(info: ModelInfo) -> tuple[tuple[str, ...], str | None]:
+    """(base model ids, relation) as the Hub derives them: the ``baseModels`` field (canonical
+    ids after renames, the Hub's relation), else the ``base_model:<relation>:<id>`` and
+    ``base_model:<id>`` tags, else the card's ``base_model`` / ``base_model_relation``."""
+    def valid(ids) -> list[str]:
+        out = []
+        for b in ids:
+            try:
+                b = check_model_id(b)
+            except ValueError:
+                continue
+            if b not in out:
+                out.append(b)
+        return out
+
+    bm = getattr(info, "base_models", None)
+    if isinstance(bm, dict) and isinstance(bm.get("models"), list):
+        ids = valid(m.get("id") for m in bm["models"] if isinstance(m, dict))
+        rel = bm.get("relation")
+        if ids:
+            return tuple(ids), rel if rel in RELATIONS else None
+    tags = getattr(info, "tags", None)
+    if isinstance(tags, list):
+        related = [t.split(":", 2) for t in tags if isinstance(t, str) and t.startswith("base_model:")]
+        with_rel = [(p[1], p[2]) for p in related if len(p) == 3 and p[1] in RELATIONS]
+        ids = valid(i for _, i in with_rel) or valid(p[1] for p in related if len(p) == 2)
+        if ids:
+            rels = {r for r, _ in with_rel}
+            return tuple(ids), rels.pop() if len(rels) == 1 else ("merge" if rels else None)
+    card = getattr(info, "card_data", None)
+    card_get = (card.get if hasattr(card, "get") else (lambda k, d=None: d))
+    bases = card_get("base_model", None)
+    bases = [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []
+    relation = card_get("base_model_relation", None)
+    return tuple(valid(bases)), relation if isinstance(relation, str) else None
 
 
 def _siblings(info: ModelInfo) -> list:
@@ -93,8 +191,8 @@ def screen(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[bool
     """Whether to probe a model, decided from Hub metadata before any download: (ok, reason).
 
     Checks, in order: disabled; task (``policy.pipeline_tags``); gated without a token; remote
-    code (``auto_map`` in config, a ``custom_code`` tag, or *.py files); pickle-only weights;
-    no safetensors weights; size unknown or over ``policy.max_bytes``. O(files).
+    code (``auto_map``, see ``remote_code``); pickle-only weights; no root-level safetensors
+    weights; size unknown or over ``policy.max_bytes``. O(files).
     """
     if getattr(info, "disabled", False) is True:
         return False, "disabled on the Hub"
@@ -103,10 +201,8 @@ def screen(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[bool
         return False, f"not {'/'.join(policy.pipeline_tags)} (pipeline_tag={tag})"
     if _gated(getattr(info, "gated", None)) and not policy.has_token:
         return False, "gated"
-    files = [s.rfilename for s in _siblings(info)]
-    tags = getattr(info, "tags", None)
-    if ("auto_map" in _config(info) or (isinstance(tags, list) and "custom_code" in tags)
-            or any(f.endswith(".py") for f in files)):
+    files = [s.rfilename for s in _siblings(info) if "/" not in s.rfilename]
+    if remote_code(info):
         return False, "remote code"
     has_safetensors = any(f.endswith(".safetensors") for f in files)
     if not has_safetensors and any(f.endswith(PICKLE_SUFFIXES) for f in files):
@@ -123,18 +219,11 @@ def screen(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[bool
 
 def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
               reason: str | None = None) -> ModelRecord:
-    """The ``ModelRecord`` of a model's Hub metadata (card fields read defensively)."""
+    """The ``ModelRecord`` of a model's Hub metadata (fields read defensively)."""
     card = getattr(info, "card_data", None)
     card_get = (card.get if hasattr(card, "get") else (lambda k, d=None: d))
-    bases = card_get("base_model", None)
-    bases = [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []
-    base_models = []
-    for b in bases:
-        try:
-            base_models.append(check_model_id(b))
-        except ValueError:
-            continue
-    relation, lic = card_get("base_model_relation", None), card_get("license", None)
+    base_models, relation = lineage(info)
+    lic = card_get("license", None)
     created = getattr(info, "created_at", None)
     sha = getattr(info, "sha", None)
     author = getattr(info, "author", None)
@@ -142,11 +231,15 @@ def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
         id=info.id, revision=sha if isinstance(sha, str) and sha else "main",
         created_at=created if isinstance(created, datetime) else None,
         author=author if isinstance(author, str) else info.id.split("/")[0] if "/" in info.id else None,
-        base_models=tuple(base_models),
-        base_model_relation=relation if isinstance(relation, str) else None,
+        base_models=base_models, base_model_relation=relation,
         license=lic if isinstance(lic, str) else None,
         pipeline_tag=_pipeline_tag(info), size_bytes=weights_bytes(info), status=status, reason=reason,
+        downloads=_counter(getattr(info, "downloads", None)), likes=_counter(getattr(info, "likes", None)),
     )
+
+
+def _counter(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def next_watermark(records: Iterable[ModelRecord], since: datetime | None) -> datetime | None:
@@ -163,25 +256,103 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
+@dataclass
+class ListingResume:
+    """An interrupted listing: the watermark it was listing down to, the filters, the page to
+    read next (its cursor), and the items read before the interruption."""
+
+    since: datetime | None
+    filters: tuple[str | None, str | None]  # (author, search)
+    next_url: str
+    items: dict[str, dict] = field(default_factory=dict)
+    newest: datetime | None = None  # the newest createdAt among ``items``
+
+    def to_json(self) -> str:
+        return json.dumps({"since": self.since.isoformat() if self.since else None,
+                           "filters": list(self.filters), "next_url": self.next_url, "items": self.items,
+                           "newest": self.newest.isoformat() if self.newest else None})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ListingResume":
+        d = json.loads(text)
+        when = lambda v: _aware(datetime.fromisoformat(v)) if v else None  # noqa: E731
+        return cls(when(d["since"]), tuple(d["filters"]), str(d["next_url"]), dict(d["items"]), when(d["newest"]))
+
+
 class Watcher:
     """Lists new models through a ``HubClient`` and screens them with a ``ScreenPolicy``.
 
     One poll keeps at most ``max_items`` new models, the oldest ones (``report.truncated``:
     the rest come in the next polls, as the watermark advances only to what was yielded), and
     reads at most ``max_pages`` pages. A listing that fails, loops, or does not reach the
-    watermark within ``max_pages`` yields nothing and sets ``report.error``. With no watermark
-    (``since=None``) the listing's end is wherever ``max_pages`` stops it. ``report``
-    describes the last poll.
+    watermark within ``max_pages`` yields nothing and sets ``report.error``; the pages read
+    and the cursor of the next one are kept in ``resume`` (and in ``resume_path``, a JSON file,
+    when given, so that a later process resumes too), and the next poll with the same
+    watermark reads the newest pages down to what it had, then continues from the cursor.
+    With no watermark (``since=None``) the listing's end is wherever ``max_pages`` stops it.
+    ``report`` describes the last poll.
     """
 
     def __init__(self, client: HubClient, policy: ScreenPolicy | None = None, *, page_size: int | None = None,
-                 max_items: int = 10_000, max_pages: int = 1_000):
+                 max_items: int = 10_000, max_pages: int = 1_000, resume_path: str | Path | None = None):
         self.client = client
         self.policy = policy or ScreenPolicy(has_token=client.has_token)
         self.page_size = page_size
         self.max_items = max_items
         self.max_pages = max_pages
         self.report = ListingReport()
+        self.resume_path = Path(resume_path) if resume_path else None
+        self.resume: ListingResume | None = self._load_resume()
+
+    def _load_resume(self) -> ListingResume | None:
+        if self.resume_path is None or not self.resume_path.is_file():
+            return None
+        try:
+            return ListingResume.from_json(self.resume_path.read_text("utf-8"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a torn or foreign file: list from the top
+
+    def _save_resume(self) -> None:
+        if self.resume_path is None:
+            return
+        if self.resume is None:
+            self.resume_path.unlink(missing_ok=True)
+            return
+        self.resume_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.resume_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(self.resume.to_json(), "utf-8")
+        os.replace(tmp, self.resume_path)
+
+    def _read(self, stop_at: datetime | None, start_url: str | None, author, search, report,
+              into: OrderedDict) -> bool:
+        """Read pages (from ``start_url`` or the top) into ``into`` until a page shows an item
+        older than ``stop_at``; True when that point (or the listing's end) was reached.
+        Raises ``HubError`` when a page cannot be had."""
+        for page in self.client.iter_listing(author=author, search=search, expand=LISTING_EXPAND,
+                                             page_size=self.page_size, max_pages=self.max_pages,
+                                             report=report, start_url=start_url):
+            older_seen = False
+            for item in page:
+                created = _created(item)
+                if stop_at is not None and created is not None and created < stop_at:
+                    older_seen = True
+                    continue
+                model_id = item.get("id") if isinstance(item, dict) else None
+                try:
+                    check_model_id(model_id)  # type: ignore[arg-type]
+                except ValueError:
+                    report.invalid_items.append(self.client.scrub(repr(model_id))[:100])
+                    log.warning("listing: item without a valid model id left out: %s", report.invalid_items[-1])
+                    continue
+                if model_id not in into:
+                    into[model_id] = item
+            if older_seen:
+                report.next_url = None
+                return True
+        if report.loop_detected or report.truncated_pages:
+            return stop_at is None and not report.loop_detected
+        report.next_url = None
+        return True
 
     def list_new_models(self, since: datetime | None, author: str | None = None, limit: int | None = None,
                         search: str | None = None, skip_ids: Iterable[str] = ()) -> Iterator[ModelRecord]:
@@ -195,40 +366,24 @@ class Watcher:
         skip = set(skip_ids)
         report = self.report = ListingReport()
         started = time.perf_counter()
-        # id -> (created_at, item), newest first as listed; bounded to the `max_items` OLDEST new
-        # models (the newest are dropped first), so that a backlog drains over polls in upload
-        # order and nothing between the watermark and what is yielded is ever skipped.
-        records: OrderedDict[str, tuple[datetime | None, dict]] = OrderedDict()
+        resume = self.resume
+        if resume is not None and (resume.since != since or resume.filters != (author, search)):
+            resume = None  # another listing than the interrupted one: start at the top
+        top: OrderedDict[str, dict] = OrderedDict()
+        rest: OrderedDict[str, dict] = OrderedDict()
+        phase = "top"
         reached_end = False
         try:
-            for page in self.client.iter_listing(author=author, search=search, expand=LISTING_EXPAND,
-                                                 page_size=self.page_size, max_pages=self.max_pages,
-                                                 report=report):
-                older_seen = False
-                for item in page:
-                    created = _created(item)
-                    if since is not None and created is not None and created < since:
-                        older_seen = True
-                        continue
-                    model_id = item.get("id") if isinstance(item, dict) else None
-                    try:
-                        check_model_id(model_id)  # type: ignore[arg-type]
-                    except ValueError:
-                        report.invalid_items.append(self.client.scrub(repr(model_id))[:100])
-                        log.warning("listing: item without a valid model id left out: %s",
-                                    report.invalid_items[-1])
-                        continue
-                    if model_id in skip or model_id in records:
-                        continue
-                    records[model_id] = (created, item)
-                    if len(records) > self.max_items:
-                        records.popitem(last=False)
-                        report.truncated = True
-                if older_seen:
-                    reached_end = True
-                    break
+            if resume is None:
+                reached_end = self._read(since, None, author, search, report, top)
             else:
-                reached_end = not (report.loop_detected or report.truncated_pages)
+                # Newer uploads first, down to the newest item already read; then on from the
+                # interrupted page's cursor down to the watermark.
+                log.info("listing: resuming an interrupted listing (%d models read, from its cursor)",
+                         len(resume.items))
+                if self._read(resume.newest or since, None, author, search, report, top):
+                    phase = "rest"
+                    reached_end = self._read(since, resume.next_url, author, search, report, rest)
         except HubError as exc:
             report.error = exc.reason
         if report.error is None and report.loop_detected:
@@ -237,18 +392,44 @@ class Watcher:
             report.error = f"the listing did not reach the watermark within {self.max_pages} pages"
         if report.error is not None:
             # An incomplete listing yields nothing: yielding its newest part would move the
-            # watermark past models not yet seen. The next poll starts from the same watermark.
-            log.warning("listing failed, nothing recorded this poll: %s", report.error)
+            # watermark past models not yet seen. Keep what was read and where to go on.
+            if report.next_url is not None and not report.loop_detected:
+                if resume is None:
+                    if report.pages:
+                        self.resume = ListingResume(since, (author, search), report.next_url, dict(top))
+                elif phase == "rest":  # the top part is complete down to what was read before
+                    resume.items.update(top)
+                    resume.items.update(rest)
+                    resume.next_url = report.next_url
+                    self.resume = resume
+                if self.resume is not None:
+                    times = [t for t in map(_created, self.resume.items.values()) if t is not None]
+                    self.resume.newest = max(times) if times else self.resume.newest
+                    self._save_resume()
+            log.warning("listing failed, nothing recorded this poll: %s%s", report.error,
+                        f" (the next poll resumes after {len(self.resume.items)} models read)"
+                        if self.resume is not None else "")
             return
-        if report.truncated:
+        items: dict[str, dict] = dict(resume.items) if resume is not None else {}
+        items.update(rest)
+        items.update(top)
+        if self.resume is not None:
+            self.resume = None
+            self._save_resume()
+        # Bounded to the `max_items` OLDEST new models, so that a backlog drains over polls in
+        # upload order and nothing between the watermark and what is yielded is ever skipped.
+        dated = [(_created(item), model_id, item) for model_id, item in items.items() if model_id not in skip]
+        ordered = sorted(dated, key=lambda t: (t[0] is None, t[0] or since or datetime.min.replace(tzinfo=timezone.utc), t[1]))
+        if len(ordered) > self.max_items:
+            ordered = ordered[: self.max_items]
+            report.truncated = True
             log.warning("listing: more than %d new models; the %d oldest this poll, the rest next",
                         self.max_items, self.max_items)
-        ordered = sorted(records.items(), key=lambda kv: (kv[1][0] is None, kv[1][0] or since, kv[0]))
         if limit is not None:
             ordered = ordered[:limit]
         log.info("listing: %d pages, %d items, %d new models in %.2fs", report.pages, report.items,
                  len(ordered), time.perf_counter() - started)
-        for model_id, (_, item) in ordered:
+        for _, model_id, item in ordered:
             yield self._screened(model_id, item)
 
     def _screened(self, model_id: str, item: dict) -> ModelRecord:

@@ -8,6 +8,7 @@ determined them. Backends register themselves by name in ``BACKENDS``.
 from __future__ import annotations
 
 import abc
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -77,6 +78,54 @@ BACKENDS: dict[str, str] = {
     "vllm": "indexer.probers.vllm_backend:VLLMProber",
     "openai": "indexer.probers.openai_backend:OpenAIProber",
 }
+
+
+AUTO = "auto"  # the default: vLLM where a GPU and vLLM are present, else transformers
+
+
+def gpu_present() -> tuple[bool, str]:
+    """Whether an NVIDIA GPU is visible to this process, and how that was told (without
+    importing torch: the driver's device list, else ``nvidia-smi -L``)."""
+    import shutil
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False, "CUDA_VISIBLE_DEVICES hides every GPU"
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return True, "an NVIDIA GPU is present"
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            listed = ""
+        if "GPU" in listed:
+            return True, "nvidia-smi lists a GPU"
+    return False, "no GPU found"
+
+
+def vllm_present() -> tuple[bool, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return True, "vLLM is installed"
+    if os.environ.get("PHYLOLM_VLLM_PYTHON"):
+        return True, "PHYLOLM_VLLM_PYTHON names a vLLM environment"
+    return False, "vLLM is not installed"
+
+
+def resolve_backend(backend: str) -> tuple[str, str]:
+    """The backend a name stands for, and why: ``auto`` is vLLM where a GPU and vLLM are
+    present, transformers otherwise; any other name is itself."""
+    if backend != AUTO:
+        return backend, "chosen explicitly"
+    gpu, why_gpu = gpu_present()
+    vllm, why_vllm = vllm_present()
+    if gpu and vllm:
+        return "vllm", f"auto: {why_gpu} and {why_vllm}"
+    return "transformers", f"auto: {why_gpu if not gpu else why_vllm}"
 
 
 def get_prober(backend: str, **options) -> Prober:
