@@ -5,12 +5,14 @@ installs them when it can).
 Each matrix goes to the peers as a PHYLIP distance matrix at 8 decimals, under short names
 m0, m1, ... (PHYLIP names are at most 10 characters), which are mapped back to our labels;
 our NJ gets the same rounded matrix. Where the two peers agree with each other, our
-topology must be theirs (RF = 0). Where they disagree, the matrix has exact ties that the
-programs break differently and says nothing about ours: it is skipped, with the RFs in the
-reason (`pytest -rs` lists them). The peers may also agree with each other and not with us
-on a matrix with exact ties, because they happen to break them alike; then both trees must
-be reachable by plain NJ with some choice among the tied pairs (`nj_reaches`, a separate
-O(n^3) implementation here), and the matrix is skipped as tied.
+topology must be theirs (RF = 0). Where they disagree, the matrix has ties or near-ties
+that the programs resolve differently (clearcut's choices there can be further from the
+minimum of Q than double-precision rounding explains); it says nothing about ours and is
+skipped, with the RFs in the reason (`pytest -rs` lists them). The peers may also agree
+with each other and not with us on a matrix with exact ties, because they happen to break
+them alike; then both trees must be reachable by textbook NJ with some choice among the
+tied pairs (`nj_reaches`, a separate O(n^3) implementation here), and the matrix is skipped
+as tied.
 """
 from __future__ import annotations
 
@@ -130,7 +132,7 @@ def _compare(spec, tmp_path):
     if peers:
         pytest.skip(f"{spec}: quicktree and clearcut disagree (RF {peers:.0f}; ours vs quicktree "
                     f"{robinson_foulds(ours, qt, normalised=False):.0f}, vs clearcut "
-                    f"{robinson_foulds(ours, cc, normalised=False):.0f}): ties broken differently")
+                    f"{robinson_foulds(ours, cc, normalised=False):.0f}): ties or near-ties that they resolve differently")
     rf = robinson_foulds(ours, qt, normalised=False)
     if rf:
         assert nj_reaches(d, qt, names), f"the peers' tree is no NJ tree of {spec} (RF {rf:.0f} from ours)"
