@@ -581,7 +581,10 @@ def open_hub(hub: str | os.PathLike | None, **server_options: Any) -> Iterator[s
 
     None: ``HF_ENDPOINT`` or the public Hub. A URL (http/https) is used as is. An existing
     directory is served by an in-process ``HubServer`` on loopback for the duration of the
-    ``with`` block (``server_options`` go to it). Anything else is a ``PhylolmError``.
+    ``with`` block (``server_options`` go to it; a folder served in-process to one job has no
+    quota to protect, so rate limiting is off unless ``rate_window`` is given: a backfill of a
+    few thousand local repositories is not paced to the public Hub's 500 calls per 5 minutes).
+    Anything else is a ``PhylolmError``.
     """
     from indexer.errors import PhylolmError
 
@@ -597,5 +600,6 @@ def open_hub(hub: str | os.PathLike | None, **server_options: Any) -> Iterator[s
         raise PhylolmError(f"--hub {text!r} is neither an http(s) URL nor an existing directory")
     from indexer.hub.server import HubServer
 
+    server_options.setdefault("rate_window", None)
     with HubServer(path, **server_options) as url:
         yield url
