@@ -57,6 +57,17 @@ class JobConfig:
     queue_order: str = "rank"  # rank | newest: which queued models a cycle takes first
     priority: str = "downloads=1,likes=2,related=2,size=-0.5"  # see indexer.queue
     use_queue: bool = False  # the watch: a cycle takes its budget from new models and the queue
+    # Pre-quantization methods the backend runs (None: what indexer.probers.base.quant_methods
+    # finds for it); quantized checkpoints of other methods are deferred.
+    quant_methods: tuple[str, ...] | None = None
+
+    def screen_policy(self, has_token: bool):
+        from indexer.hub.watcher import ScreenPolicy
+        from indexer.probers.base import quant_methods
+
+        methods = (frozenset(self.quant_methods) if self.quant_methods is not None
+                   else quant_methods(self.backend, dict(self.backend_options).get("device")))
+        return ScreenPolicy(max_bytes=int(self.max_bytes), has_token=has_token, quant_methods=methods)
 
     def load_genome(self) -> genome_lib.Genome:
         g = genome_lib.load(self.genome)
@@ -185,7 +196,7 @@ class ListStep:
         import hashlib
 
         from indexer.hub.client import HubClient
-        from indexer.hub.watcher import ScreenPolicy, Watcher
+        from indexer.hub.watcher import Watcher
         from indexer.queue import PriorityWeights
 
         self.config = config
@@ -193,8 +204,7 @@ class ListStep:
         # An interrupted listing's cursor is kept beside the downloads, per endpoint and filters,
         # so that the next poll (in this process or the next cron run) resumes from it.
         tag = hashlib.sha1(f"{self.client.endpoint}|{config.author}|{config.search}".encode()).hexdigest()[:16]
-        self.watcher = Watcher(self.client, ScreenPolicy(max_bytes=int(config.max_bytes),
-                                                         has_token=self.client.has_token),
+        self.watcher = Watcher(self.client, config.screen_policy(self.client.has_token),
                                resume_path=config.cache_dir / "listing" / f"{tag}.json")
         self.weights = PriorityWeights.parse(config.priority)
         self.last_poll: PollReport | None = None
@@ -204,6 +214,7 @@ class ListStep:
         watermark, and the failed attempts of every model that failed but may be retried."""
         from indexer.catalog import MAX_ATTEMPTS, open_read_only
 
+        self.deferred: dict[str, str | None] = {}  # id -> reason of every deferred model
         try:
             con, _ = open_read_only(self.config.catalog)
         except PhylolmError:
@@ -212,6 +223,7 @@ class ListStep:
             done = dict(con.execute(f"select id, revision from models where {DONE_SQL}").fetchall())
             retry = dict(con.execute("select id, attempts from models where status = 'failed' and attempts < ?",
                                      [MAX_ATTEMPTS]).fetchall())
+            self.deferred = dict(con.execute("select id, reason from models where status = 'deferred'").fetchall())
             wm = con.execute("select value from meta where key = 'watermark'").fetchall()
         finally:
             con.close()
@@ -263,6 +275,7 @@ class ListStep:
             # A failure older than the watermark is not listed by time: ask for it by id.
             listed = {r.id for r in records}
             again = [r for m in sorted(retry) if m not in listed for r in self._lookup(m)]
+            again += [r for m in self._reoffered(listed | set(retry)) for r in self._lookup(m)]
             records = [r for r in again if self._wanted(r) or _renamed(r)] + records
         fresh = [r.model_copy(update={"attempt": retry.get(r.id, 0)}) for r in records
                  if done.get(r.id) != r.revision]
@@ -312,6 +325,24 @@ class ListStep:
         out.sort(key=lambda r: (r.created_at or far, r.id))
         return out, len(take), len(wait)
 
+    def _reoffered(self, listed: set[str]) -> list[str]:
+        """Deferred models (older than the watermark, so not listed by time) whose method the
+        running backend can run: asked for by id, screened again, and probed this cycle."""
+        from indexer.hub.watcher import DEFERRED_PREFIX
+
+        methods = self.watcher.policy.quant_methods
+        if not methods:
+            return []
+        out = []
+        for model_id, reason in sorted(getattr(self, "deferred", {}).items()):
+            method = (reason or "").removeprefix(DEFERRED_PREFIX)
+            if model_id not in listed and ("*" in methods or method in methods):
+                out.append(model_id)
+        if out:
+            log.info("%d deferred models re-offered: the %s backend runs their quantization", len(out),
+                     self.config.backend)
+        return out
+
     def _wanted(self, record: ModelRecord) -> bool:
         """A retried model still matches the job's filters (author, --since)."""
         if self.config.author and record.author and record.author != self.config.author:
@@ -324,15 +355,15 @@ class ListStep:
         307 to another id), also the old id's row resolved as skipped (renamed), so that no
         later poll looks the old id up again."""
         from indexer.hub.client import HubError
-        from indexer.hub.watcher import record_of, screen
+        from indexer.hub.watcher import record_of, screen_status
 
         try:
             info = self.client.model_info(model_id, files_metadata=True)
         except HubError as e:
             return [ModelRecord(id=model_id, status=e.status, reason=e.reason)]
-        ok, reason = screen(info, self.watcher.policy)
+        status, reason = screen_status(info, self.watcher.policy)
         try:
-            record = record_of(info, ModelStatus.discovered if ok else ModelStatus.skipped, reason)
+            record = record_of(info, status, reason)
         except ValueError as e:
             return [ModelRecord(id=model_id, status=ModelStatus.failed,
                                 reason=f"malformed Hub metadata: {' '.join(str(e).split())[:200]}")]
@@ -361,12 +392,12 @@ class ProbeStep:
 
     def __init__(self, config: JobConfig):
         from indexer.hub.client import HubClient
-        from indexer.hub.watcher import ScreenPolicy, Watcher
+        from indexer.hub.watcher import Watcher
 
         self.config = config
         self.genome = config.load_genome()
         client = HubClient(config.hub, timeout=config.hub_timeout)
-        self.watcher = Watcher(client, ScreenPolicy(max_bytes=int(config.max_bytes), has_token=client.has_token))
+        self.watcher = Watcher(client, config.screen_policy(client.has_token))
         self.scrub = client.scrub
         self._prober: Prober | None = None
         self._failures: list[str] = []

@@ -67,6 +67,9 @@ class ScreenPolicy:
     max_bytes: int = 4 * 1024**3
     pipeline_tags: tuple[str, ...] = ("text-generation",)
     has_token: bool = False
+    # Pre-quantization methods the running backend can load (see indexer.probers.base.
+    # quant_methods); a checkpoint quantized another way is deferred, "*" takes any.
+    quant_methods: frozenset[str] = frozenset()
 
 
 def quantization_bits(config: dict) -> float | None:
@@ -82,6 +85,60 @@ def quantization_bits(config: dict) -> float | None:
         return 4.0
     if q.get("load_in_8bit") is True:
         return 8.0
+    return None
+
+
+DEFERRED_PREFIX = "needs a GPU backend: "
+# The Hub's tags for pre-quantized checkpoints (it derives them from quantization_config).
+_QUANT_TAGS = ("gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8")
+_NOT_LOADABLE = "not loadable by transformers/vLLM"
+# Weight files of formats neither backend loads, by suffix: named in the skip reason.
+_FORMAT_SUFFIXES = ((".onnx", "ONNX"), (".tflite", "TFLite"), (".h5", "Keras/TensorFlow"),
+                    (".msgpack", "Flax"), (".mlmodel", "Core ML"), (".mlpackage", "Core ML"),
+                    (".pte", "ExecuTorch"), ("openvino_model.xml", "OpenVINO"))
+
+
+def quant_method(info: ModelInfo) -> str | None:
+    """The pre-quantization method of a checkpoint (``gptq``, ``awq``, ``bitsandbytes``,
+    ``compressed-tensors``, ``fp8``, ...) from ``quantization_config`` in config.json (as the
+    Hub's ``config`` field carries it), else from the Hub's tags; None when not quantized."""
+    q = _config(info).get("quantization_config")
+    if isinstance(q, dict):
+        m = q.get("quant_method")
+        if isinstance(m, str) and m.strip():
+            return m.strip().lower()
+        if q.get("load_in_4bit") is True or q.get("load_in_8bit") is True or "bnb_4bit_quant_type" in q:
+            return "bitsandbytes"  # configs written before quant_method existed
+        return "unknown"
+    tags = getattr(info, "tags", None)
+    if isinstance(tags, list):
+        for t in _QUANT_TAGS:
+            if t in tags:
+                return t
+    return None
+
+
+def unloadable_format(info: ModelInfo) -> str | None:
+    """The skip reason of a repository whose weights are in a format neither backend loads
+    (MLX, EXL2, ONNX and other exports), naming the format; None otherwise. ONNX and other
+    exports often sit beside transformers safetensors: only repositories without root-level
+    safetensors are refused for them."""
+    tags = getattr(info, "tags", None)
+    tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    lib = getattr(info, "library_name", None)
+    q = _config(info).get("quantization_config")
+    if (isinstance(q, dict) and str(q.get("quant_method", "")).lower() == "exl2") or "exl2" in tags:
+        return f"EXL2 weights ({_NOT_LOADABLE})"
+    if lib == "mlx" or "mlx" in tags:
+        return f"MLX weights ({_NOT_LOADABLE})"
+    files = [s.rfilename for s in _siblings(info)]
+    if any(f.endswith(".safetensors") and "/" not in f for f in files):
+        return None
+    for suffix, name in _FORMAT_SUFFIXES:
+        if any(f.endswith(suffix) for f in files):
+            return f"{name} weights ({_NOT_LOADABLE})"
+    if lib in ("onnx", "transformers.js") or "onnx" in tags:
+        return f"ONNX weights ({_NOT_LOADABLE})"
     return None
 
 
@@ -189,32 +246,50 @@ def _pipeline_tag(info: ModelInfo) -> str | None:
 
 def screen(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[bool, str | None]:
     """Whether to probe a model, decided from Hub metadata before any download: (ok, reason).
+    See ``screen_status``; a deferred model is not ok."""
+    status, reason = screen_status(info, policy)
+    return status == ModelStatus.discovered, reason
+
+
+def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[ModelStatus, str | None]:
+    """The status a model gets from Hub metadata before any download: ``discovered`` (to
+    probe), ``skipped`` or ``deferred``, with the reason.
 
     Checks, in order: disabled; task (``policy.pipeline_tags``); gated without a token; remote
-    code (``auto_map``, see ``remote_code``); pickle-only weights; no root-level safetensors
-    weights; size unknown or over ``policy.max_bytes``. O(files).
+    code (``auto_map``, see ``remote_code``); weights in a format no backend loads (MLX, EXL2,
+    ONNX..., see ``unloadable_format``); pickle-only weights; no root-level safetensors
+    weights; a pre-quantized checkpoint whose method the backend cannot run (``deferred``:
+    a capable backend takes it later); size unknown or over ``policy.max_bytes``. O(files).
     """
+    skip = ModelStatus.skipped
     if getattr(info, "disabled", False) is True:
-        return False, "disabled on the Hub"
+        return skip, "disabled on the Hub"
     tag = _pipeline_tag(info)
     if tag not in policy.pipeline_tags:
-        return False, f"not {'/'.join(policy.pipeline_tags)} (pipeline_tag={tag})"
+        return skip, f"not {'/'.join(policy.pipeline_tags)} (pipeline_tag={tag})"
     if _gated(getattr(info, "gated", None)) and not policy.has_token:
-        return False, "gated"
+        return skip, "gated"
     files = [s.rfilename for s in _siblings(info) if "/" not in s.rfilename]
     if remote_code(info):
-        return False, "remote code"
+        return skip, "remote code"
+    fmt = unloadable_format(info)
+    if fmt is not None:
+        return skip, fmt
     has_safetensors = any(f.endswith(".safetensors") for f in files)
     if not has_safetensors and any(f.endswith(PICKLE_SUFFIXES) for f in files):
-        return False, "pickle-only checkpoint"
+        return skip, "pickle-only checkpoint"
     if not has_safetensors:
-        return False, "no safetensors weights" if files else "no file list"
+        return skip, "no safetensors weights" if files else "no file list"
+    method = quant_method(info)
+    if method is not None and method not in policy.quant_methods and "*" not in policy.quant_methods:
+        # Never downloaded here: a backend that can run the method takes it later.
+        return ModelStatus.deferred, f"{DEFERRED_PREFIX}{method}"
     size = weights_bytes(info)
     if size is None:
-        return False, "size unknown before download"
+        return skip, "size unknown before download"
     if size > policy.max_bytes:
-        return False, f"too large: {size} bytes of weights > budget {policy.max_bytes}"
-    return True, None
+        return skip, f"too large: {size} bytes of weights > budget {policy.max_bytes}"
+    return ModelStatus.discovered, None
 
 
 def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
@@ -442,13 +517,13 @@ class Watcher:
             return ModelRecord(id=model_id, created_at=_created(item), status=ModelStatus.failed, reason=reason)
         if _created(item) is None:
             return record_of(info, ModelStatus.failed, "malformed Hub metadata: createdAt missing or invalid")
-        ok, reason = screen(info, self.policy)
-        if not ok and reason in ("size unknown before download", "no file list"):
+        status, reason = screen_status(info, self.policy)
+        if status != ModelStatus.discovered and reason in ("size unknown before download", "no file list"):
             # The listing lacked sizes or files: ask for the model's info at the listed commit.
             try:
                 sha = info.sha if isinstance(info.sha, str) and info.sha else None
                 full = self.client.model_info(model_id, sha, files_metadata=True)
-                ok, reason = screen(full, self.policy)
+                status, reason = screen_status(full, self.policy)
                 info = full if isinstance(full.created_at, datetime) else info
             except HubError as exc:
                 return record_of(info, exc.status, exc.reason)
@@ -456,7 +531,7 @@ class Watcher:
                 return record_of(info, ModelStatus.failed,
                                  self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300])
         try:
-            return record_of(info, ModelStatus.discovered if ok else ModelStatus.skipped, reason)
+            return record_of(info, status, reason)
         except Exception as exc:
             return ModelRecord(id=model_id, status=ModelStatus.failed,
                                reason=self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300])

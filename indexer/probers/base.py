@@ -128,6 +128,31 @@ def resolve_backend(backend: str) -> tuple[str, str]:
     return "transformers", f"auto: {why_gpu if not gpu else why_vllm}"
 
 
+# Pre-quantization methods (quantization_config.quant_method) each backend runs on a GPU.
+# On CPU neither transformers nor the vLLM CPU build runs them: such checkpoints are deferred.
+VLLM_GPU_QUANT_METHODS = ("gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8", "gptq_marlin",
+                          "awq_marlin", "marlin", "modelopt", "mxfp4")
+# transformers needs a kernel package per method (fp8 is native).
+TRANSFORMERS_GPU_QUANT_PACKAGES = {"bitsandbytes": ("bitsandbytes",), "gptq": ("gptqmodel", "auto_gptq"),
+                                   "awq": ("awq",), "compressed-tensors": ("compressed_tensors",), "fp8": ()}
+
+
+def quant_methods(backend: str, device: str | None = None) -> frozenset[str]:
+    """The pre-quantization methods ``backend`` can load here ("*": any; the openai backend
+    probes what an endpoint already serves). Decided without starting an engine, so the
+    listing can defer (and later re-offer) quantized checkpoints."""
+    import importlib.util
+
+    if backend == "openai":
+        return frozenset({"*"})
+    if backend not in ("vllm", "transformers") or (device or "").startswith("cpu") or not gpu_present()[0]:
+        return frozenset()
+    if backend == "vllm":
+        return frozenset(VLLM_GPU_QUANT_METHODS)
+    return frozenset(m for m, pkgs in TRANSFORMERS_GPU_QUANT_PACKAGES.items()
+                     if not pkgs or any(importlib.util.find_spec(p) is not None for p in pkgs))
+
+
 def get_prober(backend: str, **options) -> Prober:
     """Build the prober for ``backend`` (one of ``BACKENDS``) with backend options."""
     import importlib

@@ -1,0 +1,118 @@
+"""What people upload: pre-quantized checkpoints are deferred to a backend that runs their
+method, formats no backend loads are skipped with the format named, and exact copies of an
+indexed model are recorded without a download.
+
+Real parts: the project's Hub server over real files in a temp folder, the real
+huggingface_hub client, a real DuckDB catalog, `phylolm watch --once` in a subprocess or the
+Beam pipeline in process; the simulated backend stands in for a GPU where a probe must run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from indexer.hub.server import HubServer
+from tests.conftest import run_cli
+from tests.hub_repos import make_repo, repos_by_upload
+
+T0 = datetime.now(timezone.utc) - timedelta(hours=5)  # within a first watch's window
+GENES, SAMPLES = 8, 8
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # a CPU-only run, whatever this machine has
+
+
+def _rows(catalog: Path, sql: str) -> list[tuple]:
+    import duckdb
+
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _gptq(root: Path, repo_id: str, created_at: datetime) -> Path:
+    """A GPTQ-shaped repository: quantization_config in config.json, packed I32 qweight."""
+    d = make_repo(root, repo_id, created_at=created_at, weights=False,
+                  config_extra={"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}})
+    rng = np.random.default_rng(1)
+    save_file({"model.layers.0.mlp.down_proj.qweight": rng.integers(0, 2**31, (16, 64), dtype=np.int32),
+               "model.layers.0.mlp.down_proj.qzeros": rng.integers(0, 2**31, (1, 8), dtype=np.int32),
+               "model.layers.0.mlp.down_proj.scales": rng.standard_normal((1, 64)).astype(np.float16)},
+              str(d / "model.safetensors"))
+    return d
+
+
+def _set_library(repo: Path, library: str) -> None:
+    card = (repo / "README.md").read_text().replace("library_name: transformers", f"library_name: {library}")
+    (repo / "README.md").write_text(card)
+
+
+def test_quantized_deferred_and_unloadable_formats_skipped_by_a_cpu_watch(tmp_path: Path) -> None:
+    root = tmp_path / "hub"
+    _gptq(root, "q/tiny-GPTQ", T0)
+    mlx = make_repo(root, "q/tiny-mlx-4bit", created_at=T0 + timedelta(hours=1),
+                    config_extra={"quantization": {"group_size": 64, "bits": 4}})
+    _set_library(mlx, "mlx")
+    make_repo(root, "q/tiny-onnx", created_at=T0 + timedelta(hours=2), weights=False,
+              extra_files={"onnx/model.onnx": b"\x08\x07" + b"\0" * 256})
+    catalog = tmp_path / "c.duckdb"
+    env = {"PHYLOLM_CACHE_DIR": str(tmp_path / "cache"), **CPU_ONLY}
+    args = ["watch", "--once", "--catalog", str(catalog), "--backend", "transformers",
+            "--genes", str(GENES), "--samples", str(SAMPLES)]
+    server = HubServer(root)
+    url = server.start()
+    try:
+        first = run_cli(*args, "--hub", url, cwd=tmp_path, env=env)
+        # Listed again (the watermark's instant is included) and looked at again: still
+        # deferred, never counted as a failed attempt.
+        second = run_cli(*args, "--hub", url, cwd=tmp_path, env=env)
+    finally:
+        server.stop()
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = {m: (s, r, a) for m, s, r, a in _rows(catalog, "select id, status, reason, attempts from models")}
+    assert rows["q/tiny-GPTQ"] == ("deferred", "needs a GPU backend: gptq", 0)
+    assert rows["q/tiny-mlx-4bit"] == ("skipped", "MLX weights (not loadable by transformers/vLLM)", 0)
+    assert rows["q/tiny-onnx"] == ("skipped", "ONNX weights (not loadable by transformers/vLLM)", 0)
+    # Nothing was downloaded: the decisions come from the Hub's metadata alone.
+    assert server.stats["downloads"] == []
+    assert not (tmp_path / "cache" / "models").exists() or not any((tmp_path / "cache" / "models").rglob("*.safetensors"))
+
+
+def test_deferred_models_are_taken_by_a_backend_that_runs_their_method(tmp_path: Path) -> None:
+    """A watch whose backend cannot run GPTQ defers the GPTQ upload; a later watch whose
+    backend can (a stand-in capability set on the simulated backend) asks for it by id,
+    although it is older than the watermark, and indexes it."""
+    from pipelines.run import run_watch
+    from indexer.service import JobConfig
+    from schemas.records import ProbeParams
+
+    hub = tmp_path / "hub"
+    r = run_cli("simulate", "--models", "3", "--seed", "4", "--genes", str(GENES), "--samples", str(SAMPLES),
+                "--out", str(hub))
+    assert r.returncode == 0, r.stderr
+    repos = repos_by_upload(hub)
+    quantized = repos[0]
+    cfg = json.loads((quantized / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (quantized / "config.json").write_text(json.dumps(cfg))
+    qid = f"{quantized.parent.name}/{quantized.name}"
+    catalog = tmp_path / "c.duckdb"
+    base = dict(catalog=catalog, backend="simulated", n_genes=GENES, params=ProbeParams(n_samples=SAMPLES),
+                cache_dir=tmp_path / "cache")
+    with HubServer(hub) as url:
+        run_watch(JobConfig(hub=url, **base), interval=1.0, once=True)
+        after_cpu = dict(_rows(catalog, "select id, status from models"))
+        run_watch(JobConfig(hub=url, **base), interval=1.0, once=True)
+        still = dict(_rows(catalog, "select id, status from models"))
+        run_watch(JobConfig(hub=url, quant_methods=("gptq",), **base), interval=1.0, once=True)
+    assert after_cpu[qid] == "deferred" and still[qid] == "deferred"
+    assert sorted(s for m, s in after_cpu.items() if m != qid) == ["indexed", "indexed"]
+    final = {m: (s, a) for m, s, a in _rows(catalog, "select id, status, attempts from models")}
+    assert final[qid] == ("indexed", 0)
+    assert _rows(catalog, f"select count(*) from probes where model_id = '{qid}'") == [(1,)]
