@@ -212,6 +212,8 @@ class Catalog:
             "downloads": pa.array([r.downloads for r in records], pa.int64()),
             "likes": pa.array([r.likes for r in records], pa.int64()),
             "priority": pa.array([r.priority for r in records], pa.float64()),
+            "weight_hashes": pa.array([list(r.weight_hashes) or None for r in records], pa.list_(pa.string())),
+            "copy_of": pa.array([r.copy_of for r in records], pa.string()),
         })
         self.con.register("_models_batch", batch)
         try:
@@ -219,12 +221,15 @@ class Catalog:
             self.con.execute("""
                 insert or replace into models (id, revision, created_at, author, base_models,
                     base_model_relation, license, pipeline_tag, size_bytes, status, reason, attempts,
-                    updated_at, downloads, likes, priority)
+                    updated_at, downloads, likes, priority, weight_hashes, copy_of)
                 select b.id, b.revision, b.created_at, b.author, b.base_models, b.base_model_relation,
                     b.license, b.pipeline_tag, b.size_bytes, b.status, b.reason,
                     coalesce(case when m.revision = b.revision then m.attempts end, 0)
                         + case when b.status = 'failed' then 1 else 0 end,
-                    b.updated_at, b.downloads, b.likes, b.priority
+                    b.updated_at, b.downloads, b.likes, b.priority,
+                    -- hashes read once for a revision are kept when a later record lacks them
+                    coalesce(b.weight_hashes, case when m.revision = b.revision then m.weight_hashes end),
+                    b.copy_of
                 from _models_batch b left join models m on m.id = b.id""")
         finally:
             self.con.unregister("_models_batch")
@@ -251,13 +256,15 @@ class Catalog:
     def _model_rows(self, where: str, args: list) -> list[ModelRecord]:
         cur = self.con.execute(
             f"""select id, revision, created_at, author, base_models, base_model_relation, license,
-                       pipeline_tag, size_bytes, status, reason, downloads, likes, priority from models {where}
+                       pipeline_tag, size_bytes, status, reason, downloads, likes, priority, weight_hashes,
+                       copy_of from models {where}
                 order by created_at nulls last, id""", args)
         cols = [d[0] for d in cur.description]
         out = []
         for row in cur.fetchall():
             d = dict(zip(cols, row))
             d["base_models"] = tuple(d["base_models"] or ())
+            d["weight_hashes"] = tuple(d["weight_hashes"] or ())
             out.append(ModelRecord(**d))
         return out
 

@@ -286,8 +286,55 @@ class ListStep:
             fresh, taken, waiting = self._budget(fresh)
         else:
             taken, waiting = sum(r.status == ModelStatus.discovered for r in fresh), 0
+        fresh = self._copies(fresh)
         self.last_poll = PollReport(poll_id, started, utcnow(), error is None, error, new, taken, waiting)
         return fresh
+
+    def _copies(self, records: list[ModelRecord]) -> list[ModelRecord]:
+        """Exact copies: each model going to probing gets its weight files' hashes (one
+        ``model_info`` with file metadata when the record lacks them), and one whose hashes
+        equal an indexed model's (or an earlier upload's in this batch) is marked ``copy_of``
+        it: the probe step then neither downloads nor probes it, and the writer gives it that
+        model's alleles (a leaf at distance 0)."""
+        from indexer.catalog import open_read_only
+        from indexer.hub.client import HubError
+        from indexer.hub.watcher import weight_hashes
+
+        todo = [i for i, r in enumerate(records) if r.status == ModelStatus.discovered and not r.copy_of]
+        if not todo:
+            return records
+        known: dict[tuple[str, ...], str] = {}
+        try:
+            con, _ = open_read_only(self.config.catalog)
+        except PhylolmError:
+            con = None
+        if con is not None:
+            try:
+                for mid, hashes in con.execute(
+                        """select id, weight_hashes from models where status = 'indexed' and copy_of is null
+                           and len(weight_hashes) > 0 order by created_at nulls last, id""").fetchall():
+                    known.setdefault(tuple(hashes), mid)
+            finally:
+                con.close()
+        out = list(records)
+        for i in todo:
+            r = out[i]
+            hashes = r.weight_hashes
+            if not hashes:
+                try:
+                    hashes = weight_hashes(self.client.model_info(r.id, r.revision, files_metadata=True))
+                except HubError as e:  # the probe step meets the same Hub: it records the error
+                    log.info("weight hashes of %s not read (%s); probed without the copy check", r.id, e.reason)
+                    continue
+            twin = known.get(hashes) if hashes else None
+            if twin is not None and twin != r.id:
+                log.info("%s has the weight files of %s: recorded as an exact copy, not downloaded", r.id, twin)
+                out[i] = r.model_copy(update={"weight_hashes": hashes, "copy_of": twin})
+            else:
+                out[i] = r.model_copy(update={"weight_hashes": hashes})
+                if hashes:
+                    known.setdefault(hashes, r.id)
+        return out
 
     def _budget(self, fresh: list[ModelRecord]) -> tuple[list[ModelRecord], int, int]:
         """The cycle's probe budget: of the new candidates and the queue, the best ``n`` (by
@@ -433,6 +480,8 @@ class ProbeStep:
     def __call__(self, model: ModelRecord) -> ProbeOutcome:
         if model.status in (ModelStatus.skipped, ModelStatus.failed, ModelStatus.queued, ModelStatus.deferred):
             return ProbeOutcome(model)  # recorded as it is: refused, failed, or waiting
+        if model.copy_of:
+            return ProbeOutcome(model)  # an exact copy: the writer reuses its twin's alleles
         cached = self._cache_file(model)
         if cached.is_file():
             try:
@@ -561,6 +610,10 @@ class IndexWriter:
         if self.is_done(model) and (outcome.probe is None or model.id in self.index.ids):
             m = self.catalog.get_model(model.id)
             return UpdateSummary(model.id, "unchanged", m.reason, n_models=len(self.index.ids))
+        reason = None
+        if outcome.probe is None and model.copy_of and model.status == ModelStatus.discovered:
+            outcome, reason = self._copy(model)
+            model = outcome.model
         if outcome.probe is None:
             with self.catalog.transaction():
                 self.catalog.upsert_models([model])
@@ -585,7 +638,7 @@ class IndexWriter:
         failpoint("before_write")
         try:
             with self.catalog.transaction():
-                self.catalog.upsert_models([_with(model, ModelStatus.indexed, None)])
+                self.catalog.upsert_models([_with(model, ModelStatus.indexed, reason)])
                 self.catalog.add_probe(probe)
                 failpoint("mid_write")
                 self.catalog.add_distances(self.genome.hash, model.id, others, sim, dist)
@@ -600,9 +653,29 @@ class IndexWriter:
             self.index = _reload(self)
             raise
         failpoint("after_write")
-        return UpdateSummary(model.id, "indexed", None, snapshot, len(self.index.ids),
+        return UpdateSummary(model.id, "indexed", reason, snapshot, len(self.index.ids),
                              tuple((others[i], float(dist[i])) for i in order),
                              tuple(result.timings_ms.items()), bool(result.rebuilt))
+
+    def _copy(self, model: ModelRecord) -> tuple[ProbeOutcome, str | None]:
+        """An exact copy's outcome: its twin's alleles as a probe of the copy (no download, no
+        engine; the backend version says whose they are), or ``failed`` when the twin has no
+        probe in this index (then a later poll looks at it again)."""
+        twin = model.copy_of
+        row = _first_row(self.catalog.con.execute(
+            """select p.probe_id, p.backend_version from models m
+               join probes p on p.model_id = m.id and p.revision = m.revision
+               where m.id = ? and m.status = 'indexed' and p.genome_hash = ? and p.params_hash = ? and p.backend = ?""",
+            [twin, self.genome.hash, self.config.params.digest(), self.config.backend]))
+        if row is None or twin not in self.index.ids:
+            return ProbeOutcome(_with(model.model_copy(update={"copy_of": None}), ModelStatus.failed,
+                                      f"identical weights to {twin}, which has no probe in this index yet")), None
+        alleles = self.catalog.load_alleles([row[0]], len(self.genome))[row[0]]
+        probe = ProbeRecord(probe_id=probe_id_for(model, self.config, self.genome.hash), model_id=model.id,
+                            revision=model.revision, genome_hash=self.genome.hash, backend=self.config.backend,
+                            backend_version=f"{row[1]} (alleles of {twin}: identical weights)",
+                            params=self.config.params, alleles=alleles, seconds=0.0, started_at=utcnow())
+        return ProbeOutcome(model, probe), f"identical weights to {twin}"
 
     def record_poll(self, report: PollReport) -> None:
         """Record one poll's outcome (the ``polls`` table: what `phylolm status` and a

@@ -62,6 +62,9 @@ class ModelRecord(Frozen):
     downloads: int | None = Field(default=None, ge=0)  # from the Hub's listing, for the priority
     likes: int | None = Field(default=None, ge=0)
     priority: float | None = None  # rank score of a queued model (higher: probed sooner)
+    # Sorted LFS sha256 of the root-level weight files, as the Hub lists them (empty: unknown).
+    weight_hashes: tuple[str, ...] = ()
+    copy_of: str | None = None  # an indexed model with identical weight files (see README)
 
     @field_validator("id")
     @classmethod

@@ -116,3 +116,65 @@ def test_deferred_models_are_taken_by_a_backend_that_runs_their_method(tmp_path:
     final = {m: (s, a) for m, s, a in _rows(catalog, "select id, status, attempts from models")}
     assert final[qid] == ("indexed", 0)
     assert _rows(catalog, f"select count(*) from probes where model_id = '{qid}'") == [(1,)]
+
+
+def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: Path) -> None:
+    """A model is indexed; a byte-identical copy uploaded later under another id is recorded
+    as a copy of it from the Hub's content hashes alone: no file of it is downloaded, it sits
+    at distance 0 from its twin, and the lineage check names it."""
+    import hashlib
+
+    from pipelines.run import run_watch
+    from indexer.service import JobConfig
+    from schemas.records import ProbeParams
+
+    hub = tmp_path / "hub"
+    r = run_cli("simulate", "--models", "4", "--seed", "9", "--genes", str(GENES), "--samples", str(SAMPLES),
+                "--out", str(hub))
+    assert r.returncode == 0, r.stderr
+    repos = repos_by_upload(hub)
+    twin = repos[1]
+    twin_id = f"{twin.parent.name}/{twin.name}"
+    catalog = tmp_path / "c.duckdb"
+    config = JobConfig(catalog=catalog, backend="simulated", n_genes=GENES, params=ProbeParams(n_samples=SAMPLES),
+                       cache_dir=tmp_path / "cache")
+    server = HubServer(hub)
+    url = server.start()
+    try:
+        run_watch(JobConfig(**{**config.__dict__, "hub": url}), interval=1.0, once=True)
+        assert _rows(catalog, "select count(*) from models where status = 'indexed'") == [(4,)]
+        # The copy: the same files under another id, uploaded after everything indexed, its
+        # card declaring nothing.
+        clone = hub / "copier" / "same-weights"
+        shutil.copytree(twin, clone)
+        (clone / "README.md").write_text("---\nlibrary_name: phylolm-simulated\npipeline_tag: text-generation\n"
+                                         "license: apache-2.0\n---\n# a re-upload\n")
+        newest = max(json.loads((r / ".hub.json").read_text())["created_at"] for r in repos)
+        (clone / ".hub.json").write_text(json.dumps(
+            {"created_at": (datetime.fromisoformat(newest) + timedelta(hours=1)).isoformat(), "author": "copier"}))
+        server.stats["downloads"].clear()
+        run_watch(JobConfig(**{**config.__dict__, "hub": url}), interval=1.0, once=True)
+        downloads = list(server.stats["downloads"])
+    finally:
+        server.stop()
+    assert not [d for d in downloads if d[0] == "copier/same-weights"], downloads
+    row = _rows(catalog, "select status, reason, copy_of, weight_hashes from models where id = 'copier/same-weights'")
+    sha = hashlib.sha256((twin / "model.safetensors").read_bytes()).hexdigest()
+    assert row == [("indexed", f"identical weights to {twin_id}", twin_id, [sha])]
+    assert _rows(catalog, f"select weight_hashes from models where id = '{twin_id}'") == [([sha],)]
+    # The copy's alleles are its twin's: a leaf at distance 0, as `phylolm nearest` shows.
+    near = run_cli("nearest", "copier/same-weights", "-k", "2", "--catalog", str(catalog), "--json", cwd=tmp_path)
+    assert near.returncode == 0, near.stderr[-2000:]
+    rows = json.loads(near.stdout)
+    assert rows[0]["model_id"] == twin_id and abs(rows[0]["distance"]) < 1e-9, rows
+    assert rows[1]["distance"] > 1e-3  # the others are not copies
+    lineage = run_cli("lineage", "--catalog", str(catalog), "--json", cwd=tmp_path)
+    assert lineage.returncode == 0, lineage.stderr[-2000:]
+    copies = [f for f in json.loads(lineage.stdout) if f["kind"] == "exact_copy"]
+    assert copies == [{"kind": "exact_copy", "model_id": "copier/same-weights", "other_id": twin_id,
+                       "distance": copies[0]["distance"], "rank": None, "nearest_id": None,
+                       "nearest_distance": None, "detail": f"identical weights to {twin_id} (not declared)"}]
+    assert abs(copies[0]["distance"]) < 1e-9
+    # No undeclared-relative finding repeats what the copy finding says.
+    assert not [f for f in json.loads(lineage.stdout) if f["kind"] == "undeclared"
+                and {f["model_id"], f["other_id"]} == {"copier/same-weights", twin_id}]

@@ -147,6 +147,19 @@ def root_weight_files(info: ModelInfo) -> list:
     return [s for s in _siblings(info) if s.rfilename.endswith(".safetensors") and "/" not in s.rfilename]
 
 
+def weight_hashes(info: ModelInfo) -> tuple[str, ...]:
+    """The sorted LFS sha256 of the root-level weight files, as the Hub lists them with
+    ``blobs=true`` (``files_metadata``); empty when any is missing (then nothing is claimed)."""
+    shas = []
+    for s in root_weight_files(info):
+        lfs = getattr(s, "lfs", None)
+        sha = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            return ()
+        shas.append(sha)
+    return tuple(sorted(shas))
+
+
 def weights_bytes(info: ModelInfo) -> int | None:
     """Bytes of the model's weights from metadata: the root-level safetensors files' sizes (or
     their LFS sizes) when the Hub gave them (``blobs=true``), else ``safetensors.parameters``
@@ -310,6 +323,7 @@ def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
         license=lic if isinstance(lic, str) else None,
         pipeline_tag=_pipeline_tag(info), size_bytes=weights_bytes(info), status=status, reason=reason,
         downloads=_counter(getattr(info, "downloads", None)), likes=_counter(getattr(info, "likes", None)),
+        weight_hashes=weight_hashes(info),
     )
 
 
