@@ -241,7 +241,7 @@ class ListStep:
         try:
             cur = con.execute(
                 """select id, revision, created_at, author, base_models, base_model_relation, license,
-                          pipeline_tag, size_bytes, downloads, likes, priority from models
+                          pipeline_tag, size_bytes, downloads, likes, priority, gguf_file from models
                    where status = 'queued'""")
             cols = [d[0] for d in cur.description]
             queued = [ModelRecord(**{**dict(zip(cols, row)), "base_models": tuple(row[4] or ())})
@@ -410,7 +410,7 @@ class ListStep:
             return [ModelRecord(id=model_id, status=e.status, reason=e.reason)]
         status, reason = screen_status(info, self.watcher.policy)
         try:
-            record = record_of(info, status, reason)
+            record = record_of(info, status, reason, self.watcher.policy.max_bytes)
         except ValueError as e:
             return [ModelRecord(id=model_id, status=ModelStatus.failed,
                                 reason=f"malformed Hub metadata: {' '.join(str(e).split())[:200]}")]
@@ -496,7 +496,7 @@ class ProbeStep:
                 model, path = self.watcher.fetch(model, self.config.cache_dir / "models")
                 if path is None:
                     return ProbeOutcome(model)
-            source = ModelSource(model.id, model.revision, Path(path) if path else None)
+            source = ModelSource(model.id, model.revision, Path(path) if path else None, model.gguf_file)
             record = prober.probe(source, self.genome, self.config.params)
         except ProbeError as e:
             status = ModelStatus.skipped if e.skip else ModelStatus.failed

@@ -30,9 +30,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS priority DOUBLE",
     ),
     # v5: exact copies: the weight files' content hashes per model, and which indexed model
-    # a re-upload with identical weights copies (recorded without download or probe).
+    # a re-upload with identical weights copies (recorded without download or probe); GGUF-only
+    # repositories: the file chosen to probe, on the model and on its probe.
     5: (
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS weight_hashes VARCHAR[]",
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS copy_of VARCHAR",
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",
+        "ALTER TABLE probes ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",
     ),
 }

@@ -94,15 +94,17 @@ def test_v3_catalog_gains_the_queue_and_polls(tmp_path):
 
 
 def test_v4_catalog_gains_weight_hashes_and_copy_of(tmp_path):
-    """v4 -> v5: models gain weight_hashes and copy_of (exact copies); existing rows keep
+    """v4 -> v5: models gain weight_hashes, copy_of (exact copies) and gguf_file, probes
+    gain gguf_file; existing rows keep
     their values, and a later record without hashes keeps the ones read for its revision."""
     from schemas.records import ModelRecord, ModelStatus
 
     path = tmp_path / "v4.duckdb"
     Catalog(path, create=True).close()
     con = duckdb.connect(str(path))
-    for col in ("weight_hashes", "copy_of"):
+    for col in ("weight_hashes", "copy_of", "gguf_file"):
         con.execute(f"alter table models drop column {col}")
+    con.execute("alter table probes drop column gguf_file")
     con.execute("update meta set value = '4' where key = 'schema_version'")
     con.execute("insert into models (id, revision, status, likes) values ('old/model', 'r1', 'indexed', 7)")
     con.close()
@@ -116,6 +118,7 @@ def test_v4_catalog_gains_weight_hashes_and_copy_of(tmp_path):
         cat.upsert_models([ModelRecord(id="new/copy", revision="r2", status=ModelStatus.indexed, copy_of="old/model")])
         got = cat.get_model("new/copy")
         assert got.weight_hashes == (sha,) and got.copy_of == "old/model"
+        assert "gguf_file" in {r[0] for r in cat.con.execute("describe probes").fetchall()}
 
 
 def test_newer_catalog_is_refused(tmp_path):

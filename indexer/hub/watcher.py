@@ -98,6 +98,45 @@ _FORMAT_SUFFIXES = ((".onnx", "ONNX"), (".tflite", "TFLite"), (".h5", "Keras/Ten
                     (".pte", "ExecuTorch"), ("openvino_model.xml", "OpenVINO"))
 
 
+# GGUF types by precision, most precise first (the name's tag, e.g. "model-Q4_K_M.gguf").
+GGUF_PRECISION = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M",
+                  "Q4_K_S", "Q4_1", "Q4_0", "IQ4_XS", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
+_GGUF_FALLBACK = ("Q8_0", "Q4_K_M")  # when the Hub gave no sizes to judge the budget by
+
+
+def _gguf_type(name: str) -> str | None:
+    stem = name[: -len(".gguf")].upper()
+    for t in sorted(GGUF_PRECISION, key=len, reverse=True):  # Q5_K_M before Q5_K
+        if stem.endswith(t) and (len(stem) == len(t) or not stem[-len(t) - 1].isalnum()):
+            return t
+    return None
+
+
+def choose_gguf(info: ModelInfo, max_bytes: int) -> tuple[str | None, str | None]:
+    """The GGUF file to probe a GGUF-only repository from, and why not when none: the most
+    precise root-level file (by its type tag, ``GGUF_PRECISION``) whose size fits
+    ``max_bytes``; without sizes, the Q8_0 file, else the Q4_K_M one. Split files
+    (``-00001-of-00003``) and files of unknown type are not chosen."""
+    from indexer.hub.client import _file_size
+
+    files = [s for s in _siblings(info) if s.rfilename.endswith(".gguf") and "/" not in s.rfilename
+             and "-of-" not in s.rfilename and _gguf_type(s.rfilename) is not None]
+    if not files:
+        return None, "no single-file GGUF of a known type"
+    ranked = sorted(files, key=lambda s: (GGUF_PRECISION.index(_gguf_type(s.rfilename)), s.rfilename))
+    sized = [(s, _file_size(s)) for s in ranked]
+    if all(isinstance(n, int) for _, n in sized):
+        fits = [s for s, n in sized if n <= max_bytes]
+        if fits:
+            return fits[0].rfilename, None
+        return None, f"too large: every GGUF file > budget {max_bytes} (smallest {min(n for _, n in sized)} bytes)"
+    for t in _GGUF_FALLBACK:
+        for s in ranked:
+            if _gguf_type(s.rfilename) == t:
+                return s.rfilename, None
+    return None, "size unknown before download"
+
+
 def quant_method(info: ModelInfo) -> str | None:
     """The pre-quantization method of a checkpoint (``gptq``, ``awq``, ``bitsandbytes``,
     ``compressed-tensors``, ``fp8``, ...) from ``quantization_config`` in config.json (as the
@@ -289,6 +328,15 @@ def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tup
     if fmt is not None:
         return skip, fmt
     has_safetensors = any(f.endswith(".safetensors") for f in files)
+    if not has_safetensors and any(f.endswith(".gguf") for f in files):
+        # GGUF is data (no code, no pickle): probed from one file chosen by a stated rule. The
+        # budget needs sizes: without them the watcher asks for the files' metadata first.
+        from indexer.hub.client import _file_size
+
+        if any(_file_size(s) is None for s in _siblings(info) if s.rfilename.endswith(".gguf")):
+            return skip, "size unknown before download"
+        chosen, why = choose_gguf(info, policy.max_bytes)
+        return (ModelStatus.discovered, None) if chosen else (skip, f"GGUF: {why}")
     if not has_safetensors and any(f.endswith(PICKLE_SUFFIXES) for f in files):
         return skip, "pickle-only checkpoint"
     if not has_safetensors:
@@ -306,8 +354,18 @@ def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tup
 
 
 def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
-              reason: str | None = None) -> ModelRecord:
-    """The ``ModelRecord`` of a model's Hub metadata (fields read defensively)."""
+              reason: str | None = None, max_bytes: int | None = None) -> ModelRecord:
+    """The ``ModelRecord`` of a model's Hub metadata (fields read defensively). A GGUF-only
+    repository's record names the file to probe (``choose_gguf`` within ``max_bytes``) and
+    its size."""
+    from indexer.hub.client import _file_size
+
+    gguf = None
+    if not root_weight_files(info) and status == ModelStatus.discovered:
+        gguf = choose_gguf(info, max_bytes if max_bytes is not None else ScreenPolicy().max_bytes)[0]
+    size = weights_bytes(info)
+    if gguf is not None:
+        size = next((_file_size(s) for s in _siblings(info) if s.rfilename == gguf), None)
     card = getattr(info, "card_data", None)
     card_get = (card.get if hasattr(card, "get") else (lambda k, d=None: d))
     base_models, relation = lineage(info)
@@ -321,7 +379,7 @@ def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
         author=author if isinstance(author, str) else info.id.split("/")[0] if "/" in info.id else None,
         base_models=base_models, base_model_relation=relation,
         license=lic if isinstance(lic, str) else None,
-        pipeline_tag=_pipeline_tag(info), size_bytes=weights_bytes(info), status=status, reason=reason,
+        pipeline_tag=_pipeline_tag(info), size_bytes=size, status=status, reason=reason, gguf_file=gguf,
         downloads=_counter(getattr(info, "downloads", None)), likes=_counter(getattr(info, "likes", None)),
         weight_hashes=weight_hashes(info),
     )
@@ -545,7 +603,7 @@ class Watcher:
                 return record_of(info, ModelStatus.failed,
                                  self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300])
         try:
-            return record_of(info, status, reason)
+            return record_of(info, status, reason, self.policy.max_bytes)
         except Exception as exc:
             return ModelRecord(id=model_id, status=ModelStatus.failed,
                                reason=self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300])
@@ -557,7 +615,8 @@ class Watcher:
         reason, None).
         """
         try:
-            path = self.client.download(record.id, record.revision, cache_dir, max_bytes=self.policy.max_bytes)
+            path = self.client.download(record.id, record.revision, cache_dir, max_bytes=self.policy.max_bytes,
+                                        gguf_file=record.gguf_file)
         except HubError as exc:
             return record.model_copy(update={"status": exc.status, "reason": exc.reason}), None
         except Exception as exc:  # a bug or an unforeseen library error: recorded, not raised

@@ -35,6 +35,7 @@ class ModelSource:
     model_id: str
     revision: str = "main"
     path: Path | None = None
+    gguf_file: str | None = None  # a GGUF-only repository: the file in ``path`` to load
 
 
 class Prober(abc.ABC):
@@ -58,7 +59,7 @@ class Prober(abc.ABC):
             probe_id=probe_key(model.model_id, model.revision, genome.hash, params, self.backend),
             model_id=model.model_id, revision=model.revision, genome_hash=genome.hash,
             backend=self.backend, backend_version=self.version(), params=params,
-            alleles=alleles, seconds=seconds, started_at=started,
+            alleles=alleles, seconds=seconds, started_at=started, gguf_file=model.gguf_file,
         )
 
     def close(self) -> None:
