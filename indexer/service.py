@@ -291,11 +291,11 @@ class ListStep:
         return fresh
 
     def _copies(self, records: list[ModelRecord]) -> list[ModelRecord]:
-        """Exact copies: each model going to probing gets its weight files' hashes (one
-        ``model_info`` with file metadata when the record lacks them), and one whose hashes
-        equal an indexed model's (or an earlier upload's in this batch) is marked ``copy_of``
-        it: the probe step then neither downloads nor probes it, and the writer gives it that
-        model's alleles (a leaf at distance 0)."""
+        """Exact copies: when the index holds models with known weight hashes, each model going
+        to probing gets its weight files' hashes (one ``model_info`` with file metadata when the
+        record lacks them), and one whose hashes equal an indexed model's (or an earlier
+        upload's in this batch) is marked ``copy_of`` it: the probe step then neither downloads
+        nor probes it, and the writer gives it that model's alleles (a leaf at distance 0)."""
         from indexer.catalog import open_read_only
         from indexer.hub.client import HubError
         from indexer.hub.watcher import weight_hashes
@@ -316,6 +316,10 @@ class ListStep:
                     known.setdefault(tuple(hashes), mid)
             finally:
                 con.close()
+        if not known:
+            # Nothing to be a copy of: spare the request. Probed models get their hashes from
+            # the verified download instead (``ProbeStep``).
+            return records
         out = list(records)
         for i in todo:
             r = out[i]
@@ -496,6 +500,8 @@ class ProbeStep:
                 model, path = self.watcher.fetch(model, self.config.cache_dir / "models")
                 if path is None:
                     return ProbeOutcome(model)
+            if path is not None and not model.weight_hashes:
+                model = model.model_copy(update={"weight_hashes": snapshot_weight_hashes(Path(path))})
             source = ModelSource(model.id, model.revision, Path(path) if path else None, model.gguf_file)
             record = prober.probe(source, self.genome, self.config.params)
         except ProbeError as e:
@@ -517,6 +523,26 @@ class ProbeStep:
         if self._prober is not None:
             self._prober.close()
             self._prober = None
+
+
+def snapshot_weight_hashes(folder: Path) -> tuple[str, ...]:
+    """Sorted sha256 of a downloaded snapshot's root-level safetensors: the LFS sha256 the Hub
+    lists (the download was verified against them). The Hub cache names an LFS blob by its
+    sha256, so the file is read only when the blob's name is not one."""
+    import hashlib
+
+    out = []
+    for f in sorted(folder.glob("*.safetensors")):
+        blob = Path(os.path.realpath(f)).name
+        if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
+            out.append(blob)
+            continue
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out.append(h.hexdigest())
+    return tuple(sorted(out))
 
 
 def _renamed(record: ModelRecord) -> bool:
