@@ -379,14 +379,12 @@ class ListStep:
     def _reoffered(self, listed: set[str]) -> list[str]:
         """Deferred models (older than the watermark, so not listed by time) whose method the
         running backend can run: asked for by id, screened again, and probed this cycle."""
-        from indexer.hub.watcher import DEFERRED_PREFIX
-
         methods = self.watcher.policy.quant_methods
         if not methods:
             return []
         out = []
         for model_id, reason in sorted(getattr(self, "deferred", {}).items()):
-            method = (reason or "").removeprefix(DEFERRED_PREFIX)
+            method = (reason or "").rpartition(": ")[2]  # "needs a GPU backend: gptq" -> gptq
             if model_id not in listed and ("*" in methods or method in methods):
                 out.append(model_id)
         if out:

@@ -36,6 +36,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS weight_hashes VARCHAR[]",
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS copy_of VARCHAR",
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",
-        "ALTER TABLE probes ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",
+        "ALTER TABLE IF EXISTS probes ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",  # absent: the schema creates it
     ),
 }

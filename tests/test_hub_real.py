@@ -203,7 +203,7 @@ def test_sizes_of_quantized_repositories_and_root_level_weights(tmp_path: Path) 
         assert listed["q/gptq-4bit"].safetensors.parameters == {"I32": 64 * 64 * 8, "F16": 512}
         naive = 64 * 64 * 8 * 4 + 512 * 2
         watcher = _watcher(url, page_size=10)
-        watcher.policy = ScreenPolicy(max_bytes=30_000, quant_methods=frozenset({"gptq", "bitsandbytes"}))
+        watcher.policy = ScreenPolicy(max_bytes=30_000, quant_methods=frozenset({"gptq", "bitsandbytes", "gguf"}))
         records = {r.id: r for r in watcher.list_new_models(None)}
         client = watcher.client
         ckpt_info = client.model_info("q/with-checkpoints", files_metadata=True)

@@ -259,3 +259,35 @@ def test_a_gguf_only_repository_is_probed_from_its_chosen_file(tmp_path: Path) -
     # Real sampling: 8 genes, each with its 8 samples.
     counts = _rows(catalog, "select a.gene, sum(a.count) from alleles a group by 1 order by 1")
     assert counts == [(g, SAMPLES) for g in range(GENES)]
+
+
+def test_a_gguf_repository_waits_for_a_backend_with_a_gguf_loader(tmp_path: Path) -> None:
+    """On a backend without a GGUF loader (here the simulated one) a GGUF-only repository is
+    deferred, not skipped; a later poll of a backend that loads GGUF asks for it by id and
+    sends it to probing with its chosen file."""
+    from indexer.service import IndexWriter, JobConfig, ListStep, ProbeOutcome
+    from schemas.records import ModelStatus, ProbeParams
+
+    root = tmp_path / "hub"
+    make_repo(root, "g/tiny-GGUF", created_at=T0, weights=False,
+              extra_files={"tiny-Q8_0.gguf": b"GGUF" + b"\0" * 96, "tiny-Q4_K_M.gguf": b"GGUF" + b"\0" * 48})
+    make_repo(root, "g/later", created_at=T0 + timedelta(hours=1))  # moves the watermark past it
+    base = dict(catalog=tmp_path / "c.duckdb", backend="simulated", n_genes=GENES,
+                params=ProbeParams(n_samples=SAMPLES), cache_dir=tmp_path / "cache")
+    with HubServer(root) as url:
+        listed = ListStep(JobConfig(hub=url, **base))()
+        assert [(r.id, r.status, r.reason) for r in listed] == [
+            ("g/tiny-GGUF", ModelStatus.deferred, "needs the transformers backend: gguf"),
+            ("g/later", ModelStatus.discovered, None)]
+        writer = IndexWriter(JobConfig(hub=url, **base))
+        try:
+            for r in listed:
+                writer.apply(ProbeOutcome(r))
+        finally:
+            writer.close()
+        # Older than the watermark now: only the re-offer by id brings it back.
+        again = {r.id: r for r in ListStep(JobConfig(hub=url, quant_methods=("gguf",), **base))()}
+        plain = {r.id for r in ListStep(JobConfig(hub=url, **base))()}
+    assert (again["g/tiny-GGUF"].status, again["g/tiny-GGUF"].gguf_file) == (ModelStatus.discovered, "tiny-Q8_0.gguf")
+    assert again["g/tiny-GGUF"].size_bytes == 100
+    assert "g/tiny-GGUF" not in plain  # a backend without the loader does not ask for it

@@ -67,8 +67,8 @@ class ScreenPolicy:
     max_bytes: int = 4 * 1024**3
     pipeline_tags: tuple[str, ...] = ("text-generation",)
     has_token: bool = False
-    # Pre-quantization methods the running backend can load (see indexer.probers.base.
-    # quant_methods); a checkpoint quantized another way is deferred, "*" takes any.
+    # Pre-quantization methods the running backend can load, and "gguf" when it loads GGUF
+    # files (see indexer.probers.base.quant_methods); others are deferred, "*" takes any.
     quant_methods: frozenset[str] = frozenset()
 
 
@@ -89,6 +89,7 @@ def quantization_bits(config: dict) -> float | None:
 
 
 DEFERRED_PREFIX = "needs a GPU backend: "
+GGUF_DEFERRED = "needs the transformers backend: "  # GGUF-only repositories on another backend
 # The Hub's tags for pre-quantized checkpoints (it derives them from quantization_config).
 _QUANT_TAGS = ("gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8")
 _NOT_LOADABLE = "not loadable by transformers/vLLM"
@@ -336,7 +337,11 @@ def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tup
         if any(_file_size(s) is None for s in _siblings(info) if s.rfilename.endswith(".gguf")):
             return skip, "size unknown before download"
         chosen, why = choose_gguf(info, policy.max_bytes)
-        return (ModelStatus.discovered, None) if chosen else (skip, f"GGUF: {why}")
+        if not chosen:
+            return skip, f"GGUF: {why}"
+        if "gguf" not in policy.quant_methods and "*" not in policy.quant_methods:
+            return ModelStatus.deferred, f"{GGUF_DEFERRED}gguf"  # e.g. a vLLM run: transformers takes it
+        return ModelStatus.discovered, None
     if not has_safetensors and any(f.endswith(PICKLE_SUFFIXES) for f in files):
         return skip, "pickle-only checkpoint"
     if not has_safetensors:

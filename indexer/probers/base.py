@@ -139,19 +139,21 @@ TRANSFORMERS_GPU_QUANT_PACKAGES = {"bitsandbytes": ("bitsandbytes",), "gptq": ("
 
 
 def quant_methods(backend: str, device: str | None = None) -> frozenset[str]:
-    """The pre-quantization methods ``backend`` can load here ("*": any; the openai backend
+    """The pre-quantization methods ``backend`` can load here, with "gguf" for GGUF files
+    ("*": any; the openai backend
     probes what an endpoint already serves). Decided without starting an engine, so the
     listing can defer (and later re-offer) quantized checkpoints."""
     import importlib.util
 
     if backend == "openai":
         return frozenset({"*"})
+    gguf = frozenset({"gguf"}) if backend == "transformers" else frozenset()  # its GGUF loader, CPU or GPU
     if backend not in ("vllm", "transformers") or (device or "").startswith("cpu") or not gpu_present()[0]:
-        return frozenset()
+        return gguf
     if backend == "vllm":
         return frozenset(VLLM_GPU_QUANT_METHODS)
-    return frozenset(m for m, pkgs in TRANSFORMERS_GPU_QUANT_PACKAGES.items()
-                     if not pkgs or any(importlib.util.find_spec(p) is not None for p in pkgs))
+    return gguf | frozenset(m for m, pkgs in TRANSFORMERS_GPU_QUANT_PACKAGES.items()
+                            if not pkgs or any(importlib.util.find_spec(p) is not None for p in pkgs))
 
 
 def get_prober(backend: str, **options) -> Prober:
