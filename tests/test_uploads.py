@@ -291,3 +291,16 @@ def test_a_gguf_repository_waits_for_a_backend_with_a_gguf_loader(tmp_path: Path
     assert (again["g/tiny-GGUF"].status, again["g/tiny-GGUF"].gguf_file) == (ModelStatus.discovered, "tiny-Q8_0.gguf")
     assert again["g/tiny-GGUF"].size_bytes == 100
     assert "g/tiny-GGUF" not in plain  # a backend without the loader does not ask for it
+
+
+def test_what_each_backend_runs_on_a_cpu(monkeypatch) -> None:
+    """Capabilities decided without starting an engine: on a CPU neither transformers nor the
+    vLLM CPU build runs a pre-quantization method; transformers loads GGUF; an OpenAI-style
+    endpoint serves whatever it serves."""
+    from indexer.probers.base import quant_methods
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert quant_methods("transformers") == frozenset({"gguf"})
+    assert quant_methods("vllm") == frozenset()
+    assert quant_methods("simulated") == frozenset()
+    assert quant_methods("openai") == frozenset({"*"})
