@@ -304,16 +304,18 @@ class ListStep:
         if not todo:
             return records
         known: dict[tuple[str, ...], str] = {}
+        self._revisions: dict[str, str] = {}  # an indexed model's revision, for its tokenizer files
         try:
             con, _ = open_read_only(self.config.catalog)
         except PhylolmError:
             con = None
         if con is not None:
             try:
-                for mid, hashes in con.execute(
-                        """select id, weight_hashes from models where status = 'indexed' and copy_of is null
+                for mid, rev, hashes in con.execute(
+                        """select id, revision, weight_hashes from models where status = 'indexed' and copy_of is null
                            and len(weight_hashes) > 0 order by created_at nulls last, id""").fetchall():
                     known.setdefault(tuple(hashes), mid)
+                    self._revisions[mid] = rev
             finally:
                 con.close()
         if not known:
@@ -331,6 +333,9 @@ class ListStep:
                     log.info("weight hashes of %s not read (%s); probed without the copy check", r.id, e.reason)
                     continue
             twin = known.get(hashes) if hashes else None
+            if twin is not None and twin != r.id and not self._same_tokenizer(r, twin):
+                log.info("%s has the weight files of %s but another tokenizer: probed", r.id, twin)
+                twin = None
             if twin is not None and twin != r.id:
                 log.info("%s has the weight files of %s: recorded as an exact copy, not downloaded", r.id, twin)
                 out[i] = r.model_copy(update={"weight_hashes": hashes, "copy_of": twin})
@@ -338,6 +343,7 @@ class ListStep:
                 out[i] = r.model_copy(update={"weight_hashes": hashes})
                 if hashes:
                     known.setdefault(hashes, r.id)
+                    self._revisions.setdefault(r.id, r.revision)
         return out
 
     def _budget(self, fresh: list[ModelRecord]) -> tuple[list[ModelRecord], int, int]:
@@ -391,6 +397,26 @@ class ListStep:
             log.info("%d deferred models re-offered: the %s backend runs their quantization", len(out),
                      self.config.backend)
         return out
+
+    def _same_tokenizer(self, record: ModelRecord, twin: str) -> bool:
+        """Whether a weight-identical upload also has its twin's tokenizer files (same git blob
+        ids): a probe reads tokens, so another tokenizer makes another model. Asked only when
+        the weights match (rare): two ``model_info`` requests."""
+        from indexer.hub.client import HubError
+
+        names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                 "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.tiktoken")
+
+        def blobs(model_id: str, revision: str | None) -> dict[str, object]:
+            info = self.client.model_info(model_id, revision, files_metadata=True)
+            return {s.rfilename: getattr(s, "blob_id", None) for s in (info.siblings or []) if s.rfilename in names}
+
+        try:
+            mine = blobs(record.id, record.revision)
+            theirs = blobs(twin, self._revisions.get(twin, record.revision if twin == record.id else None))
+        except HubError:
+            return False  # not known to be the same: probe it
+        return mine == theirs and all(mine.values())  # no tokenizer files on either side: the same
 
     def _wanted(self, record: ModelRecord) -> bool:
         """A retried model still matches the job's filters (author, --since)."""
