@@ -152,12 +152,19 @@ def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: P
         newest = max(json.loads((r / ".hub.json").read_text())["created_at"] for r in repos)
         (clone / ".hub.json").write_text(json.dumps(
             {"created_at": (datetime.fromisoformat(newest) + timedelta(hours=1)).isoformat(), "author": "copier"}))
+        # Same weights, another tokenizer: another model as far as a probe goes.
+        other = hub / "copier" / "other-tokenizer"
+        shutil.copytree(clone, other)
+        (other / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "WordLevel"}}))
         server.stats["downloads"].clear()
         run_watch(JobConfig(**{**config.__dict__, "hub": url}), interval=1.0, once=True)
         downloads = list(server.stats["downloads"])
     finally:
         server.stop()
     assert not [d for d in downloads if d[0] == "copier/same-weights"], downloads
+    assert ("copier/other-tokenizer", "model.safetensors") in downloads
+    assert _rows(catalog, "select status, reason, copy_of from models where id = 'copier/other-tokenizer'") == [
+        ("indexed", None, None)]
     row = _rows(catalog, "select status, reason, copy_of, weight_hashes from models where id = 'copier/same-weights'")
     sha = hashlib.sha256((twin / "model.safetensors").read_bytes()).hexdigest()
     assert row == [("indexed", f"identical weights to {twin_id}", twin_id, [sha])]
@@ -170,11 +177,16 @@ def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: P
     assert rows[1]["distance"] > 1e-3  # the others are not copies
     lineage = run_cli("lineage", "--catalog", str(catalog), "--json", cwd=tmp_path)
     assert lineage.returncode == 0, lineage.stderr[-2000:]
-    copies = [f for f in json.loads(lineage.stdout) if f["kind"] == "exact_copy"]
-    assert copies == [{"kind": "exact_copy", "model_id": "copier/same-weights", "other_id": twin_id,
-                       "distance": copies[0]["distance"], "rank": None, "nearest_id": None,
-                       "nearest_distance": None, "detail": f"identical weights to {twin_id} (not declared)"}]
-    assert abs(copies[0]["distance"]) < 1e-9
+    copies = {f["model_id"]: f for f in json.loads(lineage.stdout) if f["kind"] == "exact_copy"}
+    # Both repeat the twin's weight files (the one with another tokenizer was probed: its
+    # distance is the probes', not 0).
+    assert sorted(copies) == ["copier/other-tokenizer", "copier/same-weights"]
+    assert copies["copier/same-weights"] == {
+        "kind": "exact_copy", "model_id": "copier/same-weights", "other_id": twin_id,
+        "distance": copies["copier/same-weights"]["distance"], "rank": None, "nearest_id": None,
+        "nearest_distance": None, "detail": f"identical weights to {twin_id} (not declared)"}
+    assert abs(copies["copier/same-weights"]["distance"]) < 1e-9
+    assert copies["copier/other-tokenizer"]["other_id"] == twin_id
     # No undeclared-relative finding repeats what the copy finding says.
     assert not [f for f in json.loads(lineage.stdout) if f["kind"] == "undeclared"
                 and {f["model_id"], f["other_id"]} == {"copier/same-weights", twin_id}]
