@@ -212,6 +212,9 @@ class Catalog:
             "downloads": pa.array([r.downloads for r in records], pa.int64()),
             "likes": pa.array([r.likes for r in records], pa.int64()),
             "priority": pa.array([r.priority for r in records], pa.float64()),
+            "weight_hashes": pa.array([list(r.weight_hashes) or None for r in records], pa.list_(pa.string())),
+            "copy_of": pa.array([r.copy_of for r in records], pa.string()),
+            "gguf_file": pa.array([r.gguf_file for r in records], pa.string()),
         })
         self.con.register("_models_batch", batch)
         try:
@@ -219,12 +222,15 @@ class Catalog:
             self.con.execute("""
                 insert or replace into models (id, revision, created_at, author, base_models,
                     base_model_relation, license, pipeline_tag, size_bytes, status, reason, attempts,
-                    updated_at, downloads, likes, priority)
+                    updated_at, downloads, likes, priority, weight_hashes, copy_of, gguf_file)
                 select b.id, b.revision, b.created_at, b.author, b.base_models, b.base_model_relation,
                     b.license, b.pipeline_tag, b.size_bytes, b.status, b.reason,
                     coalesce(case when m.revision = b.revision then m.attempts end, 0)
                         + case when b.status = 'failed' then 1 else 0 end,
-                    b.updated_at, b.downloads, b.likes, b.priority
+                    b.updated_at, b.downloads, b.likes, b.priority,
+                    -- hashes read once for a revision are kept when a later record lacks them
+                    coalesce(b.weight_hashes, case when m.revision = b.revision then m.weight_hashes end),
+                    b.copy_of, b.gguf_file
                 from _models_batch b left join models m on m.id = b.id""")
         finally:
             self.con.unregister("_models_batch")
@@ -251,13 +257,15 @@ class Catalog:
     def _model_rows(self, where: str, args: list) -> list[ModelRecord]:
         cur = self.con.execute(
             f"""select id, revision, created_at, author, base_models, base_model_relation, license,
-                       pipeline_tag, size_bytes, status, reason, downloads, likes, priority from models {where}
+                       pipeline_tag, size_bytes, status, reason, downloads, likes, priority, weight_hashes,
+                       copy_of, gguf_file from models {where}
                 order by created_at nulls last, id""", args)
         cols = [d[0] for d in cur.description]
         out = []
         for row in cur.fetchall():
             d = dict(zip(cols, row))
             d["base_models"] = tuple(d["base_models"] or ())
+            d["weight_hashes"] = tuple(d["weight_hashes"] or ())
             out.append(ModelRecord(**d))
         return out
 
@@ -302,10 +310,12 @@ class Catalog:
                 counts.append(c)
         with self.transaction():
             self.con.execute(
-                """insert into probes values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                """insert into probes (probe_id, model_id, revision, genome_hash, params_hash, backend,
+                       backend_version, n_samples, temperature, top_p, max_tokens, seed, seconds, started_at,
+                       gguf_file) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [record.probe_id, record.model_id, record.revision, record.genome_hash, p.digest(),
                  record.backend, record.backend_version, p.n_samples, p.temperature, p.top_p,
-                 p.max_tokens, p.seed, record.seconds, record.started_at])
+                 p.max_tokens, p.seed, record.seconds, record.started_at, record.gguf_file])
             self._append("alleles", pa.table({
                 "probe": [record.probe_id] * len(genes), "gene": pa.array(genes, pa.int32()),
                 "allele": alleles, "count": pa.array(counts, pa.int32())}))

@@ -18,6 +18,9 @@ Rules (every finding carries the distances that support it):
   second guard keeps an index where everything is equidistant from raising alarms).
 * ``unclear`` -- neither.
 * ``not_indexed`` -- the declared parent is not in the index (nothing to check against).
+* ``exact_copy`` -- the model's weight files are byte-identical to another's (``copies``,
+  from the Hub's content hashes): "identical weights to X", whether declared or not. Such a
+  pair is not reported again as ``undeclared``.
 * ``undeclared`` -- a model whose nearest relative lies within the close distance, where
   neither declares the other and they share no declared base. The later upload (by
   ``created``) is named as the likely derivative when upload times are known, else the one
@@ -40,7 +43,7 @@ from indexer.distance import check_matrix
 
 @dataclass(frozen=True)
 class LineageFinding:
-    kind: str  # confirmed | suspicious | unclear | not_indexed | undeclared
+    kind: str  # confirmed | suspicious | unclear | not_indexed | undeclared | exact_copy
     model_id: str
     other_id: str  # the declared parent, or the close undeclared relative
     distance: float | None  # distance between model and other
@@ -56,18 +59,27 @@ class LineageFinding:
 def check_lineage(D: np.ndarray, ids: Sequence[str], declared: Mapping[str, Sequence[str]],
                   created: Mapping[str, object] | None = None, *, confirm_rank: int = 3,
                   confirm_fraction: float = 0.05, suspicious_fraction: float = 0.25,
-                  ratio: float = 2.0, close_distance: float | None = None) -> list[LineageFinding]:
+                  ratio: float = 2.0, close_distance: float | None = None,
+                  copies: Mapping[str, str] | None = None) -> list[LineageFinding]:
     """Check every declared base model, and look for undeclared close relatives.
 
     ``D`` is the n x n distance matrix in the order of ``ids``; ``declared`` maps a model
     id to its declared base model ids (from its card); ``created`` optionally maps ids to
-    comparable upload times.
+    comparable upload times; ``copies`` maps a model to the model whose weight files it
+    repeats byte for byte.
     """
     D, ids = check_matrix(D, ids)
     if not 0 < suspicious_fraction <= 1 or confirm_rank < 1 or ratio <= 1:
         raise ValueError("need confirm_rank >= 1, 0 < suspicious_fraction <= 1, ratio > 1")
-    return _check(D, ids, declared, created or {}, confirm_rank, confirm_fraction, suspicious_fraction,
-                  ratio, close_distance)
+    findings = _check(D, ids, declared, created or {}, confirm_rank, confirm_fraction, suspicious_fraction,
+                      ratio, close_distance, copies or {})
+    pos = {m: i for i, m in enumerate(ids)}
+    for copy, twin in sorted((copies or {}).items()):
+        d = float(D[pos[copy], pos[twin]]) if copy in pos and twin in pos else None
+        said = "declared" if twin in declared.get(copy, ()) else "not declared"
+        findings.append(LineageFinding("exact_copy", copy, twin, d, None, None, None,
+                                       f"identical weights to {twin} ({said})"))
+    return findings
 
 
 def declared_descendants(ids: Sequence[str], declared: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
@@ -91,7 +103,7 @@ def declared_descendants(ids: Sequence[str], declared: Mapping[str, Sequence[str
 
 
 def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious_fraction, ratio,
-           close_distance):
+           close_distance, copies):
     n = len(ids)
     pos = {m: i for i, m in enumerate(ids)}
     masked = D.copy()
@@ -152,7 +164,8 @@ def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious
         other = ids[j]
         d = float(masked[i, j])
         pair = frozenset((model, other))
-        if d > close_distance or related(model, other) or pair in seen:
+        if (d > close_distance or related(model, other) or pair in seen
+                or copies.get(model) == other or copies.get(other) == model):
             continue
         seen.add(pair)
         # The later upload is the likely derivative when both upload times are known;

@@ -387,7 +387,17 @@ def lineage_from_catalog(con) -> list[dict]:
     from indexer.lineage import check_lineage
 
     _, ids, d = _indexed_matrix(con)
-    models = _rows(con, "select id, base_models, created_at from models")
+    models = _rows(con, "select id, base_models, created_at, copy_of, weight_hashes from models "
+                        "order by created_at nulls last, id")
     declared = {m["id"]: list(m["base_models"] or []) for m in models}
     created = {m["id"]: m["created_at"] for m in models if m["created_at"] is not None}
-    return [f.as_dict() for f in check_lineage(d, ids, declared, created)] if len(ids) > 1 else []
+    copies = {m["id"]: m["copy_of"] for m in models if m["copy_of"]}
+    # Identical weight files found another way (both probed, e.g. uploaded in one cycle): the
+    # later upload copies the first.
+    first: dict[tuple, str] = {}
+    for m in models:
+        if m["id"] in ids and m["weight_hashes"] and m["id"] not in copies:
+            twin = first.setdefault(tuple(m["weight_hashes"]), m["id"])
+            if twin != m["id"]:
+                copies[m["id"]] = twin
+    return [f.as_dict() for f in check_lineage(d, ids, declared, created, copies=copies)] if len(ids) > 1 else []

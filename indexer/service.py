@@ -57,6 +57,17 @@ class JobConfig:
     queue_order: str = "rank"  # rank | newest: which queued models a cycle takes first
     priority: str = "downloads=1,likes=2,related=2,size=-0.5"  # see indexer.queue
     use_queue: bool = False  # the watch: a cycle takes its budget from new models and the queue
+    # Pre-quantization methods the backend runs (None: what indexer.probers.base.quant_methods
+    # finds for it); quantized checkpoints of other methods are deferred.
+    quant_methods: tuple[str, ...] | None = None
+
+    def screen_policy(self, has_token: bool):
+        from indexer.hub.watcher import ScreenPolicy
+        from indexer.probers.base import quant_methods
+
+        methods = (frozenset(self.quant_methods) if self.quant_methods is not None
+                   else quant_methods(self.backend, dict(self.backend_options).get("device")))
+        return ScreenPolicy(max_bytes=int(self.max_bytes), has_token=has_token, quant_methods=methods)
 
     def load_genome(self) -> genome_lib.Genome:
         g = genome_lib.load(self.genome)
@@ -185,7 +196,7 @@ class ListStep:
         import hashlib
 
         from indexer.hub.client import HubClient
-        from indexer.hub.watcher import ScreenPolicy, Watcher
+        from indexer.hub.watcher import Watcher
         from indexer.queue import PriorityWeights
 
         self.config = config
@@ -193,8 +204,7 @@ class ListStep:
         # An interrupted listing's cursor is kept beside the downloads, per endpoint and filters,
         # so that the next poll (in this process or the next cron run) resumes from it.
         tag = hashlib.sha1(f"{self.client.endpoint}|{config.author}|{config.search}".encode()).hexdigest()[:16]
-        self.watcher = Watcher(self.client, ScreenPolicy(max_bytes=int(config.max_bytes),
-                                                         has_token=self.client.has_token),
+        self.watcher = Watcher(self.client, config.screen_policy(self.client.has_token),
                                resume_path=config.cache_dir / "listing" / f"{tag}.json")
         self.weights = PriorityWeights.parse(config.priority)
         self.last_poll: PollReport | None = None
@@ -204,6 +214,7 @@ class ListStep:
         watermark, and the failed attempts of every model that failed but may be retried."""
         from indexer.catalog import MAX_ATTEMPTS, open_read_only
 
+        self.deferred: dict[str, str | None] = {}  # id -> reason of every deferred model
         try:
             con, _ = open_read_only(self.config.catalog)
         except PhylolmError:
@@ -212,6 +223,7 @@ class ListStep:
             done = dict(con.execute(f"select id, revision from models where {DONE_SQL}").fetchall())
             retry = dict(con.execute("select id, attempts from models where status = 'failed' and attempts < ?",
                                      [MAX_ATTEMPTS]).fetchall())
+            self.deferred = dict(con.execute("select id, reason from models where status = 'deferred'").fetchall())
             wm = con.execute("select value from meta where key = 'watermark'").fetchall()
         finally:
             con.close()
@@ -229,7 +241,7 @@ class ListStep:
         try:
             cur = con.execute(
                 """select id, revision, created_at, author, base_models, base_model_relation, license,
-                          pipeline_tag, size_bytes, downloads, likes, priority from models
+                          pipeline_tag, size_bytes, downloads, likes, priority, gguf_file from models
                    where status = 'queued'""")
             cols = [d[0] for d in cur.description]
             queued = [ModelRecord(**{**dict(zip(cols, row)), "base_models": tuple(row[4] or ())})
@@ -263,6 +275,7 @@ class ListStep:
             # A failure older than the watermark is not listed by time: ask for it by id.
             listed = {r.id for r in records}
             again = [r for m in sorted(retry) if m not in listed for r in self._lookup(m)]
+            again += [r for m in self._reoffered(listed | set(retry)) for r in self._lookup(m)]
             records = [r for r in again if self._wanted(r) or _renamed(r)] + records
         fresh = [r.model_copy(update={"attempt": retry.get(r.id, 0)}) for r in records
                  if done.get(r.id) != r.revision]
@@ -273,8 +286,65 @@ class ListStep:
             fresh, taken, waiting = self._budget(fresh)
         else:
             taken, waiting = sum(r.status == ModelStatus.discovered for r in fresh), 0
+        fresh = self._copies(fresh)
         self.last_poll = PollReport(poll_id, started, utcnow(), error is None, error, new, taken, waiting)
         return fresh
+
+    def _copies(self, records: list[ModelRecord]) -> list[ModelRecord]:
+        """Exact copies: when the index holds models with known weight hashes, each model going
+        to probing gets its weight files' hashes (one ``model_info`` with file metadata when the
+        record lacks them), and one whose hashes equal an indexed model's (or an earlier
+        upload's in this batch) is marked ``copy_of`` it: the probe step then neither downloads
+        nor probes it, and the writer gives it that model's alleles (a leaf at distance 0)."""
+        from indexer.catalog import open_read_only
+        from indexer.hub.client import HubError
+        from indexer.hub.watcher import weight_hashes
+
+        todo = [i for i, r in enumerate(records) if r.status == ModelStatus.discovered and not r.copy_of]
+        if not todo:
+            return records
+        known: dict[tuple[str, ...], str] = {}
+        self._revisions: dict[str, str] = {}  # an indexed model's revision, for its tokenizer files
+        try:
+            con, _ = open_read_only(self.config.catalog)
+        except PhylolmError:
+            con = None
+        if con is not None:
+            try:
+                for mid, rev, hashes in con.execute(
+                        """select id, revision, weight_hashes from models where status = 'indexed' and copy_of is null
+                           and len(weight_hashes) > 0 order by created_at nulls last, id""").fetchall():
+                    known.setdefault(tuple(hashes), mid)
+                    self._revisions[mid] = rev
+            finally:
+                con.close()
+        if not known:
+            # Nothing to be a copy of: spare the request. Probed models get their hashes from
+            # the verified download instead (``ProbeStep``).
+            return records
+        out = list(records)
+        for i in todo:
+            r = out[i]
+            hashes = r.weight_hashes
+            if not hashes:
+                try:
+                    hashes = weight_hashes(self.client.model_info(r.id, r.revision, files_metadata=True))
+                except HubError as e:  # the probe step meets the same Hub: it records the error
+                    log.info("weight hashes of %s not read (%s); probed without the copy check", r.id, e.reason)
+                    continue
+            twin = known.get(hashes) if hashes else None
+            if twin is not None and twin != r.id and not self._same_tokenizer(r, twin):
+                log.info("%s has the weight files of %s but another tokenizer: probed", r.id, twin)
+                twin = None
+            if twin is not None and twin != r.id:
+                log.info("%s has the weight files of %s: recorded as an exact copy, not downloaded", r.id, twin)
+                out[i] = r.model_copy(update={"weight_hashes": hashes, "copy_of": twin})
+            else:
+                out[i] = r.model_copy(update={"weight_hashes": hashes})
+                if hashes:
+                    known.setdefault(hashes, r.id)
+                    self._revisions.setdefault(r.id, r.revision)
+        return out
 
     def _budget(self, fresh: list[ModelRecord]) -> tuple[list[ModelRecord], int, int]:
         """The cycle's probe budget: of the new candidates and the queue, the best ``n`` (by
@@ -312,6 +382,42 @@ class ListStep:
         out.sort(key=lambda r: (r.created_at or far, r.id))
         return out, len(take), len(wait)
 
+    def _reoffered(self, listed: set[str]) -> list[str]:
+        """Deferred models (older than the watermark, so not listed by time) whose method the
+        running backend can run: asked for by id, screened again, and probed this cycle."""
+        methods = self.watcher.policy.quant_methods
+        if not methods:
+            return []
+        out = []
+        for model_id, reason in sorted(getattr(self, "deferred", {}).items()):
+            method = (reason or "").rpartition(": ")[2]  # "needs a GPU backend: gptq" -> gptq
+            if model_id not in listed and ("*" in methods or method in methods):
+                out.append(model_id)
+        if out:
+            log.info("%d deferred models re-offered: the %s backend runs their quantization", len(out),
+                     self.config.backend)
+        return out
+
+    def _same_tokenizer(self, record: ModelRecord, twin: str) -> bool:
+        """Whether a weight-identical upload also has its twin's tokenizer files (same git blob
+        ids): a probe reads tokens, so another tokenizer makes another model. Asked only when
+        the weights match (rare): two ``model_info`` requests."""
+        from indexer.hub.client import HubError
+
+        names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                 "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.tiktoken")
+
+        def blobs(model_id: str, revision: str | None) -> dict[str, object]:
+            info = self.client.model_info(model_id, revision, files_metadata=True)
+            return {s.rfilename: getattr(s, "blob_id", None) for s in (info.siblings or []) if s.rfilename in names}
+
+        try:
+            mine = blobs(record.id, record.revision)
+            theirs = blobs(twin, self._revisions.get(twin, record.revision if twin == record.id else None))
+        except HubError:
+            return False  # not known to be the same: probe it
+        return mine == theirs and all(mine.values())  # no tokenizer files on either side: the same
+
     def _wanted(self, record: ModelRecord) -> bool:
         """A retried model still matches the job's filters (author, --since)."""
         if self.config.author and record.author and record.author != self.config.author:
@@ -324,15 +430,15 @@ class ListStep:
         307 to another id), also the old id's row resolved as skipped (renamed), so that no
         later poll looks the old id up again."""
         from indexer.hub.client import HubError
-        from indexer.hub.watcher import record_of, screen
+        from indexer.hub.watcher import record_of, screen_status
 
         try:
             info = self.client.model_info(model_id, files_metadata=True)
         except HubError as e:
             return [ModelRecord(id=model_id, status=e.status, reason=e.reason)]
-        ok, reason = screen(info, self.watcher.policy)
+        status, reason = screen_status(info, self.watcher.policy)
         try:
-            record = record_of(info, ModelStatus.discovered if ok else ModelStatus.skipped, reason)
+            record = record_of(info, status, reason, self.watcher.policy.max_bytes)
         except ValueError as e:
             return [ModelRecord(id=model_id, status=ModelStatus.failed,
                                 reason=f"malformed Hub metadata: {' '.join(str(e).split())[:200]}")]
@@ -361,12 +467,12 @@ class ProbeStep:
 
     def __init__(self, config: JobConfig):
         from indexer.hub.client import HubClient
-        from indexer.hub.watcher import ScreenPolicy, Watcher
+        from indexer.hub.watcher import Watcher
 
         self.config = config
         self.genome = config.load_genome()
         client = HubClient(config.hub, timeout=config.hub_timeout)
-        self.watcher = Watcher(client, ScreenPolicy(max_bytes=int(config.max_bytes), has_token=client.has_token))
+        self.watcher = Watcher(client, config.screen_policy(client.has_token))
         self.scrub = client.scrub
         self._prober: Prober | None = None
         self._failures: list[str] = []
@@ -402,6 +508,8 @@ class ProbeStep:
     def __call__(self, model: ModelRecord) -> ProbeOutcome:
         if model.status in (ModelStatus.skipped, ModelStatus.failed, ModelStatus.queued, ModelStatus.deferred):
             return ProbeOutcome(model)  # recorded as it is: refused, failed, or waiting
+        if model.copy_of:
+            return ProbeOutcome(model)  # an exact copy: the writer reuses its twin's alleles
         cached = self._cache_file(model)
         if cached.is_file():
             try:
@@ -416,7 +524,9 @@ class ProbeStep:
                 model, path = self.watcher.fetch(model, self.config.cache_dir / "models")
                 if path is None:
                     return ProbeOutcome(model)
-            source = ModelSource(model.id, model.revision, Path(path) if path else None)
+            if path is not None and not model.weight_hashes:
+                model = model.model_copy(update={"weight_hashes": snapshot_weight_hashes(Path(path))})
+            source = ModelSource(model.id, model.revision, Path(path) if path else None, model.gguf_file)
             record = prober.probe(source, self.genome, self.config.params)
         except ProbeError as e:
             status = ModelStatus.skipped if e.skip else ModelStatus.failed
@@ -437,6 +547,26 @@ class ProbeStep:
         if self._prober is not None:
             self._prober.close()
             self._prober = None
+
+
+def snapshot_weight_hashes(folder: Path) -> tuple[str, ...]:
+    """Sorted sha256 of a downloaded snapshot's root-level safetensors: the LFS sha256 the Hub
+    lists (the download was verified against them). The Hub cache names an LFS blob by its
+    sha256, so the file is read only when the blob's name is not one."""
+    import hashlib
+
+    out = []
+    for f in sorted(folder.glob("*.safetensors")):
+        blob = Path(os.path.realpath(f)).name
+        if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
+            out.append(blob)
+            continue
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out.append(h.hexdigest())
+    return tuple(sorted(out))
 
 
 def _renamed(record: ModelRecord) -> bool:
@@ -530,6 +660,10 @@ class IndexWriter:
         if self.is_done(model) and (outcome.probe is None or model.id in self.index.ids):
             m = self.catalog.get_model(model.id)
             return UpdateSummary(model.id, "unchanged", m.reason, n_models=len(self.index.ids))
+        reason = None
+        if outcome.probe is None and model.copy_of and model.status == ModelStatus.discovered:
+            outcome, reason = self._copy(model)
+            model = outcome.model
         if outcome.probe is None:
             with self.catalog.transaction():
                 self.catalog.upsert_models([model])
@@ -554,7 +688,7 @@ class IndexWriter:
         failpoint("before_write")
         try:
             with self.catalog.transaction():
-                self.catalog.upsert_models([_with(model, ModelStatus.indexed, None)])
+                self.catalog.upsert_models([_with(model, ModelStatus.indexed, reason)])
                 self.catalog.add_probe(probe)
                 failpoint("mid_write")
                 self.catalog.add_distances(self.genome.hash, model.id, others, sim, dist)
@@ -569,9 +703,29 @@ class IndexWriter:
             self.index = _reload(self)
             raise
         failpoint("after_write")
-        return UpdateSummary(model.id, "indexed", None, snapshot, len(self.index.ids),
+        return UpdateSummary(model.id, "indexed", reason, snapshot, len(self.index.ids),
                              tuple((others[i], float(dist[i])) for i in order),
                              tuple(result.timings_ms.items()), bool(result.rebuilt))
+
+    def _copy(self, model: ModelRecord) -> tuple[ProbeOutcome, str | None]:
+        """An exact copy's outcome: its twin's alleles as a probe of the copy (no download, no
+        engine; the backend version says whose they are), or ``failed`` when the twin has no
+        probe in this index (then a later poll looks at it again)."""
+        twin = model.copy_of
+        row = _first_row(self.catalog.con.execute(
+            """select p.probe_id, p.backend_version from models m
+               join probes p on p.model_id = m.id and p.revision = m.revision
+               where m.id = ? and m.status = 'indexed' and p.genome_hash = ? and p.params_hash = ? and p.backend = ?""",
+            [twin, self.genome.hash, self.config.params.digest(), self.config.backend]))
+        if row is None or twin not in self.index.ids:
+            return ProbeOutcome(_with(model.model_copy(update={"copy_of": None}), ModelStatus.failed,
+                                      f"identical weights to {twin}, which has no probe in this index yet")), None
+        alleles = self.catalog.load_alleles([row[0]], len(self.genome))[row[0]]
+        probe = ProbeRecord(probe_id=probe_id_for(model, self.config, self.genome.hash), model_id=model.id,
+                            revision=model.revision, genome_hash=self.genome.hash, backend=self.config.backend,
+                            backend_version=f"{row[1]} (alleles of {twin}: identical weights)",
+                            params=self.config.params, alleles=alleles, seconds=0.0, started_at=utcnow())
+        return ProbeOutcome(model, probe), f"identical weights to {twin}"
 
     def record_poll(self, report: PollReport) -> None:
         """Record one poll's outcome (the ``polls`` table: what `phylolm status` and a

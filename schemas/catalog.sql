@@ -1,4 +1,4 @@
--- The catalog's schema, version 4. Table and column names are a contract (DESIGN section 3):
+-- The catalog's schema, version 5. Table and column names are a contract (DESIGN section 3):
 -- columns may grow, names do not change. Older catalogs are upgraded by the forward
 -- migrations in schemas/migrations.py.
 
@@ -23,7 +23,10 @@ CREATE TABLE IF NOT EXISTS models (
     updated_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
     downloads           BIGINT,  -- from the Hub's listing
     likes               BIGINT,
-    priority            DOUBLE   -- rank score: a queued model with a higher one is probed sooner
+    priority            DOUBLE,  -- rank score: a queued model with a higher one is probed sooner
+    weight_hashes       VARCHAR[],  -- sorted LFS sha256 of the root-level weight files (from the Hub)
+    copy_of             VARCHAR,  -- the indexed model whose weight files are identical (an exact copy)
+    gguf_file           VARCHAR  -- a GGUF-only repository: the file chosen to probe
 );
 
 -- The models waiting for a cycle's probe budget, best first: `rank` orders by priority (the
@@ -76,7 +79,8 @@ CREATE TABLE IF NOT EXISTS probes (
     max_tokens      INTEGER NOT NULL,
     seed            BIGINT NOT NULL,
     seconds         DOUBLE NOT NULL,
-    started_at      TIMESTAMPTZ NOT NULL
+    started_at      TIMESTAMPTZ NOT NULL,
+    gguf_file       VARCHAR  -- the GGUF file probed (GGUF-only repositories)
 );
 
 CREATE TABLE IF NOT EXISTS alleles (

@@ -6,7 +6,7 @@ newer version is refused (this build does not know its tables).
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # version reached -> statements that take a catalog from (version - 1) to it.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -28,5 +28,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS downloads BIGINT",
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS likes BIGINT",
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS priority DOUBLE",
+    ),
+    # v5: exact copies: the weight files' content hashes per model, and which indexed model
+    # a re-upload with identical weights copies (recorded without download or probe); GGUF-only
+    # repositories: the file chosen to probe, on the model and on its probe.
+    5: (
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS weight_hashes VARCHAR[]",
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS copy_of VARCHAR",
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",
+        "ALTER TABLE IF EXISTS probes ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",  # absent: the schema creates it
     ),
 }

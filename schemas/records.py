@@ -62,6 +62,10 @@ class ModelRecord(Frozen):
     downloads: int | None = Field(default=None, ge=0)  # from the Hub's listing, for the priority
     likes: int | None = Field(default=None, ge=0)
     priority: float | None = None  # rank score of a queued model (higher: probed sooner)
+    # Sorted LFS sha256 of the root-level weight files, as the Hub lists them (empty: unknown).
+    weight_hashes: tuple[str, ...] = ()
+    copy_of: str | None = None  # an indexed model with identical weight files (see README)
+    gguf_file: str | None = None  # a GGUF-only repository: the file chosen to probe
 
     @field_validator("id")
     @classmethod
@@ -122,6 +126,7 @@ class ProbeRecord(Frozen):
     alleles: AlleleCounts
     seconds: float = Field(ge=0.0)
     started_at: datetime
+    gguf_file: str | None = None  # the GGUF file probed, for a GGUF-only repository
 
 
 class Estimate(Frozen):

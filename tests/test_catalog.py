@@ -80,7 +80,7 @@ def test_v3_catalog_gains_the_queue_and_polls(tmp_path):
     from schemas.records import ModelRecord, ModelStatus
 
     with Catalog(path) as cat:
-        assert cat.schema_version() == SCHEMA_VERSION == 4
+        assert cat.schema_version() == SCHEMA_VERSION >= 4
         assert cat.con.execute("select author, status, attempts, priority from models").fetchall() == [
             ("old", "failed", 2, None)]
         when = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -91,6 +91,34 @@ def test_v3_catalog_gains_the_queue_and_polls(tmp_path):
         assert cat.get_model("q/m1").downloads == 10
         cat.record_poll("1.0", when, when, False, "listing models: 503")
         assert cat.con.execute("select complete, error from polls").fetchall() == [(False, "listing models: 503")]
+
+
+def test_v4_catalog_gains_weight_hashes_and_copy_of(tmp_path):
+    """v4 -> v5: models gain weight_hashes, copy_of (exact copies) and gguf_file, probes
+    gain gguf_file; existing rows keep
+    their values, and a later record without hashes keeps the ones read for its revision."""
+    from schemas.records import ModelRecord, ModelStatus
+
+    path = tmp_path / "v4.duckdb"
+    Catalog(path, create=True).close()
+    con = duckdb.connect(str(path))
+    for col in ("weight_hashes", "copy_of", "gguf_file"):
+        con.execute(f"alter table models drop column {col}")
+    con.execute("alter table probes drop column gguf_file")
+    con.execute("update meta set value = '4' where key = 'schema_version'")
+    con.execute("insert into models (id, revision, status, likes) values ('old/model', 'r1', 'indexed', 7)")
+    con.close()
+    sha = "ab" * 32
+    with Catalog(path) as cat:
+        assert cat.schema_version() == SCHEMA_VERSION == 5
+        assert cat.con.execute("select status, likes, weight_hashes, copy_of from models").fetchall() == [
+            ("indexed", 7, None, None)]
+        cat.upsert_models([ModelRecord(id="new/copy", revision="r2", status=ModelStatus.indexed,
+                                       weight_hashes=(sha,), copy_of="old/model")])
+        cat.upsert_models([ModelRecord(id="new/copy", revision="r2", status=ModelStatus.indexed, copy_of="old/model")])
+        got = cat.get_model("new/copy")
+        assert got.weight_hashes == (sha,) and got.copy_of == "old/model"
+        assert "gguf_file" in {r[0] for r in cat.con.execute("describe probes").fetchall()}
 
 
 def test_newer_catalog_is_refused(tmp_path):

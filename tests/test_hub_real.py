@@ -203,7 +203,7 @@ def test_sizes_of_quantized_repositories_and_root_level_weights(tmp_path: Path) 
         assert listed["q/gptq-4bit"].safetensors.parameters == {"I32": 64 * 64 * 8, "F16": 512}
         naive = 64 * 64 * 8 * 4 + 512 * 2
         watcher = _watcher(url, page_size=10)
-        watcher.policy = ScreenPolicy(max_bytes=30_000)
+        watcher.policy = ScreenPolicy(max_bytes=30_000, quant_methods=frozenset({"gptq", "bitsandbytes", "gguf"}))
         records = {r.id: r for r in watcher.list_new_models(None)}
         client = watcher.client
         ckpt_info = client.model_info("q/with-checkpoints", files_metadata=True)
@@ -213,8 +213,10 @@ def test_sizes_of_quantized_repositories_and_root_level_weights(tmp_path: Path) 
     assert abs(records["q/gptq-4bit"].size_bytes - gptq_bytes) < 200  # the header is the difference
     assert records["q/bnb-4bit"].status == ModelStatus.discovered
     assert abs(records["q/bnb-4bit"].size_bytes - bnb_bytes) < 200
-    assert records["q/model-GGUF"].status == ModelStatus.skipped
-    assert records["q/model-GGUF"].reason == "no safetensors weights"  # qad/ is not its weights
+    # GGUF-only at the root (qad/ is not its weights): probed from its root GGUF file.
+    assert records["q/model-GGUF"].status == ModelStatus.discovered, records["q/model-GGUF"].reason
+    assert records["q/model-GGUF"].gguf_file == "model-Q4_K_M.gguf"
+    assert records["q/model-GGUF"].size_bytes == 68
     # With sizes (blobs=true) the root-level files count, not a checkpoint folder's.
     assert weights_bytes(ckpt_info) == (ckpt / "model.safetensors").stat().st_size
     assert not (folder / "checkpoint-500").exists() and (folder / "model.safetensors").is_file()

@@ -459,13 +459,15 @@ class HubClient:
     # -- download ---------------------------------------------------------------------------
 
     def download(self, model_id: str, revision: str, cache_dir: str | os.PathLike, *,
-                 max_bytes: int | None = None) -> Path:
+                 max_bytes: int | None = None, gguf_file: str | None = None) -> Path:
         """Snapshot of ``model_id`` at ``revision`` (a commit sha, or a branch resolved to one
         now) into ``cache_dir``; returns the snapshot folder.
 
         Fetches only ``ALLOW_PATTERNS`` minus ``DENY_PATTERNS``; refuses repositories without
         safetensors weights or larger than ``max_bytes``; checks every file against the sizes
         and hashes listed for the pinned commit. Raises ``HubError`` with the model's status.
+        ``gguf_file``: a GGUF-only repository's chosen file, fetched (alone of its weights)
+        in place of safetensors.
         """
         info = self.model_info(model_id, revision, files_metadata=True)
         pinned = info.sha if isinstance(info.sha, str) else None
@@ -478,10 +480,15 @@ class HubClient:
         # Root-level files only: weights in subfolders (a GGUF repository's `qad/...`, a
         # checkpoint folder) are not this model's, and a loader reads the root.
         wanted = {s.rfilename: s for s in (info.siblings or [])
-                  if "/" not in s.rfilename and _allowed(s.rfilename)}
-        if not any(name.endswith(".safetensors") for name in wanted):
+                  if "/" not in s.rfilename and (_allowed(s.rfilename) or s.rfilename == gguf_file)}
+        weights = (gguf_file,) if gguf_file else tuple(n for n in wanted if n.endswith(".safetensors"))
+        if gguf_file is not None and (not gguf_file.endswith(".gguf") or gguf_file not in wanted):
+            raise HubError(f"{model_id}: no GGUF file {gguf_file!r} at the root", status=ModelStatus.skipped)
+        if not weights:
             raise HubError(f"{model_id}: no safetensors weights", status=ModelStatus.skipped)
-        total = sum(_file_size(s) or 0 for s in wanted.values() if s.rfilename.endswith(".safetensors"))
+        if gguf_file:  # GGUF-only: the one chosen file, no safetensors from elsewhere
+            wanted = {n: s for n, s in wanted.items() if not n.endswith(".safetensors")}
+        total = sum(_file_size(wanted[n]) or 0 for n in weights)
         if max_bytes is not None and total > max_bytes:
             raise HubError(f"{model_id}: {total} bytes to download exceeds the budget of {max_bytes}",
                            status=ModelStatus.skipped)

@@ -915,6 +915,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubRequestError(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not "
                                                         "in the authorized list.")
         sha256, blob = self.server.folder.hashes.get(entry)
+        if self.command == "GET":  # a HEAD only asks for metadata; tests count real downloads
+            self.server.stats["downloads"].append((repo_id, rel))
         size = entry.size
         etag = sha256 if entry.is_lfs else blob
         headers = {"X-Repo-Commit": self.server.folder.sha(state), "ETag": f'"{etag}"',
@@ -1077,7 +1079,7 @@ class _Server(ThreadingHTTPServer):
         self._rate_lock = threading.Lock()
         self._rate_counts: dict[tuple, int] = {}
         self.stats: dict[str, Any] = {"listing_requests": 0, "listing_items": 0, "rate_limited": 0,
-                                      "announced_resets": []}
+                                      "announced_resets": [], "downloads": []}
         self.stopping = threading.Event()
         host, port = self.server_address[:2]
         self.base_url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -1147,7 +1149,7 @@ class HubServer:
     repositories created after it are not served (None: everything in the folder is served).
     ``rate_window``: seconds of a fixed rate-limit window (None: no rate limiting);
     ``rate_quotas``: requests per window by (bucket, with a token), the Hub's by default.
-    ``stats``: what was served (listing requests and items, 429s), for tests.
+    ``stats``: what was served (listing requests and items, 429s, file downloads by (repo, file)), for tests.
     """
 
     def __init__(self, root: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0,

@@ -67,6 +67,9 @@ class ScreenPolicy:
     max_bytes: int = 4 * 1024**3
     pipeline_tags: tuple[str, ...] = ("text-generation",)
     has_token: bool = False
+    # Pre-quantization methods the running backend can load, and "gguf" when it loads GGUF
+    # files (see indexer.probers.base.quant_methods); others are deferred, "*" takes any.
+    quant_methods: frozenset[str] = frozenset()
 
 
 def quantization_bits(config: dict) -> float | None:
@@ -85,9 +88,116 @@ def quantization_bits(config: dict) -> float | None:
     return None
 
 
+DEFERRED_PREFIX = "needs a GPU backend: "
+GGUF_DEFERRED = "needs the transformers backend: "  # GGUF-only repositories on another backend
+# The Hub's tags for pre-quantized checkpoints (it derives them from quantization_config).
+_QUANT_TAGS = ("gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8")
+_NOT_LOADABLE = "not loadable by transformers/vLLM"
+# Weight files of formats neither backend loads, by suffix: named in the skip reason.
+_FORMAT_SUFFIXES = ((".onnx", "ONNX"), (".tflite", "TFLite"), (".h5", "Keras/TensorFlow"),
+                    (".msgpack", "Flax"), (".mlmodel", "Core ML"), (".mlpackage", "Core ML"),
+                    (".pte", "ExecuTorch"), ("openvino_model.xml", "OpenVINO"))
+
+
+# GGUF types by precision, most precise first (the name's tag, e.g. "model-Q4_K_M.gguf").
+GGUF_PRECISION = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M",
+                  "Q4_K_S", "Q4_1", "Q4_0", "IQ4_XS", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
+_GGUF_FALLBACK = ("Q8_0", "Q4_K_M")  # when the Hub gave no sizes to judge the budget by
+
+
+def _gguf_type(name: str) -> str | None:
+    stem = name[: -len(".gguf")].upper()
+    for t in sorted(GGUF_PRECISION, key=len, reverse=True):  # Q5_K_M before Q5_K
+        if stem.endswith(t) and (len(stem) == len(t) or not stem[-len(t) - 1].isalnum()):
+            return t
+    return None
+
+
+def choose_gguf(info: ModelInfo, max_bytes: int) -> tuple[str | None, str | None]:
+    """The GGUF file to probe a GGUF-only repository from, and why not when none: the most
+    precise root-level file (by its type tag, ``GGUF_PRECISION``) whose size fits
+    ``max_bytes``; without sizes, the Q8_0 file, else the Q4_K_M one. Split files
+    (``-00001-of-00003``) and files of unknown type are not chosen."""
+    from indexer.hub.client import _file_size
+
+    files = [s for s in _siblings(info) if s.rfilename.endswith(".gguf") and "/" not in s.rfilename
+             and "-of-" not in s.rfilename and _gguf_type(s.rfilename) is not None]
+    if not files:
+        return None, "no single-file GGUF of a known type"
+    ranked = sorted(files, key=lambda s: (GGUF_PRECISION.index(_gguf_type(s.rfilename)), s.rfilename))
+    sized = [(s, _file_size(s)) for s in ranked]
+    if all(isinstance(n, int) for _, n in sized):
+        fits = [s for s, n in sized if n <= max_bytes]
+        if fits:
+            return fits[0].rfilename, None
+        return None, f"too large: every GGUF file > budget {max_bytes} (smallest {min(n for _, n in sized)} bytes)"
+    for t in _GGUF_FALLBACK:
+        for s in ranked:
+            if _gguf_type(s.rfilename) == t:
+                return s.rfilename, None
+    return None, "size unknown before download"
+
+
+def quant_method(info: ModelInfo) -> str | None:
+    """The pre-quantization method of a checkpoint (``gptq``, ``awq``, ``bitsandbytes``,
+    ``compressed-tensors``, ``fp8``, ...) from ``quantization_config`` in config.json (as the
+    Hub's ``config`` field carries it), else from the Hub's tags; None when not quantized."""
+    q = _config(info).get("quantization_config")
+    if isinstance(q, dict):
+        m = q.get("quant_method")
+        if isinstance(m, str) and m.strip():
+            return m.strip().lower()
+        if q.get("load_in_4bit") is True or q.get("load_in_8bit") is True or "bnb_4bit_quant_type" in q:
+            return "bitsandbytes"  # configs written before quant_method existed
+        return "unknown"
+    tags = getattr(info, "tags", None)
+    if isinstance(tags, list):
+        for t in _QUANT_TAGS:
+            if t in tags:
+                return t
+    return None
+
+
+def unloadable_format(info: ModelInfo) -> str | None:
+    """The skip reason of a repository whose weights are in a format neither backend loads
+    (MLX, EXL2, ONNX and other exports), naming the format; None otherwise. ONNX and other
+    exports often sit beside transformers safetensors: only repositories without root-level
+    safetensors are refused for them."""
+    tags = getattr(info, "tags", None)
+    tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    lib = getattr(info, "library_name", None)
+    q = _config(info).get("quantization_config")
+    if (isinstance(q, dict) and str(q.get("quant_method", "")).lower() == "exl2") or "exl2" in tags:
+        return f"EXL2 weights ({_NOT_LOADABLE})"
+    if lib == "mlx" or "mlx" in tags:
+        return f"MLX weights ({_NOT_LOADABLE})"
+    files = [s.rfilename for s in _siblings(info)]
+    if any(f.endswith(".safetensors") and "/" not in f for f in files):
+        return None
+    for suffix, name in _FORMAT_SUFFIXES:
+        if any(f.endswith(suffix) for f in files):
+            return f"{name} weights ({_NOT_LOADABLE})"
+    if lib in ("onnx", "transformers.js") or "onnx" in tags:
+        return f"ONNX weights ({_NOT_LOADABLE})"
+    return None
+
+
 def root_weight_files(info: ModelInfo) -> list:
     """The root-level *.safetensors siblings (weights in subfolders are not the model's)."""
     return [s for s in _siblings(info) if s.rfilename.endswith(".safetensors") and "/" not in s.rfilename]
+
+
+def weight_hashes(info: ModelInfo) -> tuple[str, ...]:
+    """The sorted LFS sha256 of the root-level weight files, as the Hub lists them with
+    ``blobs=true`` (``files_metadata``); empty when any is missing (then nothing is claimed)."""
+    shas = []
+    for s in root_weight_files(info):
+        lfs = getattr(s, "lfs", None)
+        sha = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            return ()
+        shas.append(sha)
+    return tuple(sorted(shas))
 
 
 def weights_bytes(info: ModelInfo) -> int | None:
@@ -189,37 +299,78 @@ def _pipeline_tag(info: ModelInfo) -> str | None:
 
 def screen(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[bool, str | None]:
     """Whether to probe a model, decided from Hub metadata before any download: (ok, reason).
+    See ``screen_status``; a deferred model is not ok."""
+    status, reason = screen_status(info, policy)
+    return status == ModelStatus.discovered, reason
+
+
+def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[ModelStatus, str | None]:
+    """The status a model gets from Hub metadata before any download: ``discovered`` (to
+    probe), ``skipped`` or ``deferred``, with the reason.
 
     Checks, in order: disabled; task (``policy.pipeline_tags``); gated without a token; remote
-    code (``auto_map``, see ``remote_code``); pickle-only weights; no root-level safetensors
-    weights; size unknown or over ``policy.max_bytes``. O(files).
+    code (``auto_map``, see ``remote_code``); weights in a format no backend loads (MLX, EXL2,
+    ONNX..., see ``unloadable_format``); pickle-only weights; no root-level safetensors
+    weights; a pre-quantized checkpoint whose method the backend cannot run (``deferred``:
+    a capable backend takes it later); size unknown or over ``policy.max_bytes``. O(files).
     """
+    skip = ModelStatus.skipped
     if getattr(info, "disabled", False) is True:
-        return False, "disabled on the Hub"
+        return skip, "disabled on the Hub"
     tag = _pipeline_tag(info)
     if tag not in policy.pipeline_tags:
-        return False, f"not {'/'.join(policy.pipeline_tags)} (pipeline_tag={tag})"
+        return skip, f"not {'/'.join(policy.pipeline_tags)} (pipeline_tag={tag})"
     if _gated(getattr(info, "gated", None)) and not policy.has_token:
-        return False, "gated"
+        return skip, "gated"
     files = [s.rfilename for s in _siblings(info) if "/" not in s.rfilename]
     if remote_code(info):
-        return False, "remote code"
+        return skip, "remote code"
+    fmt = unloadable_format(info)
+    if fmt is not None:
+        return skip, fmt
     has_safetensors = any(f.endswith(".safetensors") for f in files)
+    if not has_safetensors and any(f.endswith(".gguf") for f in files):
+        # GGUF is data (no code, no pickle): probed from one file chosen by a stated rule. The
+        # budget needs sizes: without them the watcher asks for the files' metadata first.
+        from indexer.hub.client import _file_size
+
+        if any(_file_size(s) is None for s in _siblings(info) if s.rfilename.endswith(".gguf")):
+            return skip, "size unknown before download"
+        chosen, why = choose_gguf(info, policy.max_bytes)
+        if not chosen:
+            return skip, f"GGUF: {why}"
+        if "gguf" not in policy.quant_methods and "*" not in policy.quant_methods:
+            return ModelStatus.deferred, f"{GGUF_DEFERRED}gguf"  # e.g. a vLLM run: transformers takes it
+        return ModelStatus.discovered, None
     if not has_safetensors and any(f.endswith(PICKLE_SUFFIXES) for f in files):
-        return False, "pickle-only checkpoint"
+        return skip, "pickle-only checkpoint"
     if not has_safetensors:
-        return False, "no safetensors weights" if files else "no file list"
+        return skip, "no safetensors weights" if files else "no file list"
+    method = quant_method(info)
+    if method is not None and method not in policy.quant_methods and "*" not in policy.quant_methods:
+        # Never downloaded here: a backend that can run the method takes it later.
+        return ModelStatus.deferred, f"{DEFERRED_PREFIX}{method}"
     size = weights_bytes(info)
     if size is None:
-        return False, "size unknown before download"
+        return skip, "size unknown before download"
     if size > policy.max_bytes:
-        return False, f"too large: {size} bytes of weights > budget {policy.max_bytes}"
-    return True, None
+        return skip, f"too large: {size} bytes of weights > budget {policy.max_bytes}"
+    return ModelStatus.discovered, None
 
 
 def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
-              reason: str | None = None) -> ModelRecord:
-    """The ``ModelRecord`` of a model's Hub metadata (fields read defensively)."""
+              reason: str | None = None, max_bytes: int | None = None) -> ModelRecord:
+    """The ``ModelRecord`` of a model's Hub metadata (fields read defensively). A GGUF-only
+    repository's record names the file to probe (``choose_gguf`` within ``max_bytes``) and
+    its size."""
+    from indexer.hub.client import _file_size
+
+    gguf = None
+    if not root_weight_files(info) and status == ModelStatus.discovered:
+        gguf = choose_gguf(info, max_bytes if max_bytes is not None else ScreenPolicy().max_bytes)[0]
+    size = weights_bytes(info)
+    if gguf is not None:
+        size = next((_file_size(s) for s in _siblings(info) if s.rfilename == gguf), None)
     card = getattr(info, "card_data", None)
     card_get = (card.get if hasattr(card, "get") else (lambda k, d=None: d))
     base_models, relation = lineage(info)
@@ -233,8 +384,9 @@ def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
         author=author if isinstance(author, str) else info.id.split("/")[0] if "/" in info.id else None,
         base_models=base_models, base_model_relation=relation,
         license=lic if isinstance(lic, str) else None,
-        pipeline_tag=_pipeline_tag(info), size_bytes=weights_bytes(info), status=status, reason=reason,
+        pipeline_tag=_pipeline_tag(info), size_bytes=size, status=status, reason=reason, gguf_file=gguf,
         downloads=_counter(getattr(info, "downloads", None)), likes=_counter(getattr(info, "likes", None)),
+        weight_hashes=weight_hashes(info),
     )
 
 
@@ -442,13 +594,13 @@ class Watcher:
             return ModelRecord(id=model_id, created_at=_created(item), status=ModelStatus.failed, reason=reason)
         if _created(item) is None:
             return record_of(info, ModelStatus.failed, "malformed Hub metadata: createdAt missing or invalid")
-        ok, reason = screen(info, self.policy)
-        if not ok and reason in ("size unknown before download", "no file list"):
+        status, reason = screen_status(info, self.policy)
+        if status != ModelStatus.discovered and reason in ("size unknown before download", "no file list"):
             # The listing lacked sizes or files: ask for the model's info at the listed commit.
             try:
                 sha = info.sha if isinstance(info.sha, str) and info.sha else None
                 full = self.client.model_info(model_id, sha, files_metadata=True)
-                ok, reason = screen(full, self.policy)
+                status, reason = screen_status(full, self.policy)
                 info = full if isinstance(full.created_at, datetime) else info
             except HubError as exc:
                 return record_of(info, exc.status, exc.reason)
@@ -456,7 +608,7 @@ class Watcher:
                 return record_of(info, ModelStatus.failed,
                                  self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300])
         try:
-            return record_of(info, ModelStatus.discovered if ok else ModelStatus.skipped, reason)
+            return record_of(info, status, reason, self.policy.max_bytes)
         except Exception as exc:
             return ModelRecord(id=model_id, status=ModelStatus.failed,
                                reason=self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300])
@@ -468,7 +620,8 @@ class Watcher:
         reason, None).
         """
         try:
-            path = self.client.download(record.id, record.revision, cache_dir, max_bytes=self.policy.max_bytes)
+            path = self.client.download(record.id, record.revision, cache_dir, max_bytes=self.policy.max_bytes,
+                                        gguf_file=record.gguf_file)
         except HubError as exc:
             return record.model_copy(update={"status": exc.status, "reason": exc.reason}), None
         except Exception as exc:  # a bug or an unforeseen library error: recorded, not raised

@@ -35,6 +35,7 @@ class ModelSource:
     model_id: str
     revision: str = "main"
     path: Path | None = None
+    gguf_file: str | None = None  # a GGUF-only repository: the file in ``path`` to load
 
 
 class Prober(abc.ABC):
@@ -58,7 +59,7 @@ class Prober(abc.ABC):
             probe_id=probe_key(model.model_id, model.revision, genome.hash, params, self.backend),
             model_id=model.model_id, revision=model.revision, genome_hash=genome.hash,
             backend=self.backend, backend_version=self.version(), params=params,
-            alleles=alleles, seconds=seconds, started_at=started,
+            alleles=alleles, seconds=seconds, started_at=started, gguf_file=model.gguf_file,
         )
 
     def close(self) -> None:
@@ -126,6 +127,33 @@ def resolve_backend(backend: str) -> tuple[str, str]:
     if gpu and vllm:
         return "vllm", f"auto: {why_gpu} and {why_vllm}"
     return "transformers", f"auto: {why_gpu if not gpu else why_vllm}"
+
+
+# Pre-quantization methods (quantization_config.quant_method) each backend runs on a GPU.
+# On CPU neither transformers nor the vLLM CPU build runs them: such checkpoints are deferred.
+VLLM_GPU_QUANT_METHODS = ("gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8", "gptq_marlin",
+                          "awq_marlin", "marlin", "modelopt", "mxfp4")
+# transformers needs a kernel package per method (fp8 is native).
+TRANSFORMERS_GPU_QUANT_PACKAGES = {"bitsandbytes": ("bitsandbytes",), "gptq": ("gptqmodel", "auto_gptq"),
+                                   "awq": ("awq",), "compressed-tensors": ("compressed_tensors",), "fp8": ()}
+
+
+def quant_methods(backend: str, device: str | None = None) -> frozenset[str]:
+    """The pre-quantization methods ``backend`` can load here, with "gguf" for GGUF files
+    ("*": any; the openai backend
+    probes what an endpoint already serves). Decided without starting an engine, so the
+    listing can defer (and later re-offer) quantized checkpoints."""
+    import importlib.util
+
+    if backend == "openai":
+        return frozenset({"*"})
+    gguf = frozenset({"gguf"}) if backend == "transformers" else frozenset()  # its GGUF loader, CPU or GPU
+    if backend not in ("vllm", "transformers") or (device or "").startswith("cpu") or not gpu_present()[0]:
+        return gguf
+    if backend == "vllm":
+        return frozenset(VLLM_GPU_QUANT_METHODS)
+    return gguf | frozenset(m for m, pkgs in TRANSFORMERS_GPU_QUANT_PACKAGES.items()
+                            if not pkgs or any(importlib.util.find_spec(p) is not None for p in pkgs))
 
 
 def get_prober(backend: str, **options) -> Prober:

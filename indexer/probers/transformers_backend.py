@@ -47,6 +47,25 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 _MAX_CONFIG_BYTES = 10 << 20
 
 
+def check_gguf(path: Path, name: str) -> None:
+    """Refuse a GGUF snapshot that cannot be loaded safely: the file must be a plain file at
+    the root with the GGUF magic, and a tokenizer config, if any, needs no remote code. GGUF is
+    data (tensors and metadata): reading it runs nothing."""
+    f = path / name
+    if "/" in name or not name.endswith(".gguf") or not f.is_file():
+        raise ProbeError(f"{name}: no such GGUF file in the snapshot", skip=True)
+    with f.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ProbeError(f"{name}: not a GGUF file", skip=True)
+    tok_config = path / "tokenizer_config.json"
+    if tok_config.is_file():
+        try:
+            if "auto_map" in json.loads(tok_config.read_text("utf-8")):
+                raise ProbeError("tokenizer needs remote code (auto_map); trust_remote_code stays off", skip=True)
+        except ValueError:
+            raise ProbeError("tokenizer_config.json is not valid JSON", skip=True) from None
+
+
 def check_repository(path: Path) -> dict[str, Any]:
     """Refuse, by policy, a repository snapshot that cannot be loaded safely; return its config.
 
@@ -142,16 +161,24 @@ class TransformersProber(Prober):
         if self._loaded and self._loaded[0] == path:
             return self._loaded[1], self._loaded[2]
         self.close()
-        check_repository(path)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         common = dict(trust_remote_code=False, local_files_only=True)
+        if model.gguf_file:
+            # transformers' GGUF loader de-quantises the file into a regular model; the
+            # tokenizer comes from the repository's tokenizer files, else from the GGUF.
+            check_gguf(path, model.gguf_file)
+            gguf = dict(gguf_file=model.gguf_file)
+            tok_kw = {} if (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file() else gguf
+            weights_kw: dict = gguf
+        else:
+            check_repository(path)
+            tok_kw, weights_kw = {}, dict(use_safetensors=True)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), **common)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **tok_kw, **common)
             lm, info = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=getattr(torch, self.dtype_name), use_safetensors=True,
-                output_loading_info=True, **common)
+                str(path), dtype=getattr(torch, self.dtype_name), output_loading_info=True, **weights_kw, **common)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ProbeError(f"{model.model_id}: cannot load ({' '.join(str(e).split())[:300]})") from None
         # transformers fills tensors a checkpoint lacks with random values and only logs it:
