@@ -18,21 +18,12 @@ from safetensors.numpy import save_file
 
 from indexer.hub.server import HubServer
 from tests.conftest import run_cli
+from tests.faults_common import query
 from tests.hub_repos import make_repo, repos_by_upload
 
 T0 = datetime.now(timezone.utc) - timedelta(hours=5)  # within a first watch's window
 GENES, SAMPLES = 8, 8
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # a CPU-only run, whatever this machine has
-
-
-def _rows(catalog: Path, sql: str) -> list[tuple]:
-    import duckdb
-
-    con = duckdb.connect(str(catalog), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _gptq(root: Path, repo_id: str, created_at: datetime) -> Path:
@@ -75,7 +66,7 @@ def test_quantized_deferred_and_unloadable_formats_skipped_by_a_cpu_watch(tmp_pa
         server.stop()
     assert first.returncode == 0, first.stderr[-2000:]
     assert second.returncode == 0, second.stderr[-2000:]
-    rows = {m: (s, r, a) for m, s, r, a in _rows(catalog, "select id, status, reason, attempts from models")}
+    rows = {m: (s, r, a) for m, s, r, a in query(catalog, "select id, status, reason, attempts from models")}
     assert rows["q/tiny-GPTQ"] == ("deferred", "needs a GPU backend: gptq", 0)
     assert rows["q/tiny-mlx-4bit"] == ("skipped", "MLX weights (not loadable by transformers/vLLM)", 0)
     assert rows["q/tiny-onnx"] == ("skipped", "ONNX weights (not loadable by transformers/vLLM)", 0)
@@ -107,15 +98,15 @@ def test_deferred_models_are_taken_by_a_backend_that_runs_their_method(tmp_path:
                 cache_dir=tmp_path / "cache")
     with HubServer(hub) as url:
         run_watch(JobConfig(hub=url, **base), interval=1.0, once=True)
-        after_cpu = dict(_rows(catalog, "select id, status from models"))
+        after_cpu = dict(query(catalog, "select id, status from models"))
         run_watch(JobConfig(hub=url, **base), interval=1.0, once=True)
-        still = dict(_rows(catalog, "select id, status from models"))
+        still = dict(query(catalog, "select id, status from models"))
         run_watch(JobConfig(hub=url, quant_methods=("gptq",), **base), interval=1.0, once=True)
     assert after_cpu[qid] == "deferred" and still[qid] == "deferred"
     assert sorted(s for m, s in after_cpu.items() if m != qid) == ["indexed", "indexed"]
-    final = {m: (s, a) for m, s, a in _rows(catalog, "select id, status, attempts from models")}
+    final = {m: (s, a) for m, s, a in query(catalog, "select id, status, attempts from models")}
     assert final[qid] == ("indexed", 0)
-    assert _rows(catalog, f"select count(*) from probes where model_id = '{qid}'") == [(1,)]
+    assert query(catalog, f"select count(*) from probes where model_id = '{qid}'") == [(1,)]
 
 
 def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: Path) -> None:
@@ -142,7 +133,7 @@ def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: P
     url = server.start()
     try:
         run_watch(JobConfig(**{**config.__dict__, "hub": url}), interval=1.0, once=True)
-        assert _rows(catalog, "select count(*) from models where status = 'indexed'") == [(4,)]
+        assert query(catalog, "select count(*) from models where status = 'indexed'") == [(4,)]
         # The copy: the same files under another id, uploaded after everything indexed, its
         # card declaring nothing.
         clone = hub / "copier" / "same-weights"
@@ -163,12 +154,12 @@ def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: P
         server.stop()
     assert not [d for d in downloads if d[0] == "copier/same-weights"], downloads
     assert ("copier/other-tokenizer", "model.safetensors") in downloads
-    assert _rows(catalog, "select status, reason, copy_of from models where id = 'copier/other-tokenizer'") == [
+    assert query(catalog, "select status, reason, copy_of from models where id = 'copier/other-tokenizer'") == [
         ("indexed", None, None)]
-    row = _rows(catalog, "select status, reason, copy_of, weight_hashes from models where id = 'copier/same-weights'")
+    row = query(catalog, "select status, reason, copy_of, weight_hashes from models where id = 'copier/same-weights'")
     sha = hashlib.sha256((twin / "model.safetensors").read_bytes()).hexdigest()
     assert row == [("indexed", f"identical weights to {twin_id}", twin_id, [sha])]
-    assert _rows(catalog, f"select weight_hashes from models where id = '{twin_id}'") == [([sha],)]
+    assert query(catalog, f"select weight_hashes from models where id = '{twin_id}'") == [([sha],)]
     # The copy's alleles are its twin's: a leaf at distance 0, as `phylolm nearest` shows.
     near = run_cli("nearest", "copier/same-weights", "-k", "2", "--catalog", str(catalog), "--json", cwd=tmp_path)
     assert near.returncode == 0, near.stderr[-2000:]
@@ -263,13 +254,13 @@ def test_a_gguf_only_repository_is_probed_from_its_chosen_file(tmp_path: Path) -
         server.stop()
     assert r.returncode == 0, r.stderr[-3000:]
     mid = "gguf-org/SmolLM2-135M-Instruct-GGUF"
-    assert _rows(catalog, "select status, reason, gguf_file, size_bytes from models") == [
+    assert query(catalog, "select status, reason, gguf_file, size_bytes from models") == [
         ("indexed", None, name, (repo / name).stat().st_size)]
-    assert _rows(catalog, "select model_id, gguf_file, n_samples from probes") == [(mid, name, SAMPLES)]
+    assert query(catalog, "select model_id, gguf_file, n_samples from probes") == [(mid, name, SAMPLES)]
     fetched = {f for m, f in downloads if m == mid}
     assert name in fetched and "SmolLM2-135M-Instruct.Q2_K.gguf" not in fetched
     # Real sampling: 8 genes, each with its 8 samples.
-    counts = _rows(catalog, "select a.gene, sum(a.count) from alleles a group by 1 order by 1")
+    counts = query(catalog, "select a.gene, sum(a.count) from alleles a group by 1 order by 1")
     assert counts == [(g, SAMPLES) for g in range(GENES)]
 
 

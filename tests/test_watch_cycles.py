@@ -23,6 +23,7 @@ from indexer.hub.server import HubServer
 from indexer.service import JobConfig, WriterLock
 from schemas.records import ModelRecord, ModelStatus, ProbeParams
 from tests.conftest import run_cli
+from tests.faults_common import query
 from tests.hub_repos import repos_by_upload
 
 GENES, SAMPLES = 8, 8
@@ -48,16 +49,6 @@ def _redate(repos: list[Path], times: list[datetime], **extra: list) -> dict[str
     return out
 
 
-def _rows(catalog: Path, sql: str) -> list[tuple]:
-    import duckdb
-
-    con = duckdb.connect(str(catalog), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 # -- 3. a safe first run -----------------------------------------------------------------------
 
 def test_first_watch_once_touches_only_the_window(tmp_path: Path) -> None:
@@ -80,11 +71,11 @@ def test_first_watch_once_touches_only_the_window(tmp_path: Path) -> None:
         server.stop()
     assert r.returncode == 0, r.stderr[-2000:]
     assert "first poll looks back 24 h" in r.stderr
-    assert sorted(m for (m,) in _rows(catalog, "select id from models")) == recent
-    assert _rows(catalog, "select count(*) from models where status = 'indexed'") == [(3,)]
+    assert sorted(m for (m,) in query(catalog, "select id from models")) == recent
+    assert query(catalog, "select count(*) from models where status = 'indexed'") == [(3,)]
     # The listing stopped at the window: one page of five, not the year's 40 models.
     assert server.stats["listing_requests"] == 1 and server.stats["listing_items"] == 5
-    assert _rows(catalog, "select complete, new_models from polls") == [(True, 3)]
+    assert query(catalog, "select complete, new_models from polls") == [(True, 3)]
 
 
 # -- 4. keeping up with the volume -------------------------------------------------------------
@@ -120,26 +111,26 @@ def test_a_day_of_2000_uploads_with_a_budget_of_50_probes_a_cycle(busy_day, tmp_
                            first_window_hours=24, probe_budget=50, priority="downloads=1,likes=2", use_queue=True)
         with WriterLock(catalog):
             run_watch(config, interval=60, once=True)
-        indexed = {m for (m,) in _rows(catalog, "select id from models where status = 'indexed'")}
-        queue = _rows(catalog, "select rank, id from queue order by rank")
+        indexed = {m for (m,) in query(catalog, "select id from models where status = 'indexed'")}
+        queue = query(catalog, "select rank, id from queue order by rank")
         assert indexed == set(ranked[:50])  # the top-ranked 50
         assert [m for _, m in queue] == ranked[50:] and [r for r, _ in queue] == list(range(1, 1951))
-        assert _rows(catalog, "select complete, new_models, taken, queued from polls") == [(True, 2000, 50, 1950)]
+        assert query(catalog, "select complete, new_models, taken, queued from polls") == [(True, 2000, 50, 1950)]
         # Cycle 2 takes the queue's first 50; nothing new was uploaded meanwhile.
         with WriterLock(catalog):
             run_watch(config, interval=60, once=True)
-        second = {m for (m,) in _rows(catalog, "select id from models where status = 'indexed'")} - indexed
+        second = {m for (m,) in query(catalog, "select id from models where status = 'indexed'")} - indexed
         assert second == set(ranked[50:100])
         # A restart (a new process: the CLI, as cron runs it) takes the next 50.
         r = run_cli("watch", "--once", "--hub", url, "--catalog", str(catalog), *JOB, "--probe-budget", "50",
                     "--priority", "downloads=1,likes=2", cwd=tmp_path, env={"PHYLOLM_CACHE_DIR": str(tmp_path / "cache")})
         assert r.returncode == 0, r.stderr[-2000:]
         status = json.loads(run_cli("status", "--catalog", str(catalog), "--json", cwd=tmp_path).stdout)
-    by_status = dict(_rows(catalog, "select status, count(*) from models group by status"))
+    by_status = dict(query(catalog, "select status, count(*) from models group by status"))
     assert by_status == {"indexed": 150, "queued": 1850}  # nothing lost, nothing twice
-    assert {m for (m,) in _rows(catalog, "select id from models where status = 'indexed'")} == set(ranked[:150])
-    assert _rows(catalog, "select count(*), count(distinct model_id) from probes") == [(150, 150)]
-    assert _rows(catalog, "select count(*) from tree_snapshots") == [(150,)]
+    assert {m for (m,) in query(catalog, "select id from models where status = 'indexed'")} == set(ranked[:150])
+    assert query(catalog, "select count(*), count(distinct model_id) from probes") == [(150, 150)]
+    assert query(catalog, "select count(*) from tree_snapshots") == [(150,)]
     assert status["backlog"]["queued"] == 1850 and status["backlog"]["probed_last_day"] == 150
     assert status["backlog"]["models_per_hour"] > 0 and status["backlog"]["hours_to_clear"] > 0
     assert status["polls"]["last_complete"] is not None and status["polls"]["last_failed"] is None

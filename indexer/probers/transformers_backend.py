@@ -57,6 +57,11 @@ def check_gguf(path: Path, name: str) -> None:
     with f.open("rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ProbeError(f"{name}: not a GGUF file", skip=True)
+    _refuse_remote_tokenizer(path)
+
+
+def _refuse_remote_tokenizer(path: Path) -> None:
+    """A tokenizer config asking for remote code (``auto_map``) is refused, like a model's."""
     tok_config = path / "tokenizer_config.json"
     if tok_config.is_file():
         try:
@@ -97,13 +102,7 @@ def check_repository(path: Path) -> dict[str, Any]:
         raise ProbeError("config.json is not a JSON object", skip=True)
     if "auto_map" in config:
         raise ProbeError("config needs remote code (auto_map); trust_remote_code stays off", skip=True)
-    tok_config = path / "tokenizer_config.json"
-    if tok_config.is_file():
-        try:
-            if "auto_map" in json.loads(tok_config.read_text("utf-8")):
-                raise ProbeError("tokenizer needs remote code (auto_map); trust_remote_code stays off", skip=True)
-        except ValueError:
-            raise ProbeError("tokenizer_config.json is not valid JSON", skip=True) from None
+    _refuse_remote_tokenizer(path)
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
