@@ -36,10 +36,8 @@ from schemas.records import ProbeParams
 
 
 def probe_all(seeds: list[int]) -> dict[int, dict[str, tuple]]:
-    import json as _json
-
     zoo = ensure_zoo(log=print)
-    revision = _json.loads((zoo / "zoo.json").read_text())["recipe_hash"]
+    revision = json.loads((zoo / "zoo.json").read_text())["recipe_hash"]
     genome = builtin("math")
     cache = ProbeCache(default_cache() / "probes")
     out: dict[int, dict[str, tuple]] = {}
