@@ -64,13 +64,24 @@ def copies() -> dict[str, str]:
     return {m.id: m.parents[0] for m in ZOO if m.make == "quantize"}
 
 
-def kin(model_id: str) -> set[str]:
-    """True parents and children, a near-copy standing for its original."""
-    direct: dict[str, set[str]] = {m.id: set() for m in ZOO}
+def _children() -> dict[str, set[str]]:
+    """{model: its true children}, every zoo model a key."""
+    out: dict[str, set[str]] = {m.id: set() for m in ZOO}
     for m in ZOO:
         for p in m.parents:
-            direct[m.id].add(p)
-            direct[p].add(m.id)
+            out[p].add(m.id)
+    return out
+
+
+def _root() -> str:
+    """The family's root: the released model that is not the out-group."""
+    return next(m.id for m in ZOO if m.make == "gguf" and m.id != GEMMA)
+
+
+def kin(model_id: str) -> set[str]:
+    """True parents and children, a near-copy standing for its original."""
+    children = _children()
+    direct = {m.id: set(m.parents) | children[m.id] for m in ZOO}
     alias = copies()
     out = set(direct[model_id])
     if model_id in alias:
@@ -121,7 +132,7 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
             out.append(Relation(f"nearer-parent-than-grandparent:{m.id}", margin > 0, margin,
                                 f"parent {d(m.id, parent):.3f}, grandparent {d(m.id, grand):.3f}"))
 
-    root = next(m.id for m in ZOO if m.make == "gguf" and m.id != GEMMA)
+    root = _root()
     gaps = {m: d(m, GEMMA) - d(m, root) for m in family() if m != root}
     worst = min(gaps, key=gaps.get)
     out.append(Relation("outgroup-farther-than-root", gaps[worst] > 0, gaps[worst],
@@ -169,21 +180,18 @@ def expected_clades() -> list[tuple[str, ...]]:
     every model that has descendants with all of them, where no descendant has a parent
     outside the group (a merge sits between its parents, so a parent alone with the merge
     is no clade), the family's root excepted (its clade is the whole family)."""
-    children: dict[str, set[str]] = {}
-    for m in ZOO:
-        for p in m.parents:
-            children.setdefault(p, set()).add(m.id)
-    root = next(m.id for m in ZOO if m.make == "gguf" and m.id != GEMMA)
+    children = _children()
+    root = _root()
     out = [(c, orig) for c, orig in copies().items()]
     for m in ZOO:
-        if m.id in (root, GEMMA) or m.id not in children:
+        if m.id in (root, GEMMA) or not children[m.id]:
             continue
         group, stack = {m.id}, list(children[m.id])
         while stack:
             x = stack.pop()
             if x not in group:
                 group.add(x)
-                stack.extend(children.get(x, ()))
+                stack.extend(children[x])
         parents = {p for x in group - {m.id} for p in _spec(x).parents}
         if parents <= group:
             out.append(tuple(sorted(group)))

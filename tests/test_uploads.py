@@ -26,6 +26,14 @@ GENES, SAMPLES = 8, 8
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # a CPU-only run, whatever this machine has
 
 
+def _simulated_hub(hub: Path, models: int, seed: int) -> list[Path]:
+    """A simulated ecosystem under ``hub`` (the real CLI), its repositories in upload order."""
+    r = run_cli("simulate", "--models", str(models), "--seed", str(seed), "--genes", str(GENES),
+                "--samples", str(SAMPLES), "--out", str(hub))
+    assert r.returncode == 0, r.stderr
+    return repos_by_upload(hub)
+
+
 def _gptq(root: Path, repo_id: str, created_at: datetime) -> Path:
     """A GPTQ-shaped repository: quantization_config in config.json, packed I32 qweight."""
     d = make_repo(root, repo_id, created_at=created_at, weights=False,
@@ -84,10 +92,7 @@ def test_deferred_models_are_taken_by_a_backend_that_runs_their_method(tmp_path:
     from schemas.records import ProbeParams
 
     hub = tmp_path / "hub"
-    r = run_cli("simulate", "--models", "3", "--seed", "4", "--genes", str(GENES), "--samples", str(SAMPLES),
-                "--out", str(hub))
-    assert r.returncode == 0, r.stderr
-    repos = repos_by_upload(hub)
+    repos = _simulated_hub(hub, models=3, seed=4)
     quantized = repos[0]
     cfg = json.loads((quantized / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
@@ -120,10 +125,7 @@ def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: P
     from schemas.records import ProbeParams
 
     hub = tmp_path / "hub"
-    r = run_cli("simulate", "--models", "4", "--seed", "9", "--genes", str(GENES), "--samples", str(SAMPLES),
-                "--out", str(hub))
-    assert r.returncode == 0, r.stderr
-    repos = repos_by_upload(hub)
+    repos = _simulated_hub(hub, models=4, seed=9)
     twin = repos[1]
     twin_id = f"{twin.parent.name}/{twin.name}"
     catalog = tmp_path / "c.duckdb"
