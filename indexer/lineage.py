@@ -29,7 +29,8 @@ Rules (every finding carries the distances that support it):
   distance of the confirmed declared pairs, else the 5th percentile of all distances.
 
 Cost: O(n^2) for the ranks (one row scan per declared pair and per undeclared model), plus
-O(n * depth) to trace declared ancestries.
+tracing each declared base's declared descendants (their count summed over the bases: at
+most O(n^2), for one long chain of declarations).
 """
 from __future__ import annotations
 
