@@ -33,7 +33,7 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # The project itself, without its heavy extras: the prober and its records need only these.
 "${PIP[@]}" "pydantic>=2.6" "numpy<2.5" "safetensors>=0.4" "huggingface-hub>=0.26" "pytest>=8"
 "${PIP[@]}" --no-deps -e "$ROOT"
-"$VENV/bin/python" -c "import vllm, indexer.probers.vllm_backend" >/dev/null
+"$VENV/bin/python" -c "import vllm, indexer.adapters.probers.vllm_backend" >/dev/null
 echo "$RECIPE" > "$MARKER"
 echo "vllm env ready: $VENV" >&2
 echo "$VENV/bin/python"

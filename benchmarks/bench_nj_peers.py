@@ -8,7 +8,7 @@ distances rounded to 8 decimals: the recipe of tests/test_nj_peers.py). Programs
 turn, ``--repeats`` rounds, and the minimum and median wall time of each is printed. Ours
 is ``neighbor_joining`` on the matrix in memory; a peer's time is its whole process,
 reading the PHYLIP text included. ``--baseline`` times another copy of ``nj.py`` side by
-side (e.g. ``git show REV:indexer/tree/nj.py > old_nj.py``). Peers that are not installed
+side (e.g. ``git show REV:indexer/core/tree/nj.py > old_nj.py``). Peers that are not installed
 are left out. The RF between every two trees is printed too. Figures only: nothing is
 asserted.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indexer.tree import neighbor_joining, parse_newick, robinson_foulds  # noqa: E402
+from indexer.core.tree import neighbor_joining, parse_newick, robinson_foulds  # noqa: E402
 from tests.test_nj_peers import write_phylip  # noqa: E402
 from tests.test_tree import sim_distances  # noqa: E402
 

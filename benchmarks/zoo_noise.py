@@ -8,7 +8,7 @@ the lineage test's), then for G = 64 (the first 64 genes of those probes) and G 
 
 * the **noise floor** of each model: the distance between two probes of the same model
   with different seeds (mean over the seed pairs);
-* every relation of ``indexer.zoo_relations`` on each seed's distance matrix: its margin
+* every relation of ``indexer.testbed.zoo_relations`` on each seed's distance matrix: its margin
   (mean, min, spread across seeds) and gene-bootstrap support, and the margin in units of
   the largest noise floor of the zoo.
 
@@ -24,14 +24,14 @@ import statistics
 
 import numpy as np
 
-from indexer.distance import AlleleIndex, distance_from_similarity, nei_similarity
-from indexer.genomes import builtin
-from indexer.probers.base import ModelSource
-from indexer.probers.cache import ProbeCache, probe_cached
-from indexer.probers.transformers_backend import TransformersProber
-from indexer.tree.nj import neighbor_joining
-from indexer.zoo import default_cache, ensure_zoo, zoo_ids
-from indexer.zoo_relations import bootstrap_support, relations
+from indexer.core.distance import AlleleIndex, distance_from_similarity, nei_similarity
+from indexer.core.genomes import builtin
+from indexer.adapters.probers.base import ModelSource
+from indexer.adapters.probers.cache import ProbeCache, probe_cached
+from indexer.adapters.probers.transformers_backend import TransformersProber
+from indexer.core.tree.nj import neighbor_joining
+from indexer.testbed.zoo import default_cache, ensure_zoo, zoo_ids
+from indexer.testbed.zoo_relations import bootstrap_support, relations
 from schemas.records import ProbeParams
 
 

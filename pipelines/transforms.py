@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms import userstate
 
-from indexer.service import IndexWriter, JobConfig, ListStep, PollReport, ProbeOutcome, ProbeStep
+from indexer.app.service import IndexWriter, JobConfig, ListStep, PollReport, ProbeOutcome, ProbeStep
 from schemas.records import ModelRecord, ModelStatus
 
 log = logging.getLogger("phylolm")

@@ -42,7 +42,7 @@ def consistency(con) -> tuple[int, list[str]]:
     """(n indexed, problems) of an open catalog connection: every indexed model counted
     exactly once in models, probes, alleles, distance pairs and the latest tree; one tree
     snapshot per indexed model (an update never doubled)."""
-    from indexer.tree import parse_newick
+    from indexer.core.tree import parse_newick
 
     problems = []
     ids = sorted(m for (m,) in con.execute("select id from models where status = 'indexed'").fetchall())

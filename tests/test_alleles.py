@@ -1,7 +1,7 @@
 """The paper's allele rule, pinned on its edge cases."""
 import pytest
 
-from indexer.alleles import allele_of, count_alleles, count_genome, is_complete
+from indexer.core.alleles import allele_of, count_alleles, count_genome, is_complete
 
 
 @pytest.mark.parametrize("text, allele", [

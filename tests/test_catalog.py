@@ -7,9 +7,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from indexer.catalog import TABLES, Catalog, check_read_only, open_read_only, run_query, snapshot_path
+from indexer.adapters.catalog import TABLES, Catalog, check_read_only, open_read_only, run_query, snapshot_path
 from indexer.errors import PhylolmError
-from indexer.genomes import builtin
+from indexer.core.genomes import builtin
 from schemas.migrations import SCHEMA_VERSION
 from schemas.records import AlleleCounts, ModelRecord, ModelStatus, ProbeParams, ProbeRecord, Score, probe_key
 
@@ -215,13 +215,13 @@ def test_other_process_reads_snapshot_while_writer_holds_the_file(tmp_path):
     cat.upsert_models([ModelRecord(id="a/first")])
     cat.publish_snapshot()
     cat.upsert_models([ModelRecord(id="a/second")])  # not yet published
-    code = ("import sys; from indexer.catalog import run_query; "
+    code = ("import sys; from indexer.adapters.catalog import run_query; "
             "print(run_query(sys.argv[1], 'select id from models order by id')[1])")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[('a/first',)]"
     # a second writer is refused clearly
-    code2 = "import sys; from indexer.catalog import Catalog; Catalog(sys.argv[1])"
+    code2 = "import sys; from indexer.adapters.catalog import Catalog; Catalog(sys.argv[1])"
     out2 = subprocess.run([sys.executable, "-c", code2, str(path)], capture_output=True, text=True, timeout=60)
     assert out2.returncode != 0 and "held by another writer" in out2.stderr
     cat.close()
@@ -229,7 +229,7 @@ def test_other_process_reads_snapshot_while_writer_holds_the_file(tmp_path):
 
 
 def test_readers_go_to_the_snapshot_while_a_job_holds_the_writer_lock(tmp_path):
-    from indexer.service import WriterLock
+    from indexer.app.service import WriterLock
 
     path = tmp_path / "c.duckdb"
     with Catalog(path, create=True) as cat:
@@ -266,7 +266,7 @@ def test_writer_waits_out_a_reader_that_opened_first(tmp_path):
 
 
 def test_failed_attempts_count_per_revision(tmp_path):
-    from indexer.catalog import DONE_SQL, MAX_ATTEMPTS
+    from indexer.adapters.catalog import DONE_SQL, MAX_ATTEMPTS
     with Catalog(tmp_path / "c.duckdb", create=True) as cat:
         done = lambda: cat.con.execute(f"select count(*) from models where {DONE_SQL}").fetchall()[0][0]
         for i in range(MAX_ATTEMPTS):

@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 
-from indexer.catalog import Catalog
-from indexer.phylo_index import PhyloIndex
-from indexer.simulate import simulate
-from indexer.tree import parse_newick
+from indexer.adapters.catalog import Catalog
+from indexer.core.phylo_index import PhyloIndex
+from indexer.core.simulate import simulate
+from indexer.core.tree import parse_newick
 
 
 def test_simulate_writes_a_hub_and_the_truth(cli, tmp_path):

@@ -170,7 +170,7 @@ def _count_indexed(catalog: Path, cwd: Path) -> int:
 # ---- the example settings file ----------------------------------------------------------------
 
 def test_example_config_parses_and_names_every_setting(monkeypatch, tmp_path):
-    from indexer.settings import Settings, load_settings
+    from indexer.app.settings import Settings, load_settings
 
     for k in list(os.environ):
         if k.startswith("PHYLOLM_"):
@@ -559,7 +559,7 @@ def test_every_transform_pickles_without_setting_up(library, tmp_path):
     engine or catalog (``setup`` has not run), and the copy equals the original's config."""
     from apache_beam.internal import pickler
 
-    from indexer.service import JobConfig
+    from indexer.app.service import JobConfig
 
     # an endpoint that does not exist and a catalog that is not there: any connection or
     # catalog opening during construction or pickling would fail or leave a file behind
@@ -590,7 +590,7 @@ def test_whole_pipeline_survives_the_runner_api(tmp_path):
     pickled into protobuf) and back, for the streaming, the once and the backfill shapes."""
     import apache_beam as beam
 
-    from indexer.service import JobConfig
+    from indexer.app.service import JobConfig
     from pipelines.transforms import IndexNewModels, ProbeAndIndex, ReportProgress
 
     config = JobConfig(catalog=tmp_path / "c.duckdb", hub="http://127.0.0.1:9", backend="simulated")
@@ -612,8 +612,8 @@ def test_unpickled_steps_do_the_work(sim_hub, tmp_path):
     probe and index real (simulated) models into a real catalog."""
     from apache_beam.internal import pickler
 
-    from indexer.hub.client import open_hub
-    from indexer.service import JobConfig
+    from indexer.adapters.hub.client import open_hub
+    from indexer.app.service import JobConfig
     from pipelines.transforms import ListNewModelsFn, ProbeModelsFn, UpdateIndexFn
     from schemas.records import ProbeParams
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from indexer.distance import AlleleIndex, distance_from_similarity, nei_similarity
+from indexer.core.distance import AlleleIndex, distance_from_similarity, nei_similarity
 
 
 def random_counts(rng, n_genes=40, n_samples=32, max_alleles=6):

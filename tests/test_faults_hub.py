@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.hub_repos import make_repo
-from indexer.hub import faults as F
-from indexer.hub.client import HubClient, RetryPolicy
-from indexer.hub.server import HubServer
-from indexer.hub.watcher import ScreenPolicy, Watcher
+from indexer.testbed import hub_faults as F
+from indexer.adapters.hub.client import HubClient, RetryPolicy
+from indexer.testbed.hub_server import HubServer
+from indexer.adapters.hub.watcher import ScreenPolicy, Watcher
 from schemas.records import ModelStatus
 
 pytestmark = pytest.mark.faults

@@ -40,7 +40,7 @@ def _tokenizer(dest: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from indexer import genomes
+    from indexer.core import genomes
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -259,7 +259,7 @@ def test_watch_survives_every_model_fault(zoo, tmp_path):
 
     # Later watches retry only the failures (a failure may be transient), up to MAX_ATTEMPTS
     # per revision, then nothing: final statuses are not retried, nothing is doubled.
-    from indexer.catalog import MAX_ATTEMPTS
+    from indexer.adapters.catalog import MAX_ATTEMPTS
 
     def data_rows() -> dict[str, int]:
         # the polls table records each run by design: one row more per watch, nothing else
@@ -294,9 +294,9 @@ def test_watch_survives_every_model_fault(zoo, tmp_path):
 def test_backend_refuses_unsafe_snapshots_itself(zoo, repo_id, words):
     """Defence in depth: handed the full snapshot (code and pickle included, as if the screen
     had let it through), the transformers backend refuses it before loading anything."""
-    from indexer import genomes
-    from indexer.probers.base import ModelSource, ProbeError
-    from indexer.probers.transformers_backend import TransformersProber
+    from indexer.core import genomes
+    from indexer.adapters.probers.base import ModelSource, ProbeError
+    from indexer.adapters.probers.transformers_backend import TransformersProber
     from schemas.records import ProbeParams
 
     folder = zoo["folders"][repo_id]
@@ -311,9 +311,9 @@ def test_backend_refuses_unsafe_snapshots_itself(zoo, repo_id, words):
 def test_backend_refuses_a_checkpoint_missing_tensors(zoo, tmp_path):
     """transformers only reports missing tensors and initialises them at random: probing that
     would index a model nobody uploaded. The backend must refuse it."""
-    from indexer import genomes
-    from indexer.probers.base import ModelSource, ProbeError
-    from indexer.probers.transformers_backend import TransformersProber
+    from indexer.core import genomes
+    from indexer.adapters.probers.base import ModelSource, ProbeError
+    from indexer.adapters.probers.transformers_backend import TransformersProber
     from schemas.records import ProbeParams
 
     folder = tmp_path / "missing-tensor"

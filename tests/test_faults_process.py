@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.catalog import open_read_only, snapshot_path
+from indexer.adapters.catalog import open_read_only, snapshot_path
 from tests.conftest import run_cli
 from tests.hub_repos import publish, repos_by_upload
 from tests.faults_common import BASE_ENV, assert_consistent, consistency, query
@@ -80,7 +80,7 @@ def test_sigkill_at_each_stage_then_restart(ecosystem, tmp_path, stage, nth, com
     assert restarted.stdout.count("indexed ") == N_MODELS - committed, restarted.stdout
     # The published snapshot and export caught up.
     assert_consistent(snapshot_path(catalog), N_MODELS)
-    from indexer.tree import parse_newick
+    from indexer.core.tree import parse_newick
     tree = parse_newick((tmp_path / "published" / "tree.nwk").read_text())
     assert sorted(tree.leaf_names) == ids
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from indexer import genomes
+from indexer.core import genomes
 
 
 @pytest.mark.parametrize("name", genomes.BUILTIN)

@@ -23,10 +23,10 @@ from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import parse_ratelimit_headers
 from safetensors.numpy import save_file
 
-from indexer.hub import faults as F
-from indexer.hub.client import HubClient, HubError, RetryPolicy
-from indexer.hub.server import HubServer
-from indexer.hub.watcher import ScreenPolicy, Watcher, lineage, weights_bytes
+from indexer.testbed import hub_faults as F
+from indexer.adapters.hub.client import HubClient, HubError, RetryPolicy
+from indexer.testbed.hub_server import HubServer
+from indexer.adapters.hub.watcher import ScreenPolicy, Watcher, lineage, weights_bytes
 from schemas.records import ModelStatus
 from tests.hub_repos import make_repo
 
@@ -335,8 +335,8 @@ def test_siblings_carry_sizes_only_with_blobs_and_the_cursor_is_time_ordered(tmp
 
 
 def test_a_rename_is_followed_and_the_old_row_resolved(tmp_path: Path) -> None:
-    from indexer.catalog import Catalog
-    from indexer.service import JobConfig, ListStep
+    from indexer.adapters.catalog import Catalog
+    from indexer.app.service import JobConfig, ListStep
     from schemas.records import ModelRecord
 
     root = tmp_path / "hub"

@@ -11,9 +11,9 @@ from safetensors.numpy import load_file
 
 from tests.hub_repos import make_repo
 from indexer.errors import PhylolmError
-from indexer.hub.client import HubClient, RetryPolicy, open_hub, scrub
-from indexer.hub.server import HubServer
-from indexer.hub.watcher import ScreenPolicy, Watcher, next_watermark
+from indexer.adapters.hub.client import HubClient, RetryPolicy, open_hub, scrub
+from indexer.testbed.hub_server import HubServer
+from indexer.adapters.hub.watcher import ScreenPolicy, Watcher, next_watermark
 from schemas.records import ModelStatus
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)

@@ -6,8 +6,8 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from indexer.lineage import check_lineage
-from indexer import reference
+from indexer.core.lineage import check_lineage
+from indexer.adapters import reference
 
 
 def _world():

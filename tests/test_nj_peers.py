@@ -22,8 +22,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from indexer.tree import neighbor_joining, parse_newick, robinson_foulds, splits
-from indexer.tree.core import Tree
+from indexer.core.tree import neighbor_joining, parse_newick, robinson_foulds, splits
+from indexer.core.tree.core import Tree
 from tests.test_tree import NJ_MATRICES, NJ_MATRICES_SLOW, _matrix
 
 PEERS = ("quicktree", "clearcut")  # binary = Debian package
@@ -77,7 +77,7 @@ def nj_reaches(d: np.ndarray, tree: Tree, names: list[str], rel: float = 1e-9) -
     pairs (Q within ``rel`` of the minimum, relative to the size of the terms) may be taken
     in any order. Greedy: each step joins the first such pair that is a clade of ``tree``, so
     True is a proof and False is very likely one. Plain numpy, O(n^3): separate from
-    indexer.tree.nj on purpose."""
+    indexer.core.tree.nj on purpose."""
     n = len(d)
     full = (1 << n) - 1
     target = set(splits(tree, names))

@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from indexer.genomes import builtin
-from indexer.probers.base import ModelSource, ProbeError, get_prober
-from indexer.http_retry import retry_after_seconds as _retry_after
-from indexer.probers.openai_backend import OpenAIProber
+from indexer.core.genomes import builtin
+from indexer.adapters.probers.base import ModelSource, ProbeError, get_prober
+from indexer.adapters.http_retry import retry_after_seconds as _retry_after
+from indexer.adapters.probers.openai_backend import OpenAIProber
 from schemas.records import ProbeParams
 
 KEY = "sk-test-0123456789abcdef"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.distance import distance_from_similarity
-from indexer.tree import IncrementalTree, RebuildPolicy, families_recovered, neighbor_joining, squared_error
+from indexer.core.distance import distance_from_similarity
+from indexer.core.tree import IncrementalTree, RebuildPolicy, families_recovered, neighbor_joining, squared_error
 
 DATA = Path(__file__).parent / "data" / "paper"
 

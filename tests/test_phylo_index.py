@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from indexer.phylo_index import PhyloIndex
-from indexer.simulate import simulate
-from indexer.tree import RebuildPolicy, parse_newick, robinson_foulds
+from indexer.core.phylo_index import PhyloIndex
+from indexer.core.simulate import simulate
+from indexer.core.tree import RebuildPolicy, parse_newick, robinson_foulds
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def _consistent(catalog: Path, cwd: Path, n: int) -> None:
     assert _sql(catalog, "select count(*) n from distance_pairs", cwd) == [{"n": n * (n - 1) // 2}]
     last = _sql(catalog, "select n_leaves, newick from tree_snapshots order by snapshot_id desc limit 1", cwd)
     assert last[0]["n_leaves"] == n
-    from indexer.tree import parse_newick
+    from indexer.core.tree import parse_newick
     assert sorted(parse_newick(last[0]["newick"]).leaf_names) == sorted(
         r["id"] for r in _sql(catalog, "select id from models where status = 'indexed'", cwd))
     assert _sql(catalog, "select count(*) n from tree_snapshots", cwd) == [{"n": n}]
@@ -67,7 +67,7 @@ def test_backfill_indexes_everything_once(ecosystem, tmp_path):
     assert r.returncode == 0 and "0 model(s) to index" in r.stdout
     _consistent(catalog, tmp_path, SIM_MODELS)
     # the tree's quality against the simulation's truth (full numbers: the benchmark)
-    from indexer.tree import parse_newick, robinson_foulds
+    from indexer.core.tree import parse_newick, robinson_foulds
     r = run_cli("tree", "--catalog", str(catalog), "--format", "newick", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     tree = parse_newick(r.stdout.strip())
@@ -189,11 +189,11 @@ def test_estimates_refresh_on_insert(ecosystem, tmp_path):
 def test_failed_download_is_retried_on_the_next_poll(ecosystem, tmp_path):
     """A transient failure is not final: the model is `failed` with its reason, retried by the
     next poll, and indexed once the Hub answers again (attempts are counted per revision)."""
-    from indexer.catalog import Catalog
-    from indexer.hub.client import RetryPolicy
-    from indexer.hub.faults import FaultPlan, vanish
-    from indexer.hub.server import HubServer
-    from indexer.service import IndexWriter, JobConfig, ListStep, ProbeStep
+    from indexer.adapters.catalog import Catalog
+    from indexer.adapters.hub.client import RetryPolicy
+    from indexer.testbed.hub_faults import FaultPlan, vanish
+    from indexer.testbed.hub_server import HubServer
+    from indexer.app.service import IndexWriter, JobConfig, ListStep, ProbeStep
     from schemas.records import ProbeParams
 
     served = tmp_path / "served"
@@ -234,10 +234,10 @@ def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
     attempt count raised, passes the first-sight filter again, and is indexed in the same run."""
     from dataclasses import replace
 
-    from indexer.catalog import Catalog
-    from indexer.hub.faults import FaultPlan, vanish
-    from indexer.hub.server import HubServer
-    from indexer.service import JobConfig, WriterLock
+    from indexer.adapters.catalog import Catalog
+    from indexer.testbed.hub_faults import FaultPlan, vanish
+    from indexer.testbed.hub_server import HubServer
+    from indexer.app.service import JobConfig, WriterLock
     from pipelines.run import run_watch
     from schemas.records import ProbeParams
 
@@ -259,8 +259,8 @@ def test_writer_keeps_its_index_between_bundles_unless_another_wrote(ecosystem, 
     """``IndexWriter.close``/``reopen`` (what a worker does between bundles): the in-memory
     index is reused when the catalog did not change meanwhile, rebuilt when another writer
     inserted a model; either way every model ends in the catalog exactly once."""
-    from indexer.hub.server import HubServer
-    from indexer.service import IndexWriter, JobConfig, ListStep, ProbeStep
+    from indexer.testbed.hub_server import HubServer
+    from indexer.app.service import IndexWriter, JobConfig, ListStep, ProbeStep
     from schemas.records import ProbeParams
     from tests.faults_common import assert_consistent
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer import predict, reference
-from indexer.predict import (EstimateCache, KinshipEnsemble, PaperICA, conformal_quantile,
+from indexer.core import predict
+from indexer.adapters import reference
+from indexer.core.predict import (EstimateCache, KinshipEnsemble, PaperICA, conformal_quantile,
                              leave_one_family_out, refresh_estimates)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer import predict, reference
-from indexer.predict import (EstimateCache, KinshipStack, _shrunk_stack, leave_one_family_out,
+from indexer.core import predict
+from indexer.adapters import reference
+from indexer.core.predict import (EstimateCache, KinshipStack, _shrunk_stack, leave_one_family_out,
                              leave_one_family_out_joint, refresh_estimates, validate)
 
 

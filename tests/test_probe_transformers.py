@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from indexer.alleles import allele_of  # noqa: E402
-from indexer.genomes import builtin  # noqa: E402
-from indexer.probers.base import ModelSource, ProbeError, get_prober  # noqa: E402
-from indexer.probers.transformers_backend import (  # noqa: E402
+from indexer.core.alleles import allele_of  # noqa: E402
+from indexer.core.genomes import builtin  # noqa: E402
+from indexer.adapters.probers.base import ModelSource, ProbeError, get_prober  # noqa: E402
+from indexer.adapters.probers.transformers_backend import (  # noqa: E402
     TransformersProber,
     _allele_is_final,
     _draw,

@@ -7,11 +7,11 @@ import duckdb
 import numpy as np
 import pytest
 
-from indexer.catalog import Catalog
-from indexer.predict import refresh_estimates
-from indexer.publish import EXPORT_FILES, declared_families, export, render_report, tree_svg
-from indexer.tree.newick import parse_newick, to_newick
-from indexer.tree.nj import neighbor_joining
+from indexer.adapters.catalog import Catalog
+from indexer.core.predict import refresh_estimates
+from indexer.adapters.publish import EXPORT_FILES, declared_families, export, render_report, tree_svg
+from indexer.core.tree.newick import parse_newick, to_newick
+from indexer.core.tree.nj import neighbor_joining
 from schemas.records import ModelRecord, ModelStatus, Score
 
 GENOME = "g" * 64

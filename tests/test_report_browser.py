@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.catalog import Catalog
-from indexer.publish import estimates_from_catalog, export
-from indexer.tree.newick import to_newick
-from indexer.tree.nj import neighbor_joining
+from indexer.adapters.catalog import Catalog
+from indexer.adapters.publish import estimates_from_catalog, export
+from indexer.core.tree.newick import to_newick
+from indexer.core.tree.nj import neighbor_joining
 from schemas.records import ModelRecord, ModelStatus, Score
 
 pytestmark = pytest.mark.browser

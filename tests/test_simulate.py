@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import yaml
 
-from indexer.genomes import builtin
-from indexer.probers.base import ModelSource, ProbeError, get_prober
-from indexer.probers.simulated import write_repositories
-from indexer.simulate import SHAPES, simulate
-from indexer.tree import parse_newick, robinson_foulds
+from indexer.core.genomes import builtin
+from indexer.adapters.probers.base import ModelSource, ProbeError, get_prober
+from indexer.adapters.probers.simulated import write_repositories
+from indexer.core.simulate import SHAPES, simulate
+from indexer.core.tree import parse_newick, robinson_foulds
 from schemas.records import ProbeParams, check_model_id
 
 
@@ -45,7 +45,7 @@ def test_upload_order_follows_the_tree():
 
 def test_divergence_grows_with_tree_distance():
     eco = simulate(60, seed=3, n_genes=64)
-    from indexer.distance import AlleleIndex
+    from indexer.core.distance import AlleleIndex
     index = AlleleIndex(n_samples=32)
     for i, m in enumerate(eco.ids):
         index.add(m, eco.sample_counts(i, 32))

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from indexer.distance import AlleleIndex
-from indexer.simulate import simulate
-from indexer.tree import (NewickError, neighbor_joining, parse_newick, place, robinson_foulds,
+from indexer.core.distance import AlleleIndex
+from indexer.core.simulate import simulate
+from indexer.core.tree import (NewickError, neighbor_joining, parse_newick, place, robinson_foulds,
                           splits, to_newick)
-from indexer.tree.core import Tree
-from indexer.tree.nj import _nj_core
-from indexer.tree.render import to_ascii, to_dict
+from indexer.core.tree.core import Tree
+from indexer.core.tree.nj import _nj_core
+from indexer.core.tree.render import to_ascii, to_dict
 
 
 def random_tree(n, rng):

@@ -1,8 +1,8 @@
 """Midpoint rooting for display: same unrooted tree, root on the longest path's middle."""
 import numpy as np
 
-from indexer.tree import parse_newick, robinson_foulds
-from indexer.tree.rooting import midpoint_root
+from indexer.core.tree import parse_newick, robinson_foulds
+from indexer.core.tree.rooting import midpoint_root
 
 
 def test_midpoint_root_keeps_the_tree_and_separates_the_outgroup():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from indexer.hub.server import HubServer
+from indexer.testbed.hub_server import HubServer
 from tests.conftest import run_cli
 from tests.faults_common import query
 from tests.hub_repos import make_repo, repos_by_upload
@@ -88,7 +88,7 @@ def test_deferred_models_are_taken_by_a_backend_that_runs_their_method(tmp_path:
     backend can (a stand-in capability set on the simulated backend) asks for it by id,
     although it is older than the watermark, and indexes it."""
     from pipelines.run import run_watch
-    from indexer.service import JobConfig
+    from indexer.app.service import JobConfig
     from schemas.records import ProbeParams
 
     hub = tmp_path / "hub"
@@ -121,7 +121,7 @@ def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: P
     import hashlib
 
     from pipelines.run import run_watch
-    from indexer.service import JobConfig
+    from indexer.app.service import JobConfig
     from schemas.records import ProbeParams
 
     hub = tmp_path / "hub"
@@ -195,7 +195,7 @@ def _info(files: dict[str, int | None]):
 
 
 def test_the_gguf_file_is_chosen_by_the_stated_rule() -> None:
-    from indexer.hub.watcher import choose_gguf
+    from indexer.adapters.hub.watcher import choose_gguf
 
     files = {"m.F16.gguf": 300, "m-Q8_0.gguf": 160, "m-Q4_K_M.gguf": 90, "m-Q2_K.gguf": 50,
              "m-F32-00001-of-00002.gguf": 10, "README.md": 5}
@@ -270,7 +270,7 @@ def test_a_gguf_repository_waits_for_a_backend_with_a_gguf_loader(tmp_path: Path
     """On a backend without a GGUF loader (here the simulated one) a GGUF-only repository is
     deferred, not skipped; a later poll of a backend that loads GGUF asks for it by id and
     sends it to probing with its chosen file."""
-    from indexer.service import IndexWriter, JobConfig, ListStep, ProbeOutcome
+    from indexer.app.service import IndexWriter, JobConfig, ListStep, ProbeOutcome
     from schemas.records import ModelStatus, ProbeParams
 
     root = tmp_path / "hub"
@@ -302,7 +302,7 @@ def test_what_each_backend_runs_on_a_cpu(monkeypatch) -> None:
     """Capabilities decided without starting an engine: on a CPU neither transformers nor the
     vLLM CPU build runs a pre-quantization method; transformers loads GGUF; an OpenAI-style
     endpoint serves whatever it serves."""
-    from indexer.probers.base import quant_methods
+    from indexer.adapters.probers.base import quant_methods
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert quant_methods("transformers") == frozenset({"gguf"})

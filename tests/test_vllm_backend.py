@@ -19,13 +19,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from indexer.distance import nei_similarity  # noqa: E402
-from indexer.genomes import builtin  # noqa: E402
-from indexer.probers.base import ModelSource, ProbeError  # noqa: E402
-from indexer.probers.openai_backend import OpenAIProber  # noqa: E402
-from indexer.probers.transformers_backend import TransformersProber  # noqa: E402
-from indexer.probers.vllm_backend import VLLMProber, VLLMServer, gene_seed  # noqa: E402
-from indexer.zoo import GEMMA, SMOLLM2  # noqa: E402
+from indexer.core.distance import nei_similarity  # noqa: E402
+from indexer.core.genomes import builtin  # noqa: E402
+from indexer.adapters.probers.base import ModelSource, ProbeError  # noqa: E402
+from indexer.adapters.probers.openai_backend import OpenAIProber  # noqa: E402
+from indexer.adapters.probers.transformers_backend import TransformersProber  # noqa: E402
+from indexer.adapters.probers.vllm_backend import VLLMProber, VLLMServer, gene_seed  # noqa: E402
+from indexer.testbed.zoo import GEMMA, SMOLLM2  # noqa: E402
 from schemas.records import ProbeParams  # noqa: E402
 from tests.zoo_models import zoo_dir, zoo_revision  # noqa: E402,F401
 
@@ -80,10 +80,10 @@ def test_worker_and_its_engine_processes_end_when_the_job_is_killed(tmp_path):
     import time
 
     pids = tmp_path / "pids"
-    worker = ("import os, subprocess, time; from indexer.probers.vllm_backend import PARENT_ENV, exit_with_parent; "
+    worker = ("import os, subprocess, time; from indexer.adapters.probers.vllm_backend import PARENT_ENV, exit_with_parent; "
               "exit_with_parent(int(os.environ[PARENT_ENV]), 0.1); engine = subprocess.Popen(['sleep', '300']); "
               f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{engine.pid}}'); time.sleep(300)")
-    job = ("import sys; from indexer.probers.vllm_backend import _run_worker_group; "
+    job = ("import sys; from indexer.adapters.probers.vllm_backend import _run_worker_group; "
            f"_run_worker_group([sys.executable, '-c', {worker!r}], '', 300)")
     proc = subprocess.Popen([sys.executable, "-c", job], cwd=Path(__file__).resolve().parents[1])
     try:

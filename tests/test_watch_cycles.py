@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.catalog import Catalog
-from indexer.hub import faults as F
-from indexer.hub.client import RetryPolicy
-from indexer.hub.server import HubServer
-from indexer.service import JobConfig, WriterLock
+from indexer.adapters.catalog import Catalog
+from indexer.testbed import hub_faults as F
+from indexer.adapters.hub.client import RetryPolicy
+from indexer.testbed.hub_server import HubServer
+from indexer.app.service import JobConfig, WriterLock
 from schemas.records import ModelRecord, ModelStatus, ProbeParams
 from tests.conftest import run_cli
 from tests.faults_common import query
@@ -94,7 +94,7 @@ def busy_day(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
 
 
 def _expected_priority(side: dict) -> float:
-    # The weights the test runs with: downloads=1,likes=2 (see indexer.queue).
+    # The weights the test runs with: downloads=1,likes=2 (see indexer.app.probe_queue).
     return round(math.log10(1 + side["downloads"]) + 2 * math.log10(1 + side["likes"]), 9)
 
 
@@ -138,7 +138,7 @@ def test_a_day_of_2000_uploads_with_a_budget_of_50_probes_a_cycle(busy_day, tmp_
 
 def test_newest_first_queue_order(busy_day, tmp_path: Path) -> None:
     """The same day, `newest` order: a cycle takes the newest uploads, whatever their rank."""
-    from indexer.service import ListStep
+    from indexer.app.service import ListStep
 
     root, sides = busy_day
     with HubServer(root) as url:
@@ -185,7 +185,7 @@ def test_the_streaming_watch_retries_a_failed_listing_with_backoff(tmp_path: Pat
     """The poll whose listing fails is recorded as failed and retried with backoff, from its
     cursor, within the same interval; the next try completes."""
     from pipelines.transforms import ListNewModelsFn
-    from indexer.service import PollReport
+    from indexer.app.service import PollReport
 
     repos = _simulate(tmp_path / "hub", 6, seed=6)
     _redate(repos, [datetime.now(timezone.utc) - timedelta(hours=6 - i) for i in range(6)])
@@ -206,7 +206,7 @@ def test_the_streaming_watch_retries_a_failed_listing_with_backoff(tmp_path: Pat
 # -- 6. backend auto -------------------------------------------------------------------------
 
 def test_backend_auto_is_chosen_and_explained(tmp_path: Path, monkeypatch) -> None:
-    from indexer.probers import base
+    from indexer.adapters.probers import base
 
     monkeypatch.setattr(base, "gpu_present", lambda: (False, "no GPU found"))
     assert base.resolve_backend("auto") == ("transformers", "auto: no GPU found")

@@ -13,7 +13,7 @@ import yaml
 
 pytest.importorskip("torch")
 
-from indexer.zoo import GEMMA, SMOLLM2, ZOO, build_zoo, zoo_ids  # noqa: E402
+from indexer.testbed.zoo import GEMMA, SMOLLM2, ZOO, build_zoo, zoo_ids  # noqa: E402
 from tests.zoo_models import zoo_dir  # noqa: E402,F401
 
 
@@ -127,7 +127,7 @@ def test_the_hub_endpoint_serves_the_zoo(zoo_dir):
     through the real huggingface_hub client."""
     from huggingface_hub import HfApi
 
-    from indexer.hub.server import HubServer
+    from indexer.testbed.hub_server import HubServer
 
     with HubServer(zoo_dir) as url:
         api = HfApi(endpoint=url)

@@ -1,7 +1,7 @@
 """Lineage recovered from real models: probe every zoo model with the transformers backend at
 the paper's genome size (the 128 genes of the built-in ``math`` genome, N=32), compute Nei
 distances, and check each relation the zoo's true lineage implies
-(``indexer.zoo_relations``): nearest neighbours are kin, the near-copy pairs with its
+(``indexer.testbed.zoo_relations``): nearest neighbours are kin, the near-copy pairs with its
 original, the fine-tune of a fine-tune is nearer its parent, the out-group is farther than
 the family's root, the lineage check's verdicts on the cards, and the cherries of the NJ tree.
 
@@ -29,14 +29,14 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from indexer.distance import AlleleIndex, distance_from_similarity  # noqa: E402
-from indexer.genomes import builtin  # noqa: E402
-from indexer.probers.base import ModelSource  # noqa: E402
-from indexer.probers.cache import ProbeCache, probe_cached  # noqa: E402
-from indexer.probers.transformers_backend import TransformersProber  # noqa: E402
-from indexer.tree.nj import neighbor_joining  # noqa: E402
-from indexer.zoo import GEMMA, default_cache, zoo_ids  # noqa: E402
-from indexer.zoo_relations import bootstrap_support, relations  # noqa: E402
+from indexer.core.distance import AlleleIndex, distance_from_similarity  # noqa: E402
+from indexer.core.genomes import builtin  # noqa: E402
+from indexer.adapters.probers.base import ModelSource  # noqa: E402
+from indexer.adapters.probers.cache import ProbeCache, probe_cached  # noqa: E402
+from indexer.adapters.probers.transformers_backend import TransformersProber  # noqa: E402
+from indexer.core.tree.nj import neighbor_joining  # noqa: E402
+from indexer.testbed.zoo import GEMMA, default_cache, zoo_ids  # noqa: E402
+from indexer.testbed.zoo_relations import bootstrap_support, relations  # noqa: E402
 from schemas.records import ProbeParams  # noqa: E402
 from tests.zoo_models import zoo_dir, zoo_revision  # noqa: E402,F401
 
@@ -110,8 +110,8 @@ def test_the_lineage_check_reads_the_cards_right(evaluated, prefix):
 
 def test_the_lineage_checker_gives_the_verdicts_the_relations_promise(zoo_index):
     """The relations mirror ``check_lineage``'s rules; check the real checker agrees."""
-    from indexer.lineage import check_lineage
-    from indexer.zoo import ZOO
+    from indexer.core.lineage import check_lineage
+    from indexer.testbed.zoo import ZOO
 
     ids = zoo_index.ids
     declared = {m.id: m.declared_base for m in ZOO}

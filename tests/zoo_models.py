@@ -31,7 +31,7 @@ def zoo_dir(tmp_path_factory) -> Path:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    from indexer.zoo import build_zoo
+    from indexer.testbed.zoo import build_zoo
 
     out = tmp_path_factory.mktemp("zoo")
     build_zoo(out)

@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from indexer import genomes as genome_lib
-from indexer.catalog import Catalog, resolve_path, run_query, snapshot_path
+from indexer.core import genomes as genome_lib
+from indexer.adapters.catalog import Catalog, resolve_path, run_query, snapshot_path
 from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, out, print_json, print_rows
 from indexer.errors import PhylolmError
-from indexer.settings import load_settings
+from indexer.app.settings import load_settings
 from schemas.records import Score
 
 SCORE_COLUMNS = ("model_id", "benchmark", "value", "source")
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
             counts[t] = run_query(catalog, f"select count(*) from {t}")[1][0][0]
         wm = run_query(catalog, "select value from meta where key = 'watermark'")[1]
         snap = snapshot_path(catalog)
-        from indexer.probers.base import resolve_backend
+        from indexer.adapters.probers.base import resolve_backend
 
         backend, why = resolve_backend(settings.backend)
         report = {
@@ -199,7 +199,7 @@ def register(app: typer.Typer) -> None:
         if (file is None) == (reference is None):
             raise PhylolmError("give either a CSV file or --reference NAME (not both)")
         if reference is not None:
-            from indexer.reference import REFERENCE_SETS, reference_scores
+            from indexer.adapters.reference import REFERENCE_SETS, reference_scores
             if reference not in REFERENCE_SETS:
                 raise PhylolmError(f"--reference: unknown set {reference!r}; known: {', '.join(REFERENCE_SETS)}")
             scores = reference_scores(reference)

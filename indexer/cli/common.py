@@ -23,7 +23,7 @@ HubOpt = Annotated[str | None, typer.Option(
 BackendOpt = Annotated[str | None, typer.Option(
     "--backend", help="Prober: auto | vllm | transformers | openai | simulated (default from settings: "
                       "auto, i.e. vllm where a GPU and vLLM are present, else transformers).")]
-DEFAULT_CATALOG = None  # resolved by indexer.catalog.resolve_path
+DEFAULT_CATALOG = None  # resolved by indexer.adapters.catalog.resolve_path
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         tree grows leaf by leaf, then prints the tree, nearest relatives, lineage check and
         estimates, and writes the export and HTML report under WORKDIR/publish.
         """
-        from indexer.demo import run_demo
+        from indexer.testbed.demo import run_demo
 
         result = run_demo(workdir.resolve(), genes=genes, samples=samples, backend=backend, interval=interval,
                           timeout_per_model=timeout_per_model)

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from indexer.catalog import Catalog
+from indexer.adapters.catalog import Catalog
 from indexer.cli.bench import bench_app
 from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, out, print_json, print_rows
 from indexer.errors import PhylolmError
-from indexer.predict import DEFAULT_METHOD
+from indexer.core.predict import DEFAULT_METHOD
 
 MethodOpt = Annotated[str, typer.Option(
     "--method", help="Predictor: kinship-stack (default), kinship-ensemble, or paper-ica15-linear "
@@ -20,7 +20,7 @@ MethodOpt = Annotated[str, typer.Option(
 
 
 def _check_method(method: str) -> None:
-    from indexer.predict import PREDICTORS
+    from indexer.core.predict import PREDICTORS
 
     if method not in PREDICTORS:
         raise PhylolmError(f"--method: unknown predictor {method!r}; known: {', '.join(PREDICTORS)}")
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
                  method: MethodOpt = DEFAULT_METHOD, catalog: CatalogOpt = DEFAULT_CATALOG,
                  json: JsonOpt = False) -> None:
         """Refresh benchmark estimates (with 90% intervals) for models without a measured score."""
-        from indexer.publish import estimates_from_catalog
+        from indexer.adapters.publish import estimates_from_catalog
 
         _check_method(method)
         with Catalog(catalog) as cat:
@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def lineage(catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False) -> None:
         """Check declared base models against the phylogeny, and find undeclared close relatives."""
-        from indexer.catalog import open_read_only
-        from indexer.publish import lineage_from_catalog
+        from indexer.adapters.catalog import open_read_only
+        from indexer.adapters.publish import lineage_from_catalog
 
         con, _ = open_read_only(catalog)
         try:
@@ -77,8 +77,8 @@ def register(app: typer.Typer) -> None:
     def export(directory: Annotated[Path, typer.Argument(help="Folder to write the published files into.")],
                catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False) -> None:
         """Write tree.nwk, distances/estimates/models parquet, estimates.csv and report.html."""
-        from indexer.catalog import open_read_only
-        from indexer.publish import export as do_export
+        from indexer.adapters.catalog import open_read_only
+        from indexer.adapters.publish import export as do_export
 
         if directory.exists() and not directory.is_dir():
             raise PhylolmError(f"{directory} exists and is not a folder")
@@ -103,7 +103,8 @@ def register(app: typer.Typer) -> None:
         predictors. Hyper-parameters are chosen inside the training families only."""
         import numpy as np
 
-        from indexer import predict, reference
+        from indexer.core import predict
+        from indexer.adapters import reference
 
         chosen = [m.strip() for m in methods.split(",") if m.strip()]
         for m in chosen:

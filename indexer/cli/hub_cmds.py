@@ -28,9 +28,9 @@ def serve(
 
     Point any huggingface_hub client at it: HfApi(endpoint=URL) or HF_ENDPOINT=URL. It answers
     as the public Hub does: RateLimit headers and 429s, 401/403 for gated files, 307 after a
-    rename, the Hub's derived lineage (see indexer/hub/server.py).
+    rename, the Hub's derived lineage (see indexer/testbed/hub_server.py).
     """
-    from indexer.hub.server import HubServer
+    from indexer.testbed.hub_server import HubServer
 
     if not directory.is_dir():
         raise PhylolmError(f"not a directory: {directory}")
@@ -70,8 +70,8 @@ def list_new(
 ) -> None:
     """List models new on a Hub since a date, screened as the watcher screens them
     (nothing is downloaded, nothing is recorded)."""
-    from indexer.hub.client import HubClient, open_hub
-    from indexer.hub.watcher import ScreenPolicy, Watcher
+    from indexer.adapters.hub.client import HubClient, open_hub
+    from indexer.adapters.hub.watcher import ScreenPolicy, Watcher
 
     when = parse_date(since, "--since")
     if limit is not None and limit < 1:

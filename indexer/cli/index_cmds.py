@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a simulated ecosystem: Hub-style repositories for the `simulated` backend
         and the true tree as OUT/truth.nwk."""
-        from indexer.probers.simulated import write_repositories
-        from indexer.simulate import SHAPES
-        from indexer.simulate import simulate as run
+        from indexer.adapters.probers.simulated import write_repositories
+        from indexer.core.simulate import SHAPES
+        from indexer.core.simulate import simulate as run
 
         if models < 2:
             raise PhylolmError("--models must be at least 2")
@@ -66,8 +66,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The index's tree: the incrementally maintained one, or a fresh neighbour-joining
         build of the current distance matrix. Leaves are model ids."""
-        from indexer.catalog import open_read_only
-        from indexer.tree import neighbor_joining, parse_newick
+        from indexer.adapters.catalog import open_read_only
+        from indexer.core.tree import neighbor_joining, parse_newick
 
         if method not in METHODS:
             raise PhylolmError(f"--method must be one of {', '.join(METHODS)}")
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         json: JsonOpt = False,
     ) -> None:
         """The K models nearest to MODEL_ID by PhyloLM distance (from the `distances` view)."""
-        from indexer.catalog import open_read_only
+        from indexer.adapters.catalog import open_read_only
 
         if k < 1:
             raise PhylolmError("-k must be at least 1")
@@ -139,7 +139,7 @@ def bench_index(
     """Index benchmark on a simulated ecosystem: insert latency (distance row + placement +
     local NNI), amortised rebuild cost, full NJ time at the same n, tree quality (nRF) of
     the incremental tree and of NJ against the true tree."""
-    from indexer.simulate import SHAPES
+    from indexer.core.simulate import SHAPES
 
     if models < 5:
         raise PhylolmError("--models must be at least 5")
@@ -161,9 +161,9 @@ def run_index_benchmark(n_models: int, seed: int, n_genes: int, n_samples: int, 
     """One benchmark run: simulate, sample probes, insert in upload order, then compare."""
     import os
 
-    from indexer.phylo_index import PhyloIndex
-    from indexer.simulate import simulate
-    from indexer.tree import RebuildPolicy, robinson_foulds
+    from indexer.core.phylo_index import PhyloIndex
+    from indexer.core.simulate import simulate
+    from indexer.core.tree import RebuildPolicy, robinson_foulds
 
     t0 = time.perf_counter()
     eco = simulate(n_models, seed=seed, n_genes=n_genes, shape=shape)
@@ -256,13 +256,13 @@ def _matrix(pairs: list[tuple[str, str, float]]) -> tuple[list[str], np.ndarray]
 
 
 def _print_tree(t, fmt: str) -> None:
-    from indexer.tree import to_newick
-    from indexer.tree.render import to_ascii, to_dict
+    from indexer.core.tree import to_newick
+    from indexer.core.tree.render import to_ascii, to_dict
 
     if fmt == "newick":
         print(to_newick(t))
     elif fmt == "ascii":  # drawn from the midpoint root: an out-group family reads as one
-        from indexer.tree.rooting import midpoint_root
+        from indexer.core.tree.rooting import midpoint_root
 
         print(to_ascii(midpoint_root(t)))
     else:

@@ -11,7 +11,7 @@ import typer
 from indexer.cli.common import (DEFAULT_CATALOG, BackendOpt, CatalogOpt, HubOpt, JsonOpt, out, parse_date,
                                 print_json)
 from indexer.errors import PhylolmError
-from indexer.settings import Settings, load_settings
+from indexer.app.settings import Settings, load_settings
 from schemas.records import ProbeParams, check_model_id
 
 RUNNER_HELP = ("Any other --option is passed to Beam as a pipeline option, e.g. --runner=FlinkRunner "
@@ -28,7 +28,7 @@ EXIT_HUB_UNAVAILABLE = 3
 
 
 def job_settings(config: Path | None, **cli) -> Settings:
-    from indexer.probers.base import AUTO, BACKENDS
+    from indexer.adapters.probers.base import AUTO, BACKENDS
 
     s = load_settings(cli, config)[0]
     if s.backend not in BACKENDS and s.backend != AUTO:  # refused up front: a typo must not fail every model
@@ -37,9 +37,9 @@ def job_settings(config: Path | None, **cli) -> Settings:
 
 
 def job_config(s: Settings, hub_url: str | None, **extra):
-    from indexer.service import JobConfig
+    from indexer.app.service import JobConfig
 
-    from indexer.probers.base import resolve_backend
+    from indexer.adapters.probers.base import resolve_backend
 
     params = ProbeParams(n_samples=s.samples, temperature=s.temperature, max_tokens=s.max_tokens, seed=s.seed)
     backend, why = resolve_backend(s.backend)  # probes record the backend that really ran
@@ -55,8 +55,8 @@ def job_config(s: Settings, hub_url: str | None, **extra):
 @contextmanager
 def job(s: Settings) -> Iterator[str | None]:
     """Holds the one-writer lock for the catalog and serves a folder hub while the job runs."""
-    from indexer.hub.client import open_hub
-    from indexer.service import WriterLock
+    from indexer.adapters.hub.client import open_hub
+    from indexer.app.service import WriterLock
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with WriterLock(s.catalog.resolve()), open_hub(s.hub) as url:
@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
               genome: GenomeOpt = None, genes: GenesOpt = None, samples: SamplesOpt = None,
               publish_dir: PublishOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
         """Probe one model now and insert it into the index (a no-op if already indexed)."""
-        from indexer.service import IndexWriter, ListStep, ProbeStep
+        from indexer.app.service import IndexWriter, ListStep, ProbeStep
 
         model_id = check_id(model_id)  # before the lock: a refused id leaves nothing on disk
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
@@ -191,7 +191,7 @@ def register(app: typer.Typer) -> None:
 
 def _exit_for_poll(catalog: Path, poll_id: str | None) -> None:
     """After `watch --once`: exit 3 when that cycle's listing did not complete."""
-    from indexer.catalog import run_query
+    from indexer.adapters.catalog import run_query
     from indexer.cli.common import err
 
     rows = run_query(catalog, f"select complete, error from polls where poll_id = '{poll_id}'")[1] if poll_id else []

@@ -30,7 +30,7 @@ def zoo_build(
     packages, fine-tunes, a fine-tune of a fine-tune, a merge, and an int8 re-upload, each a
     Hub-style repository whose card declares its lineage (two cards lie, on purpose).
     """
-    from indexer.zoo import build_zoo  # torch is imported only for this command
+    from indexer.testbed.zoo import build_zoo  # torch is imported only for this command
 
     if directory.exists() and not directory.is_dir():
         raise PhylolmError(f"{directory} exists and is not a folder")
@@ -66,8 +66,8 @@ def bench_probe_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Seconds per model and models per hour for one backend, at the paper's parameters."""
-    from indexer.probers.base import ProbeError
-    from indexer.probers.bench import bench_probe
+    from indexer.adapters.probers.base import ProbeError
+    from indexer.bench.probe import bench_probe
 
     if backend not in BACKENDS:
         raise PhylolmError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")

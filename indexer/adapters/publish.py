@@ -1,0 +1,403 @@
+"""Publisher (an adapter): the catalog's public face as files in a folder.
+
+``export(con, out_dir)`` writes, each atomically (a temporary file, then ``os.replace``):
+
+* ``tree.nwk`` -- the latest tree snapshot (Newick, leaves are model ids);
+* ``distances.parquet`` -- (model_a, model_b, similarity, distance), both directions;
+* ``estimates.parquet`` and ``estimates.csv`` -- every estimate with its interval;
+* ``models.parquet`` -- the models table;
+* ``report.html`` -- one self-contained page (inline CSS, JS and SVG, no network): the tree
+  drawn as a rectangular phylogram with leaves coloured by declared family (the root of
+  the declared base-model chain) or else author, split support at internal nodes and
+  branch lengths on hover with a distance scale bar; a sortable table of estimates with
+  intervals; each model's nearest relatives; the lineage check's findings.
+
+The page runs a small self-check after load (the table sorts both ways, the tree has one
+label per leaf) and records the outcome in ``<body data-selfcheck="...">`` so a headless
+browser test can read it from the DOM.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from indexer.core.tree.core import Tree
+from indexer.core.tree.newick import parse_newick
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+           "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39", "#7b4173")
+EXPORT_FILES = ("tree.nwk", "distances.parquet", "estimates.parquet", "estimates.csv",
+                "models.parquet", "report.html")
+
+
+# ---------------------------------------------------------------------------------------
+# pure helpers: colours, SVG, HTML
+# ---------------------------------------------------------------------------------------
+def declared_families(models: Sequence[Mapping]) -> dict[str, str]:
+    """Each model's colour group: the root of its declared base-model chain (a declared
+    root need not be indexed); a root colours itself like its descendants; else author."""
+    base = {m["id"]: list(m.get("base_models") or []) for m in models}
+    out: dict[str, str] = {}
+    for mid in base:
+        cur, seen = mid, {mid}
+        while base.get(cur):  # stops at a model with no declared base, or one not indexed
+            nxt = base[cur][0]
+            if nxt in seen:
+                break
+            seen.add(nxt)
+            cur = nxt
+        if cur != mid:
+            out[mid] = cur
+    roots = set(out.values())
+    for m in models:
+        if m["id"] not in out:
+            out[m["id"]] = m["id"] if m["id"] in roots else (m.get("author") or m["id"].split("/")[0])
+    return out
+
+
+def colour_map(groups: Mapping[str, str]) -> dict[str, str]:
+    names = sorted(set(groups.values()))
+    return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(names)}
+
+
+def tree_svg(tree: Tree, colours: Mapping[str, str] | None = None, width: int = 900,
+             row: int = 18, label_width: int = 320) -> str:
+    """A rectangular phylogram of ``tree`` as inline SVG (leaves in preorder). O(n)."""
+    colours = colours or {}
+    if tree.root < 0 or tree.n_nodes == 0:
+        return '<svg xmlns="http://www.w3.org/2000/svg" id="tree" width="10" height="10"></svg>'
+    # depth (root distance) and leaf order by an iterative preorder
+    n = tree.n_nodes
+    depth = np.zeros(n)
+    order: list[int] = []
+    stack = [tree.root]
+    while stack:
+        v = stack.pop()
+        order.append(v)
+        for c in reversed(tree.children[v]):
+            depth[c] = depth[v] + max(float(tree.length[c]), 0.0)
+            stack.append(c)
+    leaves = [v for v in order if not tree.children[v]]
+    max_depth = float(depth.max()) or 1.0
+    plot_w = max(100, width - label_width - 20)
+    sx = plot_w / max_depth
+    y = np.zeros(n)
+    for i, v in enumerate(leaves):
+        y[v] = 20 + i * row
+    for v in reversed(order):  # postorder: internal y = mean of children's extremes
+        if tree.children[v]:
+            ys = [y[c] for c in tree.children[v]]
+            y[v] = (min(ys) + max(ys)) / 2
+    height = int(40 + len(leaves) * row)
+    x0 = 10
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="tree" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">']
+    for v in order:
+        px = x0 + depth[v] * sx
+        kids = tree.children[v]
+        if kids:
+            ys = [y[c] for c in kids]
+            parts.append(f'<line class="edge" x1="{px:.1f}" y1="{min(ys):.1f}" x2="{px:.1f}" '
+                         f'y2="{max(ys):.1f}" stroke="#555"/>')
+            if v in tree.support and v != tree.root:
+                parts.append(f'<text class="support" x="{px - 3:.1f}" y="{y[v] - 3:.1f}" '
+                             f'text-anchor="end" font-size="9" fill="#888">{tree.support[v]:.2f}</text>')
+        for c in kids:
+            cx = x0 + depth[c] * sx
+            colour = colours.get(tree.label[c] or "", "#555") if not tree.children[c] else "#555"
+            parts.append(f'<line class="edge" x1="{px:.1f}" y1="{y[c]:.1f}" x2="{cx:.1f}" y2="{y[c]:.1f}" '
+                         f'stroke="{colour}" stroke-width="1.6"><title>branch length '
+                         f'{float(tree.length[c]):.4f}</title></line>')
+    for v in leaves:
+        name = tree.label[v] or ""
+        colour = colours.get(name, "#333")
+        parts.append(f'<circle cx="{x0 + depth[v] * sx:.1f}" cy="{y[v]:.1f}" r="3" fill="{colour}"/>'
+                     f'<text class="leaf" x="{x0 + depth[v] * sx + 6:.1f}" y="{y[v] + 4:.1f}" '
+                     f'fill="{colour}">{html.escape(name)}</text>')
+    # distance scale bar: a round length near a fifth of the deepest leaf
+    target = max_depth / 5
+    mag = 10 ** np.floor(np.log10(target)) if target > 0 else 1.0
+    bar = float(min((1, 2, 5), key=lambda k: abs(k * mag - target)) * mag)
+    by = height - 12
+    parts.append(f'<line x1="{x0}" y1="{by}" x2="{x0 + bar * sx:.1f}" y2="{by}" stroke="#000" stroke-width="2"/>'
+                 f'<text x="{x0 + bar * sx + 6:.1f}" y="{by + 4}" font-size="10">{bar:g} (distance)</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:13px} th,td{border:1px solid #ccc;padding:3px 7px}
+th{background:#f0f0f0;cursor:pointer;user-select:none} th.sorted-asc::after{content:" \\25B2"}
+th.sorted-desc::after{content:" \\25BC"} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.legend span{display:inline-block;margin-right:1em} .swatch{display:inline-block;width:10px;height:10px;margin-right:4px}
+.meta{color:#666;font-size:12px} .flag-suspicious{color:#b00;font-weight:bold} .flag-undeclared{color:#b60}
+.flag-confirmed{color:#070}
+"""
+
+_JS = """
+function cellValue(td){var v=td.getAttribute('data-v');if(v===null)v=td.textContent;var f=parseFloat(v);return isNaN(f)?v.toLowerCase():f;}
+function sortTable(table,col,asc){var tb=table.tBodies[0];var rows=Array.prototype.slice.call(tb.rows);
+ rows.sort(function(a,b){var x=cellValue(a.cells[col]),y=cellValue(b.cells[col]);if(x<y)return asc?-1:1;if(x>y)return asc?1:-1;return 0;});
+ rows.forEach(function(r){tb.appendChild(r);});
+ Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){th.className=i===col?(asc?'sorted-asc':'sorted-desc'):'';});}
+document.querySelectorAll('table.sortable').forEach(function(t){
+ Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,i){th.addEventListener('click',function(){sortTable(t,i,th.className!=='sorted-asc');});});});
+function selfCheck(){var problems=[];var t=document.getElementById('estimates');
+ var col=Array.prototype.map.call(t.tHead.rows[0].cells,function(c){return c.textContent;}).indexOf('estimate');
+ if(t.tBodies[0].rows.length>1){
+  sortTable(t,col,true);var v=Array.prototype.map.call(t.tBodies[0].rows,function(r){return cellValue(r.cells[col]);});
+  for(var i=1;i<v.length;i++)if(v[i-1]>v[i])problems.push('ascending sort');
+  sortTable(t,col,false);v=Array.prototype.map.call(t.tBodies[0].rows,function(r){return cellValue(r.cells[col]);});
+  for(i=1;i<v.length;i++)if(v[i-1]<v[i])problems.push('descending sort');}
+ var svg=document.getElementById('tree');var nLeaves=parseInt(svg.parentNode.getAttribute('data-leaves'),10);
+ if(svg.querySelectorAll('text.leaf').length!==nLeaves)problems.push('leaf labels');
+ document.body.setAttribute('data-selfcheck',problems.length?('fail: '+problems.join(', ')):'ok');
+ document.body.setAttribute('data-estimate-rows',String(t.tBodies[0].rows.length));}
+selfCheck();
+"""
+
+
+def _fmt(x: object) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return html.escape(str(x))
+
+
+def render_report(*, newick: str | None, snapshot: int | None, models: Sequence[Mapping],
+                  estimates: Sequence[Mapping], scores: Sequence[Mapping],
+                  nearest: Mapping[str, Sequence[tuple[str, float]]],
+                  lineage: Sequence[Mapping] = (), generated_at: datetime | None = None) -> str:
+    """The report page as one self-contained HTML string (no external resources)."""
+    tree = parse_newick(newick) if newick and newick.strip() not in ("", ";") else None
+    if tree is not None:  # the index's trees are unrooted: draw from the midpoint root
+        from indexer.core.tree.rooting import midpoint_root
+
+        tree = midpoint_root(tree)
+    groups = declared_families(models)
+    palette = colour_map(groups)
+    colours = {m: palette[g] for m, g in groups.items()}
+    n_leaves = len(tree.leaf_names) if tree is not None else 0
+    svg = tree_svg(tree, colours) if tree is not None else tree_svg(Tree())
+    legend = "".join(f'<span><i class="swatch" style="background:{c}"></i>{html.escape(g)}</span>'
+                     for g, c in palette.items())
+    est_rows = "".join(
+        f"<tr><td>{_fmt(e['model_id'])}</td><td>{_fmt(e['benchmark'])}</td>"
+        f"<td class=num data-v=\"{e['estimate']:.6f}\">{e['estimate']:.3f}</td>"
+        f"<td class=num data-v=\"{e['low']:.6f}\">{e['low']:.3f}</td>"
+        f"<td class=num data-v=\"{e['high']:.6f}\">{e['high']:.3f}</td>"
+        f"<td>{_fmt(e['method'])}</td><td class=num>{_fmt(e.get('snapshot'))}</td></tr>"
+        for e in estimates)
+    score_rows = "".join(
+        f"<tr><td>{_fmt(s['model_id'])}</td><td>{_fmt(s['benchmark'])}</td>"
+        f"<td class=num data-v=\"{s['value']:.6f}\">{s['value']:.3f}</td><td>{_fmt(s['source'])}</td></tr>"
+        for s in scores)
+    nn_rows = "".join(
+        f"<tr><td>{_fmt(m)}</td><td>{_fmt(groups.get(m))}</td><td>"
+        + ", ".join(f"{html.escape(o)} ({d:.3f})" for o, d in rel) + "</td></tr>"
+        for m, rel in sorted(nearest.items()))
+    lin_rows = "".join(
+        f"<tr><td class=\"flag-{_fmt(f['kind'])}\">{_fmt(f['kind'])}</td><td>{_fmt(f['model_id'])}</td>"
+        f"<td>{_fmt(f['other_id'])}</td><td class=num>{_fmt(f.get('distance'))}</td>"
+        f"<td class=num>{_fmt(f.get('rank'))}</td><td>{_fmt(f.get('detail'))}</td></tr>"
+        for f in lineage)
+    when = (generated_at or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>phylolm index report</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>
+<body data-selfcheck="pending">
+<h1>PhyloLM index</h1>
+<p class="meta">{len(models)} models &middot; tree snapshot {snapshot if snapshot is not None else "none"}
+ &middot; {len(estimates)} estimates &middot; generated {when}</p>
+<h2>Tree</h2>
+<p class="meta">Leaves coloured by declared family (root of the declared base-model chain) or author;
+numbers at internal nodes are split support; hover a branch for its length.</p>
+<div class="legend">{legend}</div>
+<div id="tree-box" data-leaves="{n_leaves}">{svg}</div>
+<h2>Benchmark estimates (90% intervals)</h2>
+<p class="meta">Click a column header to sort.</p>
+<table id="estimates" class="sortable"><thead><tr><th>model</th><th>benchmark</th><th>estimate</th>
+<th>low</th><th>high</th><th>method</th><th>snapshot</th></tr></thead><tbody>{est_rows}</tbody></table>
+<h2>Measured scores</h2>
+<table id="scores" class="sortable"><thead><tr><th>model</th><th>benchmark</th><th>value</th><th>source</th>
+</tr></thead><tbody>{score_rows}</tbody></table>
+<h2>Nearest relatives</h2>
+<table id="nearest" class="sortable"><thead><tr><th>model</th><th>family</th><th>nearest (distance)</th></tr>
+</thead><tbody>{nn_rows}</tbody></table>
+<h2>Lineage check</h2>
+<table id="lineage" class="sortable"><thead><tr><th>finding</th><th>model</th><th>declared / relative</th>
+<th>distance</th><th>rank</th><th>why</th></tr></thead><tbody>{lin_rows}</tbody></table>
+<script>{_JS}</script>
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------------
+# the adapter: catalog -> files
+# ---------------------------------------------------------------------------------------
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _copy_query(con, query: str, path: Path, fmt: str) -> None:
+    """Write a query's rows as parquet or CSV, atomically. Written from Arrow by this process,
+    not by DuckDB's COPY: `phylolm export` reads through the sandboxed read-only connection
+    (file access disabled, see ``catalog.open_read_only``), where COPY is refused."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pa_parquet
+
+    with warnings.catch_warnings():  # DuckDB notes the extra copy of a DB-API result: small tables
+        warnings.simplefilter("ignore", UserWarning)
+        table = con.execute(query).to_arrow_table()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if fmt == "parquet":
+        pa_parquet.write_table(table, tmp)
+    else:
+        pa_csv.write_csv(table, tmp)
+    os.replace(tmp, path)
+
+
+def _rows(con, query: str, args: Sequence = ()) -> list[dict]:
+    cur = con.execute(query, list(args))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def latest_snapshot(con) -> tuple[int | None, str | None, str | None]:
+    """(snapshot_id, newick, genome_hash) of the newest tree snapshot, or Nones."""
+    row = con.execute("select snapshot_id, newick, genome_hash from tree_snapshots "
+                      "order by snapshot_id desc limit 1").fetchone()
+    return (int(row[0]), row[1], row[2]) if row else (None, None, None)
+
+
+def distance_matrix(con, genome_hash: str | None = None) -> tuple[list[str], np.ndarray]:
+    """The catalog's distances as (ids, n x n matrix); pairs never measured are NaN."""
+    where, args = ("where genome_hash = ?", [genome_hash]) if genome_hash else ("", [])
+    rows = con.execute(f"select model_a, model_b, distance from distance_pairs {where}", args).fetchall()
+    ids = sorted({r[0] for r in rows} | {r[1] for r in rows})
+    pos = {m: i for i, m in enumerate(ids)}
+    d = np.full((len(ids), len(ids)), np.nan)
+    np.fill_diagonal(d, 0.0)
+    for a, b, x in rows:
+        d[pos[a], pos[b]] = d[pos[b], pos[a]] = x
+    return ids, d
+
+
+def export(con, out_dir: str | Path, *, k_nearest: int = 3, lineage: Sequence[Mapping] | None = None,
+           generated_at: datetime | None = None) -> dict[str, Path]:
+    """Write the publish files into ``out_dir`` (created if needed); returns name -> path.
+
+    ``con`` is a DuckDB connection to a catalog. ``lineage`` findings (dicts) may be passed
+    in; when None they are computed from the catalog's declared base models.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    snapshot, newick, genome_hash = latest_snapshot(con)
+    where = "where genome_hash = ?" if genome_hash else ""
+    gh_args = [genome_hash] if genome_hash else []
+    written: dict[str, Path] = {}
+
+    _atomic_write_text(out / "tree.nwk", (newick or ";") + "\n")
+    written["tree.nwk"] = out / "tree.nwk"
+
+    dist_q = "select model_a, model_b, similarity, distance from distances"
+    if genome_hash:
+        dist_q += f" where genome_hash = '{genome_hash.replace(chr(39), '')}'"
+    _copy_query(con, dist_q + " order by model_a, model_b", out / "distances.parquet", "parquet")
+    written["distances.parquet"] = out / "distances.parquet"
+
+    est_q = ("select model_id, benchmark, estimate, low, high, method, snapshot, updated_at "
+             "from estimates order by model_id, benchmark, method")
+    _copy_query(con, est_q, out / "estimates.parquet", "parquet")
+    _copy_query(con, est_q, out / "estimates.csv", "csv")
+    written["estimates.parquet"] = out / "estimates.parquet"
+    written["estimates.csv"] = out / "estimates.csv"
+
+    _copy_query(con, "select * from models order by id", out / "models.parquet", "parquet")
+    written["models.parquet"] = out / "models.parquet"
+
+    models = _rows(con, "select id, author, base_models, created_at, status from models order by id")
+    estimates = _rows(con, est_q)
+    scores = _rows(con, "select model_id, benchmark, value, source from scores order by model_id, benchmark")
+    nearest: dict[str, list[tuple[str, float]]] = {}
+    for r in _rows(con, f"""select model_a, model_b, distance from (
+            select model_a, model_b, distance, row_number() over (partition by model_a
+                   order by distance, model_b) as k from distances {where}) where k <= ?""",
+                   gh_args + [k_nearest]):
+        nearest.setdefault(r["model_a"], []).append((r["model_b"], float(r["distance"])))
+    if lineage is None:
+        lineage = lineage_from_catalog(con)
+    page = render_report(newick=newick, snapshot=snapshot, models=models, estimates=estimates,
+                         scores=scores, nearest=nearest, lineage=lineage, generated_at=generated_at)
+    _atomic_write_text(out / "report.html", page)
+    written["report.html"] = out / "report.html"
+    _atomic_write_text(out / "manifest.json", json.dumps(
+        {"snapshot": snapshot, "genome_hash": genome_hash, "files": sorted(written)}, indent=2) + "\n")
+    return written
+
+
+def estimates_from_catalog(con, *, method: str | None = None, changed: set[str] | None = None,
+                           cache=None) -> list:
+    """Estimates for every indexed model without a score, from the catalog's distances.
+
+    CV groups are the declared families (root of the declared base-model chain, else
+    author); the estimates name the newest tree snapshot. Models whose row of the matrix
+    is incomplete are left out (they are not yet fully indexed).
+    """
+    from indexer.core.predict import DEFAULT_METHOD, refresh_estimates
+
+    method = method or DEFAULT_METHOD
+    snapshot, ids, d = _indexed_matrix(con)
+    scores = {(m, b): float(v) for m, b, v in con.execute(
+        "select model_id, benchmark, avg(value) from scores group by model_id, benchmark").fetchall()}
+    return refresh_estimates(d, ids, scores, changed=changed, snapshot=snapshot, model=method,
+                             groups=cv_groups(con, ids), cache=cache)
+
+
+def cv_groups(con, ids) -> dict[str, str]:
+    """Cross-validation groups of the estimators: each model's declared family (the root of
+    its declared base-model chain), else its author."""
+    groups = declared_families(_rows(con, "select id, author, base_models from models"))
+    return {m: groups.get(m, m.split("/")[0]) for m in ids}
+
+
+def _indexed_matrix(con) -> tuple[int | None, list[str], np.ndarray]:
+    """The latest snapshot id and the distance matrix of the models whose row is complete
+    (a model still being indexed is left out)."""
+    snapshot, _, genome_hash = latest_snapshot(con)
+    ids, d = distance_matrix(con, genome_hash)
+    complete = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
+    return snapshot, [ids[i] for i in complete], d[np.ix_(complete, complete)]
+
+
+def lineage_from_catalog(con) -> list[dict]:
+    """The lineage check on the catalog's distances and declared base models."""
+    from indexer.core.lineage import check_lineage
+
+    _, ids, d = _indexed_matrix(con)
+    models = _rows(con, "select id, base_models, created_at, copy_of, weight_hashes from models "
+                        "order by created_at nulls last, id")
+    declared = {m["id"]: list(m["base_models"] or []) for m in models}
+    created = {m["id"]: m["created_at"] for m in models if m["created_at"] is not None}
+    copies = {m["id"]: m["copy_of"] for m in models if m["copy_of"]}
+    # Identical weight files found another way (both probed, e.g. uploaded in one cycle): the
+    # later upload copies the first.
+    first: dict[tuple, str] = {}
+    for m in models:
+        if m["id"] in ids and m["weight_hashes"] and m["id"] not in copies:
+            twin = first.setdefault(tuple(m["weight_hashes"]), m["id"])
+            if twin != m["id"]:
+                copies[m["id"]] = twin
+    return [f.as_dict() for f in check_lineage(d, ids, declared, created, copies=copies)] if len(ids) > 1 else []

@@ -1,0 +1,168 @@
+"""The in-memory phylogenetic index: allele vectors, distances, and the maintained tree.
+
+Inserting a model: (1) its Nei similarity row against every indexed model, one sparse
+product (``AlleleIndex``); (2) least-squares placement of the new leaf on the current tree,
+O(n); (3) NNI around the insertion; (4) a full neighbour joining when the ``RebuildPolicy``
+says so (steps 2-4: ``IncrementalTree``). Pure: no I/O; the catalog stores what this
+computes and ``from_state`` resumes from it.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from indexer.core.distance import AlleleIndex, distance_from_similarity
+from indexer.core.tree.bootstrap import gene_bootstrap
+from indexer.core.tree.core import Tree
+from indexer.core.tree.incremental import IncrementalTree
+from indexer.core.tree.newick import parse_newick, to_newick
+from indexer.core.tree.nj import neighbor_joining
+from indexer.core.tree.placement import Placement
+from indexer.core.tree.policy import RebuildPolicy
+
+
+@dataclass
+class InsertResult:
+    model_id: str
+    similarity: np.ndarray  # Nei similarity to the models indexed before, in that order
+    neighbours: list[str]  # nearest earlier models by distance, closest first
+    neighbour_distances: list[float]
+    placement: Placement | None  # None when the tree was built by NJ instead
+    sister: list[str]  # up to 5 leaves below the edge the model was placed on
+    nni_moves: int
+    rebuilt: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)  # distance, placement, nni, rebuild
+
+    @property
+    def insert_ms(self) -> float:
+        """Distance row + placement + local NNI (a rebuild, when due, is counted apart)."""
+        return sum(self.timings_ms.get(k, 0.0) for k in ("distance", "placement", "nni"))
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    n_replicates: int
+    seed: int
+    seconds: float
+    support: dict[str, float]  # split (its smaller side's ids, sorted, space-joined) -> support
+
+
+class PhyloIndex:
+    """Models, their distance matrix and their tree, updated one model at a time."""
+
+    def __init__(self, genome_hash: str = "", n_samples: int = 32, policy: RebuildPolicy | None = None,
+                 weighting: str = "fm", nni_radius: int = 2, n_neighbours: int = 5):
+        self.genome_hash = genome_hash
+        self.n_samples = n_samples
+        self.n_neighbours = n_neighbours
+        self.alleles = AlleleIndex(n_samples=n_samples)
+        self.incremental = IncrementalTree(policy, weighting, nni_radius)
+
+    # -- reading -----------------------------------------------------------------
+    @property
+    def ids(self) -> list[str]:
+        return self.alleles.ids
+
+    def __len__(self) -> int:
+        return len(self.alleles)
+
+    @property
+    def tree(self) -> Tree | None:
+        return self.incremental.tree
+
+    @property
+    def policy(self) -> RebuildPolicy:
+        return self.incremental.policy
+
+    @property
+    def n_rebuilds(self) -> int:
+        return self.incremental.n_rebuilds
+
+    @property
+    def rebuild_seconds_total(self) -> float:
+        return self.incremental.rebuild_seconds_total
+
+    def distance_matrix(self) -> np.ndarray:
+        return self.incremental.distance_matrix()
+
+    def newick(self, support: bool = True) -> str:
+        return ";" if self.tree is None else to_newick(self.tree, support=support)
+
+    def nearest(self, model_id: str, k: int = 5) -> list[tuple[str, float]]:
+        """The k nearest models to an indexed one, by distance."""
+        row = self.incremental.distance_row(model_id)
+        row[self.alleles.row_of(model_id)] = np.inf
+        ids = self.ids
+        return [(ids[j], float(row[j])) for j in np.argsort(row, kind="stable")[:k] if np.isfinite(row[j])]
+
+    # -- writing -----------------------------------------------------------------
+    def insert(self, model_id: str, counts: Sequence[dict[str, int]]) -> InsertResult:
+        """Add one model: distance row, placement, local NNI, rebuild if due."""
+        t0 = time.perf_counter()
+        sim = self.alleles.add(model_id, counts, self.n_samples)
+        drow = distance_from_similarity(sim) if sim.size else np.empty(0)
+        distance_ms = (time.perf_counter() - t0) * 1e3
+        upd = self.incremental.insert(model_id, drow)
+        order = np.argsort(drow, kind="stable")[: self.n_neighbours]
+        ids = self.ids
+        return InsertResult(model_id, sim, [ids[j] for j in order], [float(drow[j]) for j in order],
+                            upd.placement, upd.sister, upd.nni_moves, upd.rebuilt,
+                            {"distance": distance_ms, **upd.timings_ms})
+
+    def rebuild(self) -> Tree:
+        """Replace the tree by a neighbour-joining tree of the current matrix."""
+        return self.incremental.rebuild()
+
+    def nj_tree(self) -> Tree:
+        """A fresh neighbour-joining tree of the current matrix (the index is unchanged)."""
+        return self.incremental.nj_tree()
+
+    def bootstrap(self, n_replicates: int = 100, seed: int = 0) -> BootstrapResult:
+        """Gene-bootstrap support of every split of the current tree, stored on the tree (and
+        so written into ``newick()``). Cost: n_replicates x (similarity product + NJ)."""
+        tree = self.tree
+        if tree is None or len(self) < 4:
+            raise ValueError("bootstrap needs a tree of at least four models")
+        t0 = time.perf_counter()
+        support = gene_bootstrap(
+            tree, lambda w: distance_from_similarity(self.alleles.similarity_with_gene_weights(w)),
+            self.ids, self.alleles.n_genes, n_replicates, seed, neighbor_joining)
+        tree.support = dict(support)
+        everyone = set(tree.leaf_node)
+        by_split = {}
+        for node, value in support.items():
+            side = tree.subtree_leaves(node)
+            if 2 * len(side) > len(everyone):
+                side = sorted(everyone - set(side))
+            by_split[" ".join(sorted(side))] = value
+        return BootstrapResult(n_replicates, seed, time.perf_counter() - t0, by_split)
+
+    @classmethod
+    def from_state(cls, ids: Sequence[str], counts_list: Sequence[Sequence[dict[str, int]]],
+                   newick: str | None = None, *, genome_hash: str = "", n_samples: int = 32,
+                   policy: RebuildPolicy | None = None, **options) -> "PhyloIndex":
+        """Resume from stored alleles and a stored tree: the allele index and the distance
+        matrix are rebuilt in bulk (one sparse product), the tree is parsed, not rebuilt.
+        Models the stored tree lacks are then inserted incrementally; with no stored tree,
+        NJ builds one."""
+        if len(ids) != len(counts_list):
+            raise ValueError("ids and counts_list differ in length")
+        index = cls(genome_hash, n_samples, policy, **options)
+        tree = parse_newick(newick) if newick and newick.strip() != ";" else None
+        in_tree = set(tree.leaf_node) if tree is not None else set()
+        unknown = in_tree - set(ids)
+        if unknown:
+            raise ValueError(f"the stored tree has {len(unknown)} models without alleles, e.g. {min(unknown)!r}")
+        first = [i for i, m in enumerate(ids) if m in in_tree] if tree is not None else list(range(len(ids)))
+        later = [i for i in range(len(ids)) if tree is not None and ids[i] not in in_tree]
+        for i in first:
+            index.alleles.add_unscored(ids[i], counts_list[i], n_samples)
+        if first:
+            use_tree = tree if tree is not None and tree.n_leaves >= 3 else None
+            index.incremental.load([ids[i] for i in first], index.alleles.distance_matrix(), use_tree)
+        for i in later:
+            index.insert(ids[i], counts_list[i])
+        return index

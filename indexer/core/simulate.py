@@ -1,0 +1,237 @@
+"""A simulated model ecosystem with a known tree, for tree-quality tests and scale benchmarks.
+
+Models evolve along a random tree. Each gene has a fixed list of K candidate alleles and
+each node a vector of logits over them; along an edge of length t the logits take a
+Brownian step of variance ``drift**2 * t`` (softmax gives the allele distribution), so
+divergence grows with branch length. Branch lengths are exponential draws multiplied by a
+lognormal rate per branch (rates vary between lineages, as fine-tuning intensity does).
+Leaves are the released models; probing one means drawing N samples per gene from its
+distribution, exactly like a real probe. Creation times follow the tree (root first), and a
+model's declared base model is the earliest-created model of its sister clade when that one
+is older: a plausible upload order and lineage metadata for a watcher. Pure: returns data.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from indexer.core.tree.core import Tree
+
+SHAPES = ("yule", "uniform", "caterpillar", "balanced")
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass
+class Ecosystem:
+    """The simulated models, their allele distributions and the true tree."""
+
+    ids: list[str]  # model ids, in creation order
+    truth: Tree  # leaves are the ids
+    alleles: list[list[str]]  # per gene: the K candidate allele strings
+    probs: np.ndarray  # (n_models, n_genes, K) allele probabilities, rows follow ids
+    created_at: list[datetime]
+    base_model: list[str | None]
+    authors: list[str]
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_genes(self) -> int:
+        return self.probs.shape[1]
+
+    def distributions(self, i: int) -> list[tuple[list[str], np.ndarray]]:
+        return [(self.alleles[g], self.probs[i, g]) for g in range(self.n_genes)]
+
+    def sample_counts(self, i: int, n_samples: int, seed: int = 0) -> tuple[dict[str, int], ...]:
+        """Allele counts of one probe of model ``i``: N samples per gene."""
+        return sample_alleles(self.distributions(i), n_samples, probe_rng(seed, self.ids[i]))
+
+
+def probe_rng(seed: int, model_id: str) -> np.random.Generator:
+    """The random stream of one probe: from the probe seed and the model id."""
+    h = int.from_bytes(hashlib.sha256(model_id.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([int(seed), h])
+
+
+def sample_alleles(distributions, n_samples: int, rng: np.random.Generator) -> tuple[dict[str, int], ...]:
+    """Draw ``n_samples`` alleles per gene; return counts (positive only), as a probe does."""
+    out = []
+    for alleles, p in distributions:
+        p = np.asarray(p, dtype=np.float64)
+        c = rng.multinomial(n_samples, p / p.sum())
+        nz = np.flatnonzero(c)
+        out.append({alleles[k]: int(c[k]) for k in nz})
+    return tuple(out)
+
+
+def simulate(n_models: int, seed: int = 0, n_genes: int = 128, shape: str = "yule",
+             n_alleles: int = 12, branch_length: float = 0.15, rate_sd: float = 0.5,
+             drift: float = 1.0, root_spread: float = 2.5, n_labs: int = 8,
+             start: datetime | None = None) -> Ecosystem:
+    """Simulate ``n_models`` models on a random tree of the given ``shape``.
+
+    shape: ``yule`` (a random lineage splits), ``uniform`` (a random edge is split, the
+    uniform distribution on topologies), ``caterpillar`` (the newest lineage splits: deep,
+    ladder-like), ``balanced`` (lineages split breadth-first).
+    O(n_models * n_genes * n_alleles).
+    """
+    if n_models < 2:
+        raise ValueError("simulate at least two models")
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if n_genes < 1 or n_alleles < 2:
+        raise ValueError("need at least one gene and two alleles per gene")
+    rng = np.random.default_rng(seed)
+    parent, order_leaves = _topology(n_models, shape, rng)
+    n_nodes = len(parent)
+    lengths = branch_length * rng.exponential(1.0, n_nodes) * rng.lognormal(0.0, rate_sd, n_nodes)
+    lengths[0] = 0.0
+    # evolve logits from the root (node 0); parents always precede children
+    logits = np.empty((n_nodes, n_genes, n_alleles), dtype=np.float64)
+    logits[0] = rng.normal(0.0, root_spread, (n_genes, n_alleles))
+    depth = np.zeros(n_nodes)
+    for v in range(1, n_nodes):
+        p = parent[v]
+        logits[v] = logits[p] + rng.normal(0.0, drift * np.sqrt(lengths[v]), (n_genes, n_alleles))
+        depth[v] = depth[p] + lengths[v]
+    leaves = order_leaves
+    # creation order: by depth (a parent lineage is always shallower than its descendants)
+    leaves = sorted(leaves, key=lambda v: (depth[v], v))
+    children: list[list[int]] = [[] for _ in range(n_nodes)]
+    for v in range(1, n_nodes):
+        children[parent[v]].append(v)
+    labs = _labs(children, n_labs)
+    start = start or datetime(2024, 1, 1, tzinfo=timezone.utc)
+    span = max(depth[leaves].max(), 1e-9)
+    ids, created = [], []
+    name_of = {}
+    for i, v in enumerate(leaves):
+        mid = f"lab-{labs[v]:02d}/sim-{i:05d}.v{_generation(parent, v)}"
+        name_of[v] = mid
+        ids.append(mid)
+        created.append(start + timedelta(days=730.0 * depth[v] / span, seconds=i))
+    base = _base_models(children, parent, leaves, name_of, depth)
+    truth = Tree(capacity=n_nodes + 1)
+    for v in range(n_nodes):
+        truth.add_node(-1, lengths[v], name_of.get(v))
+    for v in range(1, n_nodes):
+        truth.parent[v] = parent[v]
+        truth.children[parent[v]].append(v)
+    truth.root = 0
+    truth.reindex()
+    alleles = [_allele_names(rng, n_alleles) for _ in range(n_genes)]
+    z = logits[leaves]
+    z -= z.max(axis=2, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=2, keepdims=True)
+    return Ecosystem(ids=ids, truth=truth, alleles=alleles, probs=probs, created_at=created,
+                     base_model=[base[v] for v in leaves],
+                     authors=[m.split("/")[0] for m in ids],
+                     params=dict(n_models=n_models, seed=seed, n_genes=n_genes, shape=shape,
+                                 n_alleles=n_alleles, branch_length=branch_length,
+                                 rate_sd=rate_sd, drift=drift, root_spread=root_spread))
+
+
+def _topology(n: int, shape: str, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Parent array of a rooted binary tree with ``n`` leaves (node 0 is the root), built by
+    splitting; returns (parent, leaves)."""
+    parent = [-1, 0, 0]
+    leaves = [1, 2]
+    edges = [1, 2]  # nodes with an edge above them
+    queue = [1, 2]  # for balanced
+    while len(leaves) < n:
+        if shape == "yule":
+            k = int(rng.integers(len(leaves)))
+            target = leaves[k]
+        elif shape == "caterpillar":
+            target = leaves[-1] if rng.random() < 0.8 else leaves[int(rng.integers(len(leaves)))]
+        elif shape == "balanced":
+            target = queue.pop(0)
+        else:  # uniform: split a random edge
+            target = edges[int(rng.integers(len(edges)))]
+        if target in leaves and shape != "uniform":
+            # the leaf becomes internal with two new leaf children
+            a, b = len(parent), len(parent) + 1
+            parent += [target, target]
+            leaves.remove(target)
+            leaves += [a, b]
+            edges += [a, b]
+            queue += [a, b]
+        else:
+            # split the edge above target: new internal node m, new leaf q
+            m, q = len(parent), len(parent) + 1
+            parent += [parent[target], m]
+            parent[target] = m
+            leaves.append(q)
+            edges += [m, q]
+    # renumber so parents precede children (edge splitting breaks that)
+    children: list[list[int]] = [[] for _ in parent]
+    for v, p in enumerate(parent):
+        if p >= 0:
+            children[p].append(v)
+    new_of, stack, order = {}, [0], []
+    while stack:
+        v = stack.pop()
+        new_of[v] = len(order)
+        order.append(v)
+        stack.extend(reversed(children[v]))
+    new_parent = [-1] * len(parent)
+    for v, p in enumerate(parent):
+        if p >= 0:
+            new_parent[new_of[v]] = new_of[p]
+    return new_parent, sorted(new_of[v] for v in leaves)
+
+
+def _labs(children: list[list[int]], n_labs: int) -> dict[int, int]:
+    """Owner of every node: the clade among the first ~n_labs splits it descends from."""
+    clades = [0]
+    while len(clades) < n_labs:
+        internal = [c for c in clades if children[c]]
+        if not internal:
+            break
+        v = internal[0]
+        clades.remove(v)
+        clades += children[v]
+    lab = {}
+    for k, c in enumerate(sorted(clades)):
+        stack = [c]
+        while stack:
+            v = stack.pop()
+            lab[v] = k
+            stack.extend(children[v])
+    return lab
+
+
+def _generation(parent: list[int], v: int) -> int:
+    g = 0
+    while parent[v] >= 0:
+        v = parent[v]
+        g += 1
+    return g
+
+
+def _base_models(children, parent, leaves, name_of, depth) -> dict[int, str | None]:
+    """A leaf's base model: the earliest model of its sister clade, if created before it."""
+    earliest: dict[int, int] = {}
+    for v in reversed(range(len(parent))):
+        if not children[v]:
+            earliest[v] = v
+        else:
+            earliest[v] = min((earliest[c] for c in children[v]), key=lambda x: (depth[x], x))
+    out: dict[int, str | None] = {}
+    for v in leaves:
+        p = parent[v]
+        sisters = [c for c in children[p] if c != v]
+        cand = min((earliest[c] for c in sisters), key=lambda x: (depth[x], x))
+        out[v] = name_of[cand] if (depth[cand], cand) < (depth[v], v) else None
+    return out
+
+
+def _allele_names(rng: np.random.Generator, k: int) -> list[str]:
+    names: set[str] = set()
+    while len(names) < k:
+        n = int(rng.integers(1, 5))
+        names.add("".join(_ALPHABET[int(i)] for i in rng.integers(0, len(_ALPHABET), n)))
+    return sorted(names)

@@ -1,0 +1,180 @@
+"""`phylolm demo`: the whole job, offline, on the bundled zoo of real models.
+
+It builds the zoo (cached), serves an initially empty folder as a Hub on loopback, starts
+the streaming ``phylolm watch`` against it as a separate process, and "uploads" the zoo's
+models into that folder one at a time, oldest first, waiting for each to be indexed, so the
+tree grows leaf by leaf. Then it stops the watch and prints the tree, each model's nearest
+relatives, the lineage check and estimates, and writes the export and report.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from indexer.adapters.catalog import run_query
+from indexer.errors import PhylolmError
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _status(catalog: Path, model_id: str) -> tuple[str, str | None] | None:
+    try:
+        rows = run_query(catalog, f"select status, reason from models where id = '{model_id}'")[1]
+    except PhylolmError:
+        return None
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def _upload(repo: Path, served: Path, model_id: str) -> None:
+    """Make a repository appear in the served folder at once (copy aside, then rename)."""
+    target = served / model_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = served / ".incoming" / model_id.replace("/", "--")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(repo, tmp, copy_function=os.link if _same_fs(repo, served) else shutil.copy2)
+    os.rename(tmp, target)
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
+
+
+def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval: float,
+             timeout_per_model: float, zoo_dir: Path | None = None) -> dict:
+    from indexer.testbed import zoo as zoo_lib
+    from indexer.testbed.hub_server import HubServer
+    from indexer.core.tree import parse_newick
+    from indexer.core.tree.render import to_ascii
+    from indexer.core.tree.rooting import midpoint_root
+
+    t_start = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    catalog, served, publish = workdir / "demo.duckdb", workdir / "hub", workdir / "publish"
+    for p in (catalog, catalog.with_name(catalog.name + ".snapshot.duckdb"), catalog.with_name(catalog.name + ".wal")):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(served, ignore_errors=True)
+    served.mkdir(parents=True)
+
+    _say("== 1. the zoo: real models with known lineage (cached build) ==")
+    t0 = time.perf_counter()
+    build = zoo_lib.build_zoo(zoo_dir or workdir / "zoo", log=lambda s: _say(f"   {s}"))
+    models = sorted(zoo_lib.ZOO, key=lambda m: m.created_at)
+    _say(f"   {len(models)} models ready in {build.directory} ({time.perf_counter() - t0:.1f} s, "
+         f"{build.bytes / 1e6:.0f} MB{', built now' if build.built else ', from the cache'})")
+    for m in models:
+        how = {"gguf": "released model (from its GGUF package)", "quantize": "int8-rounded copy of",
+               "finetune": "fine-tune of", "merge": "weight average of"}[m.make]
+        truth = f"{how} {' + '.join(m.parents)}".strip()
+        _say(f"   - {m.id:38s} {truth}" + (f"  [planted: {m.planted}]" if m.planted else ""))
+
+    _say("\n== 2. streaming watch on a loopback Hub; uploading the zoo one model at a time ==")
+    paper = genes == 128 and samples == 32
+    _say(f"   probing with the {backend} backend, {genes} genes x {samples} samples"
+         + (" (the paper's genome size)" if paper else " (the paper uses 128 x 32)"))
+    with HubServer(served) as url:
+        cmd = [sys.executable, "-m", "indexer", "watch", "--hub", url, "--catalog", str(catalog),
+               "--backend", backend, "--genes", str(genes), "--samples", str(samples),
+               "--interval", str(interval), "--publish-dir", str(publish),
+               # the zoo's upload dates are its originals' (2024-2025): the first poll must
+               # look back that far (a real first watch looks back 24 h)
+               "--first-window", str(_hours_since_oldest_upload())]
+        env = {**os.environ, "PHYLOLM_CACHE_DIR": str(workdir / "cache")}
+        watch = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
+        try:
+            for m in models:
+                t1 = time.perf_counter()
+                _upload(build.directory / m.id, served, m.id)
+                deadline = time.monotonic() + timeout_per_model
+                st = None
+                while time.monotonic() < deadline:
+                    st = _status(catalog, m.id)
+                    if st and st[0] in ("indexed", "skipped", "failed"):
+                        break
+                    if watch.poll() is not None:
+                        raise PhylolmError(f"the watch stopped unexpectedly:\n{watch.stdout.read()[-2000:]}")
+                    time.sleep(0.5)
+                else:
+                    raise PhylolmError(f"{m.id} was not indexed within {timeout_per_model:.0f} s")
+                near = run_query(catalog, "select model_b, distance from distances where model_a = "
+                                          f"'{m.id}' order by distance limit 2")[1]
+                shown = ", ".join(f"{b} ({d:.3f})" for b, d in near) or "(first leaf)"
+                _say(f"   + {m.id:42s} {st[0]:8s} {time.perf_counter() - t1:5.1f} s   nearest: {shown}")
+        finally:
+            os.killpg(watch.pid, signal.SIGTERM)
+            try:
+                watch.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(watch.pid, signal.SIGKILL)
+                watch.wait()
+
+    _say("\n== 3. the tree (incremental, as maintained) ==")
+    newick = run_query(catalog, "select newick from tree_snapshots where method = 'incremental' "
+                                "order by snapshot_id desc limit 1")[1][0][0]
+    _say(to_ascii(midpoint_root(parse_newick(newick))))
+    _say("(drawn from the midpoint root; the index's trees are unrooted)")
+    _say(f"\nNewick: {newick}")
+
+    _say("\n== 4. nearest relatives ==")
+    ids = [r[0] for r in run_query(catalog, "select id from models where status = 'indexed' order by created_at")[1]]
+    nearest = {}
+    for mid in ids:
+        rows = run_query(catalog, f"select model_b, distance from distances where model_a = '{mid}' "
+                                  "order by distance limit 2")[1]
+        nearest[mid] = rows
+        _say(f"   {mid:42s} → " + ", ".join(f"{b} ({d:.3f})" for b, d in rows))
+
+    _say("\n== 5. lineage check: declared base models against the phylogeny ==")
+    lineage = _lineage(catalog)
+    for f in lineage:
+        _say(f"   [{f['kind']}] {f['model_id']}: {f['detail']}")
+
+    _say("\n== 6. estimates ==")
+    est = run_query(catalog, "select model_id, benchmark, estimate, low, high, method from estimates "
+                             "order by model_id, benchmark")[1]
+    if est:
+        for r in est:
+            _say(f"   {r[0]:42s} {r[1]:11s} {r[2]:.3f} [{r[3]:.3f}, {r[4]:.3f}]  ({r[5]})")
+    else:
+        _say("   none: no zoo model has a measured benchmark score, and estimates are learned from\n"
+             "   scored relatives. `phylolm scores import FILE.csv` adds scores; `phylolm bench estimates`\n"
+             "   shows the predictor on the paper's 127 models with Open LLM Leaderboard scores.")
+
+    _say("\n== 7. published ==")
+    for f in sorted(publish.iterdir()):
+        _say(f"   {f}")
+    wall = time.perf_counter() - t_start
+    _say(f"\ndemo finished in {wall:.0f} s; catalog {catalog} (query it: phylolm sql \"...\" --catalog {catalog})")
+    return {"catalog": str(catalog), "models": ids, "newick": newick, "lineage": lineage,
+            "publish": str(publish), "seconds": wall}
+
+
+def _lineage(catalog: Path) -> list[dict]:
+    from indexer.adapters.catalog import open_read_only
+    from indexer.adapters.publish import lineage_from_catalog
+
+    con, _ = open_read_only(catalog)
+    try:
+        return lineage_from_catalog(con)
+    finally:
+        con.close()
+
+
+def _hours_since_oldest_upload() -> int:
+    from datetime import datetime, timezone
+
+    from indexer.testbed.zoo import ZOO
+
+    oldest = min(datetime.fromisoformat(m.created_at.replace("Z", "+00:00")) for m in ZOO)
+    return int((datetime.now(timezone.utc) - oldest).total_seconds() // 3600) + 48
