@@ -14,7 +14,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
-from indexer.app.service import JobConfig, ListStep
+from indexer.app.job import JobConfig
+from indexer.app.listing import ListStep
 from pipelines.transforms import WRITER_KEY, IndexNewModels, ProbeAndIndex, ReportProgress, TickEveryFn
 
 MAX_TIMESTAMP = 2**62 / 1e6  # "forever" in seconds, well inside Beam's timestamp range

@@ -22,7 +22,10 @@ import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms import userstate
 
-from indexer.app.service import IndexWriter, JobConfig, ListStep, PollReport, ProbeOutcome, ProbeStep
+from indexer.app.writer import IndexWriter
+from indexer.app.job import JobConfig, PollReport, ProbeOutcome
+from indexer.app.listing import ListStep
+from indexer.app.probing import ProbeStep
 from schemas.records import ModelRecord, ModelStatus
 
 log = logging.getLogger("phylolm")

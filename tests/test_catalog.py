@@ -229,7 +229,7 @@ def test_other_process_reads_snapshot_while_writer_holds_the_file(tmp_path):
 
 
 def test_readers_go_to_the_snapshot_while_a_job_holds_the_writer_lock(tmp_path):
-    from indexer.app.service import WriterLock
+    from indexer.app.locks import WriterLock
 
     path = tmp_path / "c.duckdb"
     with Catalog(path, create=True) as cat:

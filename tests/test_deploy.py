@@ -559,7 +559,7 @@ def test_every_transform_pickles_without_setting_up(library, tmp_path):
     engine or catalog (``setup`` has not run), and the copy equals the original's config."""
     from apache_beam.internal import pickler
 
-    from indexer.app.service import JobConfig
+    from indexer.app.job import JobConfig
 
     # an endpoint that does not exist and a catalog that is not there: any connection or
     # catalog opening during construction or pickling would fail or leave a file behind
@@ -590,7 +590,7 @@ def test_whole_pipeline_survives_the_runner_api(tmp_path):
     pickled into protobuf) and back, for the streaming, the once and the backfill shapes."""
     import apache_beam as beam
 
-    from indexer.app.service import JobConfig
+    from indexer.app.job import JobConfig
     from pipelines.transforms import IndexNewModels, ProbeAndIndex, ReportProgress
 
     config = JobConfig(catalog=tmp_path / "c.duckdb", hub="http://127.0.0.1:9", backend="simulated")
@@ -613,7 +613,7 @@ def test_unpickled_steps_do_the_work(sim_hub, tmp_path):
     from apache_beam.internal import pickler
 
     from indexer.adapters.hub.client import open_hub
-    from indexer.app.service import JobConfig
+    from indexer.app.job import JobConfig
     from pipelines.transforms import ListNewModelsFn, ProbeModelsFn, UpdateIndexFn
     from schemas.records import ProbeParams
 

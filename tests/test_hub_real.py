@@ -336,7 +336,8 @@ def test_siblings_carry_sizes_only_with_blobs_and_the_cursor_is_time_ordered(tmp
 
 def test_a_rename_is_followed_and_the_old_row_resolved(tmp_path: Path) -> None:
     from indexer.adapters.catalog import Catalog
-    from indexer.app.service import JobConfig, ListStep
+    from indexer.app.job import JobConfig
+    from indexer.app.listing import ListStep
     from schemas.records import ModelRecord
 
     root = tmp_path / "hub"

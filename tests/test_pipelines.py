@@ -193,7 +193,10 @@ def test_failed_download_is_retried_on_the_next_poll(ecosystem, tmp_path):
     from indexer.adapters.hub.client import RetryPolicy
     from indexer.testbed.hub_faults import FaultPlan, vanish
     from indexer.testbed.hub_server import HubServer
-    from indexer.app.service import IndexWriter, JobConfig, ListStep, ProbeStep
+    from indexer.app.writer import IndexWriter
+    from indexer.app.job import JobConfig
+    from indexer.app.listing import ListStep
+    from indexer.app.probing import ProbeStep
     from schemas.records import ProbeParams
 
     served = tmp_path / "served"
@@ -237,7 +240,8 @@ def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
     from indexer.adapters.catalog import Catalog
     from indexer.testbed.hub_faults import FaultPlan, vanish
     from indexer.testbed.hub_server import HubServer
-    from indexer.app.service import JobConfig, WriterLock
+    from indexer.app.job import JobConfig
+    from indexer.app.locks import WriterLock
     from pipelines.run import run_watch
     from schemas.records import ProbeParams
 
@@ -260,7 +264,10 @@ def test_writer_keeps_its_index_between_bundles_unless_another_wrote(ecosystem, 
     index is reused when the catalog did not change meanwhile, rebuilt when another writer
     inserted a model; either way every model ends in the catalog exactly once."""
     from indexer.testbed.hub_server import HubServer
-    from indexer.app.service import IndexWriter, JobConfig, ListStep, ProbeStep
+    from indexer.app.writer import IndexWriter
+    from indexer.app.job import JobConfig
+    from indexer.app.listing import ListStep
+    from indexer.app.probing import ProbeStep
     from schemas.records import ProbeParams
     from tests.faults_common import assert_consistent
 

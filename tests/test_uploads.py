@@ -88,7 +88,7 @@ def test_deferred_models_are_taken_by_a_backend_that_runs_their_method(tmp_path:
     backend can (a stand-in capability set on the simulated backend) asks for it by id,
     although it is older than the watermark, and indexes it."""
     from pipelines.run import run_watch
-    from indexer.app.service import JobConfig
+    from indexer.app.job import JobConfig
     from schemas.records import ProbeParams
 
     hub = tmp_path / "hub"
@@ -121,7 +121,7 @@ def test_a_byte_identical_reupload_is_an_exact_copy_without_download(tmp_path: P
     import hashlib
 
     from pipelines.run import run_watch
-    from indexer.app.service import JobConfig
+    from indexer.app.job import JobConfig
     from schemas.records import ProbeParams
 
     hub = tmp_path / "hub"
@@ -270,7 +270,9 @@ def test_a_gguf_repository_waits_for_a_backend_with_a_gguf_loader(tmp_path: Path
     """On a backend without a GGUF loader (here the simulated one) a GGUF-only repository is
     deferred, not skipped; a later poll of a backend that loads GGUF asks for it by id and
     sends it to probing with its chosen file."""
-    from indexer.app.service import IndexWriter, JobConfig, ListStep, ProbeOutcome
+    from indexer.app.writer import IndexWriter
+    from indexer.app.job import JobConfig, ProbeOutcome
+    from indexer.app.listing import ListStep
     from schemas.records import ModelStatus, ProbeParams
 
     root = tmp_path / "hub"

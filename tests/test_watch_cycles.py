@@ -20,7 +20,8 @@ from indexer.adapters.catalog import Catalog
 from indexer.testbed import hub_faults as F
 from indexer.adapters.hub.client import RetryPolicy
 from indexer.testbed.hub_server import HubServer
-from indexer.app.service import JobConfig, WriterLock
+from indexer.app.job import JobConfig
+from indexer.app.locks import WriterLock
 from schemas.records import ModelRecord, ModelStatus, ProbeParams
 from tests.conftest import run_cli
 from tests.faults_common import query
@@ -138,7 +139,7 @@ def test_a_day_of_2000_uploads_with_a_budget_of_50_probes_a_cycle(busy_day, tmp_
 
 def test_newest_first_queue_order(busy_day, tmp_path: Path) -> None:
     """The same day, `newest` order: a cycle takes the newest uploads, whatever their rank."""
-    from indexer.app.service import ListStep
+    from indexer.app.listing import ListStep
 
     root, sides = busy_day
     with HubServer(root) as url:
@@ -185,7 +186,7 @@ def test_the_streaming_watch_retries_a_failed_listing_with_backoff(tmp_path: Pat
     """The poll whose listing fails is recorded as failed and retried with backoff, from its
     cursor, within the same interval; the next try completes."""
     from pipelines.transforms import ListNewModelsFn
-    from indexer.app.service import PollReport
+    from indexer.app.job import PollReport
 
     repos = _simulate(tmp_path / "hub", 6, seed=6)
     _redate(repos, [datetime.now(timezone.utc) - timedelta(hours=6 - i) for i in range(6)])

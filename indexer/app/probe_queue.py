@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
-
 from schemas.records import ModelRecord
 
 QUEUE_ORDERS = ("rank", "newest")
@@ -31,6 +30,8 @@ DEFAULT_PRIORITY = "downloads=1,likes=2,related=2,size=-0.5"
 
 
 @dataclass(frozen=True)
+
+
 class PriorityWeights:
     downloads: float = 1.0
     likes: float = 2.0

@@ -37,7 +37,7 @@ def job_settings(config: Path | None, **cli) -> Settings:
 
 
 def job_config(s: Settings, hub_url: str | None, **extra):
-    from indexer.app.service import JobConfig
+    from indexer.app.job import JobConfig
 
     from indexer.adapters.probers.base import resolve_backend
 
@@ -56,7 +56,7 @@ def job_config(s: Settings, hub_url: str | None, **extra):
 def job(s: Settings) -> Iterator[str | None]:
     """Holds the one-writer lock for the catalog and serves a folder hub while the job runs."""
     from indexer.adapters.hub.client import open_hub
-    from indexer.app.service import WriterLock
+    from indexer.app.locks import WriterLock
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with WriterLock(s.catalog.resolve()), open_hub(s.hub) as url:
@@ -150,7 +150,9 @@ def register(app: typer.Typer) -> None:
               genome: GenomeOpt = None, genes: GenesOpt = None, samples: SamplesOpt = None,
               publish_dir: PublishOpt = None, config: ConfigOpt = None, json: JsonOpt = False) -> None:
         """Probe one model now and insert it into the index (a no-op if already indexed)."""
-        from indexer.app.service import IndexWriter, ListStep, ProbeStep
+        from indexer.app.writer import IndexWriter
+        from indexer.app.listing import ListStep
+        from indexer.app.probing import ProbeStep
 
         model_id = check_id(model_id)  # before the lock: a refused id leaves nothing on disk
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,

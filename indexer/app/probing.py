@@ -1,0 +1,128 @@
+"""The probe step: download (safetensors and metadata only) and probe one model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from indexer.errors import PhylolmError
+from indexer.adapters.probers.base import ModelSource, Prober, ProbeError, get_prober
+from schemas.records import ModelRecord, ModelStatus, ProbeRecord
+from indexer.app.job import JobConfig, ProbeOutcome, probe_id_for, with_status as _with
+
+log = logging.getLogger("phylolm")
+
+
+class ProbeStep:
+    """Download (safetensors and metadata only) and probe one model; failures become records.
+
+    Probes are cached on disk as JSON under ``cache_dir/probes/<probe id>.json`` (the id hashes
+    model, revision, genome, parameters and backend), so a job killed after probing and
+    restarted does not pay for the same probe twice.
+    """
+
+    BREAKER = 3  # identical engine failures in a row that stop the job
+
+    def __init__(self, config: JobConfig):
+        from indexer.adapters.hub.client import HubClient
+        from indexer.adapters.hub.watcher import Watcher
+
+        self.config = config
+        self.genome = config.load_genome()
+        client = HubClient(config.hub, timeout=config.hub_timeout)
+        self.watcher = Watcher(client, config.screen_policy(client.has_token))
+        self.scrub = client.scrub
+        self._prober: Prober | None = None
+        self._failures: list[str] = []
+
+    @property
+    def prober(self) -> Prober:
+        if self._prober is None:  # built on first use: a job with nothing new loads no engine
+            self._prober = get_prober(self.config.backend, **dict(self.config.backend_options))
+        return self._prober
+
+    def _engine(self) -> Prober:
+        """The prober, or a ``PhylolmError`` that stops the job: an engine that cannot start
+        (unknown or uninstalled backend, no such device) is no fault of the model, and recording
+        it as the model's final status would lose every model of the run."""
+        try:
+            return self.prober
+        except Exception as e:
+            raise PhylolmError(f"backend {self.config.backend!r} cannot start: "
+                               f"{self.scrub(' '.join(str(e).split()))[:300]}") from None
+
+    def _trip(self, reason: str) -> None:
+        """Stop the job when the engine fails the same way on ``BREAKER`` models in a row:
+        then the engine is broken (a device gone, an endpoint down), not the models, and
+        failing them all would only burn their retries. Models already failed are retried."""
+        self._failures.append(reason[:120])
+        if len(self._failures) >= self.BREAKER and len(set(self._failures[-self.BREAKER:])) == 1:
+            raise PhylolmError(f"the {self.config.backend} backend failed {self.BREAKER} models in a row "
+                               f"with the same error, stopping: {reason[:300]}")
+
+    def _cache_file(self, model: ModelRecord) -> Path:
+        return self.config.cache_dir / "probes" / f"{probe_id_for(model, self.config, self.genome.hash)}.json"
+
+    def __call__(self, model: ModelRecord) -> ProbeOutcome:
+        if model.status in (ModelStatus.skipped, ModelStatus.failed, ModelStatus.queued, ModelStatus.deferred):
+            return ProbeOutcome(model)  # recorded as it is: refused, failed, or waiting
+        if model.copy_of:
+            return ProbeOutcome(model)  # an exact copy: the writer reuses its twin's alleles
+        cached = self._cache_file(model)
+        if cached.is_file():
+            try:
+                return ProbeOutcome(_with(model, ModelStatus.probed, None),
+                                    ProbeRecord.model_validate_json(cached.read_text("utf-8")))
+            except ValueError:
+                cached.unlink(missing_ok=True)  # a torn write: probe again
+        prober = self._engine()
+        try:
+            path = None
+            if self.config.backend != "openai":
+                model, path = self.watcher.fetch(model, self.config.cache_dir / "models")
+                if path is None:
+                    return ProbeOutcome(model)
+            if path is not None and not model.weight_hashes:
+                model = model.model_copy(update={"weight_hashes": snapshot_weight_hashes(Path(path))})
+            source = ModelSource(model.id, model.revision, Path(path) if path else None, model.gguf_file)
+            record = prober.probe(source, self.genome, self.config.params)
+        except ProbeError as e:
+            status = ModelStatus.skipped if e.skip else ModelStatus.failed
+            return ProbeOutcome(_with(model, status, self.scrub(str(e))[:500]))
+        except Exception as e:  # one bad model never stops the job; the reason is kept
+            reason = f"{type(e).__name__}: {self.scrub(' '.join(str(e).split()))[:400]}"
+            log.warning("probe of %s failed: %s", model.id, reason)
+            self._trip(reason.replace(model.id, "<model>"))
+            return ProbeOutcome(_with(model, ModelStatus.failed, reason))
+        self._failures.clear()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(record.model_dump_json(), "utf-8")
+        os.replace(tmp, cached)
+        return ProbeOutcome(_with(model, ModelStatus.probed, None), record)
+
+    def close(self) -> None:
+        if self._prober is not None:
+            self._prober.close()
+            self._prober = None
+
+
+def snapshot_weight_hashes(folder: Path) -> tuple[str, ...]:
+    """Sorted sha256 of a downloaded snapshot's root-level safetensors: the LFS sha256 the Hub
+    lists (the download was verified against them). The Hub cache names an LFS blob by its
+    sha256, so the file is read only when the blob's name is not one."""
+    import hashlib
+
+    out = []
+    for f in sorted(folder.glob("*.safetensors")):
+        blob = Path(os.path.realpath(f)).name
+        if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob):
+            out.append(blob)
+            continue
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out.append(h.hexdigest())
+    return tuple(sorted(out))
+

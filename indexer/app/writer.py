@@ -1,0 +1,244 @@
+"""The single writer: it applies one probe outcome to the catalog in one transaction (model
+row, probe and alleles, one new row of distances, the tree with its new leaf, refreshed
+estimates), so a crash at any point leaves either all of it or none of it, and a restart
+resumes from the catalog alone.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import numpy as np
+from indexer.adapters.catalog import DONE_SQL
+from indexer.errors import PhylolmError
+from schemas.records import ModelRecord, ModelStatus, ProbeRecord
+from indexer.app.failpoints import failpoint
+from indexer.app.job import JobConfig, PollReport, ProbeOutcome, UpdateSummary, probe_id_for, with_status as _with
+
+log = logging.getLogger("phylolm")
+
+WRITER_OPEN_WAIT_S = 120.0  # how long the writer waits out a reader's query that began before the job
+
+
+class IndexWriter:
+    """Applies probe outcomes to the catalog and the in-memory index, one transaction each.
+
+    Construction opens the catalog (taking DuckDB's write lock) and rebuilds the index from
+    it: the alleles of every indexed model and the latest incremental tree. Nothing else is
+    carried between updates, so a writer killed at any point resumes exactly. ``close`` lets
+    the file go and ``reopen`` takes it back, keeping the in-memory index and fitted
+    estimators when nobody else wrote the catalog meanwhile (O(n) rebuild and cold refits
+    avoided per bundle of a streaming job), rebuilding them otherwise.
+    """
+
+    def __init__(self, config: JobConfig):
+        self.config = config
+        self.genome = config.load_genome()
+        self.catalog = self._connect()
+        self.catalog.register_genome(self.genome)
+        self.index = _reload(self)
+        self.estimator = _Estimator()
+        self._closed = False
+        self._closed_at: tuple | None = None  # the catalog's generation when closed (None: unknown)
+
+    def _connect(self):
+        from indexer.adapters.catalog import Catalog
+
+        return Catalog(self.config.catalog, create=True, wait_s=WRITER_OPEN_WAIT_S)
+
+    def _generation(self) -> tuple:
+        """What changes whenever any writer changes what the index or estimates are built from."""
+        return tuple(self.catalog.con.execute(
+            """select (select max(snapshot_id) from tree_snapshots),
+                      (select count(*) from models where status = 'indexed'),
+                      (select max(probe_id) from probes), (select count(*) from probes)""").fetchall()[0])
+
+    def reopen(self) -> None:
+        """Take the catalog back after ``close``; rebuild the in-memory state if it changed."""
+        if not self._closed:
+            return
+        self.catalog = self._connect()
+        self._closed = False
+        if self._closed_at is None or self._generation() != self._closed_at:
+            self.index = _reload(self)
+            self.estimator = _Estimator()
+
+    def _indexed_alleles(self) -> tuple[list[str], list]:
+        rows = self.catalog.con.execute(
+            """select m.id, p.probe_id from models m
+               join probes p on p.model_id = m.id and p.revision = m.revision
+               where m.status = 'indexed' and p.genome_hash = ? and p.params_hash = ? and p.backend = ?
+               order by m.updated_at, m.id""",
+            [self.genome.hash, self.config.params.digest(), self.config.backend]).fetchall()
+        alleles = self.catalog.load_alleles([p for _, p in rows], len(self.genome))
+        return [m for m, _ in rows], [alleles[p].counts for _, p in rows]
+
+    def is_done(self, model: ModelRecord) -> bool:
+        """True when this revision needs no more work (see ``indexer.adapters.catalog.DONE_SQL``)."""
+        return _first_row(self.catalog.con.execute(
+            f"select 1 from models where id = ? and revision = ? and {DONE_SQL}",
+            [model.id, model.revision])) is not None
+
+    def apply_queued(self, models: list[ModelRecord]) -> list[UpdateSummary]:
+        """Record many models that wait in the queue, in one transaction (a busy day lists
+        thousands): those already done are left as they are; the watermark advances past them."""
+        if not models:
+            return []
+        done = {r[0] for r in self.catalog.con.execute(
+            f"select id from models where status not in ('queued', 'discovered') and {DONE_SQL}").fetchall()}
+        todo = [m for m in models if m.id not in done]
+        with self.catalog.transaction():
+            self.catalog.upsert_models(todo)
+            newest = max((m for m in todo if m.created_at is not None), key=lambda m: m.created_at, default=None)
+            if newest is not None:
+                self._advance_watermark(newest)
+        n = len(self.index.ids)
+        return [UpdateSummary(m.id, "unchanged" if m.id in done else m.status.value, m.reason, n_models=n)
+                for m in models]
+
+    def apply(self, outcome: ProbeOutcome) -> UpdateSummary:
+        model = outcome.model
+        if self.is_done(model) and (outcome.probe is None or model.id in self.index.ids):
+            m = self.catalog.get_model(model.id)
+            return UpdateSummary(model.id, "unchanged", m.reason, n_models=len(self.index.ids))
+        reason = None
+        if outcome.probe is None and model.copy_of and model.status == ModelStatus.discovered:
+            outcome, reason = self._copy(model)
+            model = outcome.model
+        if outcome.probe is None:
+            with self.catalog.transaction():
+                self.catalog.upsert_models([model])
+                self._advance_watermark(model)
+            return UpdateSummary(model.id, model.status.value, model.reason, n_models=len(self.index.ids))
+        probe = outcome.probe
+        if probe.genome_hash != self.genome.hash:
+            raise PhylolmError(f"probe of {model.id} used genome {probe.genome_hash[:12]}, "
+                               f"this index uses {self.genome.hash[:12]}: results are never mixed")
+        if model.id in self.index.ids:  # a new revision of an indexed model: keep the first leaf
+            with self.catalog.transaction():
+                self.catalog.add_probe(probe)
+                self._advance_watermark(model)
+            return UpdateSummary(model.id, "indexed", "new revision probed; leaf kept", n_models=len(self.index.ids))
+        others = list(self.index.ids)
+        result = self.index.insert(model.id, probe.alleles.counts)
+        sim = np.asarray(result.similarity)
+        dist = -np.log(np.maximum(sim, 1e-10))
+        order = np.argsort(dist)[:5]
+        stats = {"timings_ms": dict(result.timings_ms), "rebuilt": bool(result.rebuilt),
+                 "n_leaves": len(self.index.ids)}
+        failpoint("before_write")
+        try:
+            with self.catalog.transaction():
+                self.catalog.upsert_models([_with(model, ModelStatus.indexed, reason)])
+                self.catalog.add_probe(probe)
+                failpoint("mid_write")
+                self.catalog.add_distances(self.genome.hash, model.id, others, sim, dist)
+                snapshot = self.catalog.add_tree_snapshot(
+                    self.genome.hash, self.index.newick(), "incremental",
+                    "rebuild" if result.rebuilt else "insert", len(self.index.ids), model.id, stats)
+                self.estimator.refresh(self.catalog, self.index, snapshot,
+                                       changed={model.id, *(others[i] for i in order)})
+                self._advance_watermark(model)
+        except BaseException:
+            # The transaction rolled back: the in-memory index must forget the leaf too.
+            self.index = _reload(self)
+            raise
+        failpoint("after_write")
+        return UpdateSummary(model.id, "indexed", reason, snapshot, len(self.index.ids),
+                             tuple((others[i], float(dist[i])) for i in order),
+                             tuple(result.timings_ms.items()), bool(result.rebuilt))
+
+    def _copy(self, model: ModelRecord) -> tuple[ProbeOutcome, str | None]:
+        """An exact copy's outcome: its twin's alleles as a probe of the copy (no download, no
+        engine; the backend version says whose they are), or ``failed`` when the twin has no
+        probe in this index (then a later poll looks at it again)."""
+        twin = model.copy_of
+        row = _first_row(self.catalog.con.execute(
+            """select p.probe_id, p.backend_version from models m
+               join probes p on p.model_id = m.id and p.revision = m.revision
+               where m.id = ? and m.status = 'indexed' and p.genome_hash = ? and p.params_hash = ? and p.backend = ?""",
+            [twin, self.genome.hash, self.config.params.digest(), self.config.backend]))
+        if row is None or twin not in self.index.ids:
+            return ProbeOutcome(_with(model.model_copy(update={"copy_of": None}), ModelStatus.failed,
+                                      f"identical weights to {twin}, which has no probe in this index yet")), None
+        alleles = self.catalog.load_alleles([row[0]], len(self.genome))[row[0]]
+        probe = ProbeRecord(probe_id=probe_id_for(model, self.config, self.genome.hash), model_id=model.id,
+                            revision=model.revision, genome_hash=self.genome.hash, backend=self.config.backend,
+                            backend_version=f"{row[1]} (alleles of {twin}: identical weights)",
+                            params=self.config.params, alleles=alleles, seconds=0.0, started_at=datetime.now(timezone.utc))
+        return ProbeOutcome(model, probe), f"identical weights to {twin}"
+
+    def record_poll(self, report: PollReport) -> None:
+        """Record one poll's outcome (the ``polls`` table: what `phylolm status` and a
+        ``watch --once`` exit status read)."""
+        with self.catalog.transaction():
+            self.catalog.record_poll(report.poll_id, report.started_at, report.finished_at, report.complete,
+                                     report.error, report.new_models, report.taken, report.queued)
+
+    def _advance_watermark(self, model: ModelRecord) -> None:
+        if model.created_at is None:
+            return
+        current = self.catalog.get_meta("watermark")
+        stamp = model.created_at.astimezone(timezone.utc).isoformat()
+        if current is None or stamp > current:
+            self.catalog.set_meta("watermark", stamp)
+
+    def publish(self) -> None:
+        """Refresh the read-only snapshot and, if configured, the publish folder."""
+        self.catalog.publish_snapshot()
+        failpoint("mid_publish")
+        if self.config.publish_dir is not None:
+            from indexer.adapters.publish import export
+
+            export(self.catalog.con, self.config.publish_dir)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._closed_at = self._generation()
+        except Exception:  # a connection in a bad state: rebuild on reopen
+            self._closed_at = None
+        self.catalog.close()
+        self._closed = True
+
+
+def _reload(writer: IndexWriter):
+    from indexer.core.phylo_index import PhyloIndex
+
+    ids, counts = writer._indexed_alleles()
+    latest = writer.catalog.latest_tree(writer.genome.hash)
+    return PhyloIndex.from_state(ids, counts, latest[1] if latest else None, genome_hash=writer.genome.hash,
+                                 n_samples=writer.config.params.n_samples)
+
+
+class _Estimator:
+    """Refreshes benchmark estimates inside the writer's transaction (see indexer.core.predict),
+    keeping the fitted predictors between updates."""
+
+    def __init__(self):
+        from indexer.core.predict import EstimateCache
+
+        self.cache = EstimateCache()  # fitted predictors, refit only when the scored set changes
+
+    def refresh(self, catalog, index, snapshot: int, changed: set[str]) -> int:
+        from indexer.core import predict
+
+        scores = {(m, b): v for m, b, v in catalog.con.execute(
+            "select model_id, benchmark, avg(value) from scores group by 1, 2").fetchall()}
+        if not scores:
+            return 0
+        from indexer.adapters.publish import cv_groups
+
+        ids = list(index.ids)
+        estimates = predict.refresh_estimates(
+            index.distance_matrix(), ids, scores, changed, snapshot, cache=self.cache,
+            groups=cv_groups(catalog.con, ids))
+        catalog.replace_estimates(estimates)
+        return len(estimates)
+
+
+def _first_row(cur):
+    rows = cur.fetchall()
+    return rows[0] if rows else None
+
