@@ -42,6 +42,28 @@ def distance_from_similarity(similarity: np.ndarray | float) -> np.ndarray | flo
     return float(d) if d.ndim == 0 else d
 
 
+def nearest_k(distances: np.ndarray, k: int, ids: Sequence[str] | None = None) -> np.ndarray:
+    """Positions of the (at most) ``k`` smallest finite distances, closest first.
+
+    Ties are broken by ``ids`` when given, so the answer does not depend on the order the
+    models were indexed in and is the catalog's ``order by distance, model_b``; without ids,
+    by position. Non-finite distances (a model's own, set to inf) are never returned.
+    O(n log n) for the sort, plus the ties at the k-th distance.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim != 1:
+        raise ValueError(f"distances must be one row, got shape {d.shape}")
+    if ids is not None and len(ids) != d.size:
+        raise ValueError(f"{d.size} distances but {len(ids)} ids")
+    finite = np.flatnonzero(np.isfinite(d))
+    order = finite[np.argsort(d[finite], kind="stable")]
+    top = order[:max(k, 0)]
+    if ids is None or top.size == 0:
+        return top
+    tied = order[: np.searchsorted(d[order], d[top[-1]], side="right")]  # everything up to the k-th
+    return np.array(sorted(tied.tolist(), key=lambda j: (d[j], ids[j]))[: top.size], dtype=np.int64)
+
+
 def nei_similarity(counts_a: Sequence[dict[str, int]], counts_b: Sequence[dict[str, int]],
                    n_samples: int) -> float:
     """Nei similarity of two models from their per-gene allele counts (direct formula).
