@@ -90,7 +90,6 @@ def estimate_scores(D: np.ndarray, ids: Sequence[str],
                     changed: set[str] | None = None,
                     method: str = DEFAULT_METHOD,
                     groups: Mapping[str, str] | None = None,
-                    benchmarks: Sequence[str] | None = None,
                     cache: FittedPredictors | None = None) -> list[ScoreEstimate]:
     """Estimates for every (model, benchmark) without a measured score.
 
@@ -107,7 +106,7 @@ def estimate_scores(D: np.ndarray, ids: Sequence[str],
     """
     D, ids = check_matrix(D, ids)
     pos = {m: i for i, m in enumerate(ids)}
-    benches = list(benchmarks) if benchmarks is not None else sorted({b for _, b in scores})
+    benches = sorted({b for _, b in scores})
     predictor = get_predictor(method)
     cache = cache if cache is not None else FittedPredictors()
     if getattr(predictor, "joint", False):

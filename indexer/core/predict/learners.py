@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from indexer.core.distance import nearest_k
 from indexer.core.predict.base import _logit, _sigmoid, _sq_dists
 
 Learner = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
@@ -47,7 +48,7 @@ def _nearest_relatives(k: int, tau: float = 0.5) -> Learner:
     def fit(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         def predict(xn: np.ndarray) -> np.ndarray:
             kk = min(k, xn.shape[1])
-            order = np.argsort(xn, axis=1, kind="stable")[:, :kk]
+            order = nearest_k(xn, kk)  # ties: the first training model
             d = np.take_along_axis(xn, order, axis=1)
             w = np.exp(-(d - d[:, :1]) / tau)
             return (w * y[order]).sum(1) / w.sum(1)
