@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from indexer.core import genomes as genome_lib
+from indexer.adapters import genome_files as genome_lib
 from schemas.records import ModelRecord, ModelStatus, ProbeParams, ProbeRecord, probe_key
 
 
