@@ -56,7 +56,7 @@ def catalog(tmp_path):
 def test_export_writes_every_file_readable(catalog, tmp_path):
     cat, ids, d, snap = catalog
     out = tmp_path / "pub"
-    written = export(cat.con, out)
+    written = export(cat, out)
     assert sorted(written) == sorted(EXPORT_FILES)
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries behind
     tree = parse_newick((out / "tree.nwk").read_text())
@@ -80,11 +80,11 @@ def test_export_writes_every_file_readable(catalog, tmp_path):
 def test_export_refreshes_in_place(catalog, tmp_path):
     cat, ids, d, snap = catalog
     out = tmp_path / "pub"
-    export(cat.con, out)
+    export(cat, out)
     first = (out / "report.html").read_text()
     cat.import_scores([Score(model_id="other/code", benchmark="arc", value=0.61, source="test")])
     cat.con.execute("delete from estimates where model_id = 'other/code'")
-    export(cat.con, out)
+    export(cat, out)
     again = (out / "report.html").read_text()
     assert first != again and again.count("other/code") >= 1
     con = duckdb.connect()
