@@ -11,17 +11,15 @@ key, and it takes the catalog's write lock for each bundle).
 """
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms import userstate
 
+from indexer.adapters.catalog import writer_turn
 from indexer.app.writer import IndexWriter
 from indexer.app.job import JobConfig, PollReport, ProbeOutcome
 from indexer.app.listing import ListStep
@@ -170,7 +168,7 @@ class UpdateIndexFn(beam.DoFn):
 
     def _open(self) -> IndexWriter:
         if self._lock is None:
-            self._lock = _bundle_lock(self.config)
+            self._lock = writer_turn(self.config.catalog)
             self._lock.__enter__()
             try:
                 if self._writer is None:
@@ -245,19 +243,6 @@ class UpdateIndexFn(beam.DoFn):
     def teardown(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-
-@contextmanager
-def _bundle_lock(config: JobConfig):
-    path = config.catalog.with_name(config.catalog.name + ".writer.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks: writers take turns
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _upload_order(keyed_outcomes):

@@ -7,7 +7,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from indexer.adapters.catalog import TABLES, Catalog, check_read_only, open_read_only, run_query, snapshot_path
+from indexer.adapters.catalog import TABLES, Catalog, check_read_only, connect_read_only, run_query, snapshot_path
 from indexer.errors import PhylolmError
 from indexer.adapters.genome_files import builtin
 from schemas.migrations import SCHEMA_VERSION
@@ -203,7 +203,7 @@ def test_sql_refuses_anything_but_queries(tmp_path, query):
 def test_read_only_connection_cannot_read_files(tmp_path):
     path = tmp_path / "c.duckdb"
     Catalog(path, create=True).close()
-    con, _ = open_read_only(path)
+    con, _ = connect_read_only(path)
     check_read_only(con, "select * from read_csv('/etc/passwd')")  # a SELECT: passes the filter
     with pytest.raises(duckdb.Error):  # ...but the connection has no file access
         con.execute("select * from read_csv('/etc/passwd')")
@@ -229,17 +229,17 @@ def test_other_process_reads_snapshot_while_writer_holds_the_file(tmp_path):
 
 
 def test_readers_go_to_the_snapshot_while_a_job_holds_the_writer_lock(tmp_path):
-    from indexer.app.locks import WriterLock
+    from indexer.adapters.catalog import JobLock
 
     path = tmp_path / "c.duckdb"
     with Catalog(path, create=True) as cat:
         cat.upsert_models([ModelRecord(id="a/first")])
-    con, read = open_read_only(path)
+    con, read = connect_read_only(path)
     con.close()
     assert read == path  # no job: the catalog itself, always current
-    with WriterLock(path):  # taking it publishes the snapshot
+    with JobLock(path):  # taking it publishes the snapshot
         assert snapshot_path(path).exists()
-        con, read = open_read_only(path)
+        con, read = connect_read_only(path)
         con.close()
         assert read == snapshot_path(path)
         # so the job's writer never finds the file held by a reader
@@ -266,9 +266,9 @@ def test_writer_waits_out_a_reader_that_opened_first(tmp_path):
 
 
 def test_failed_attempts_count_per_revision(tmp_path):
-    from indexer.adapters.catalog import DONE_SQL, MAX_ATTEMPTS
+    from indexer.adapters.catalog import MAX_ATTEMPTS
     with Catalog(tmp_path / "c.duckdb", create=True) as cat:
-        done = lambda: cat.con.execute(f"select count(*) from models where {DONE_SQL}").fetchall()[0][0]
+        done = lambda: len(cat.done_revisions())
         for i in range(MAX_ATTEMPTS):
             assert done() == 0
             cat.upsert_models([ModelRecord(id="a/b", revision="r1", status=ModelStatus.failed, reason="boom")])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.adapters.catalog import open_read_only, snapshot_path
+from indexer.adapters.catalog import connect_read_only, snapshot_path
 from tests.conftest import run_cli
 from tests.hub_repos import publish, repos_by_upload
 from tests.faults_common import BASE_ENV, assert_consistent, consistency, query
@@ -106,7 +106,7 @@ def test_readers_and_second_writers_while_a_watch_writes(ecosystem, tmp_path):
 
     def read_once() -> int:
         try:
-            con, path = open_read_only(catalog)
+            con, path = connect_read_only(catalog)
         except Exception as e:  # before the first publish there is nothing to read yet
             assert "no catalog" in str(e) or "no published snapshot" in str(e), e
             return -1

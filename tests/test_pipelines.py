@@ -241,7 +241,7 @@ def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
     from indexer.testbed.hub_faults import FaultPlan, vanish
     from indexer.testbed.hub_server import HubServer
     from indexer.app.job import JobConfig
-    from indexer.app.locks import WriterLock
+    from indexer.adapters.catalog import JobLock
     from pipelines.run import run_watch
     from schemas.records import ProbeParams
 
@@ -249,7 +249,7 @@ def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
     flaky = publish(repos_by_upload(ecosystem)[:3], served)[0]
     plan = FaultPlan(replace(vanish(flaky), times=1))  # one 404, then the repository is back
     catalog = tmp_path / "c.duckdb"
-    with HubServer(served, faults=plan) as url, WriterLock(catalog):
+    with HubServer(served, faults=plan) as url, JobLock(catalog):
         config = JobConfig(catalog=catalog, hub=url, backend="simulated", n_genes=32,
                            params=ProbeParams(n_samples=16), cache_dir=tmp_path / "cache", hub_timeout=2)
         run_watch(config, interval=0.5, duration=20)  # room for two polls on a slow machine

@@ -45,7 +45,7 @@ def catalog(tmp_path):
     scores = [Score(model_id=m, benchmark="arc", value=v, source="test")
               for m, v in zip(ids[:6], (0.40, 0.45, 0.42, 0.44, 0.60, 0.62))]
     cat.import_scores(scores)
-    est = estimate_records(cat.con, ids, d, snap)
+    est = estimate_records(cat, ids, d, snap)
     cat.replace_estimates(est)
     yield cat, ids, d, snap
     cat.close()
@@ -54,7 +54,7 @@ def catalog(tmp_path):
 def test_export_writes_every_file_readable(catalog, tmp_path):
     cat, ids, d, snap = catalog
     out = tmp_path / "pub"
-    written = export(cat.con, out)
+    written = export(cat, out)
     assert sorted(written) == sorted(EXPORT_FILES)
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries behind
     tree = parse_newick((out / "tree.nwk").read_text())
@@ -78,11 +78,11 @@ def test_export_writes_every_file_readable(catalog, tmp_path):
 def test_export_refreshes_in_place(catalog, tmp_path):
     cat, ids, d, snap = catalog
     out = tmp_path / "pub"
-    export(cat.con, out)
+    export(cat, out)
     first = (out / "report.html").read_text()
     cat.import_scores([Score(model_id="other/code", benchmark="arc", value=0.61, source="test")])
     cat.con.execute("delete from estimates where model_id = 'other/code'")
-    export(cat.con, out)
+    export(cat, out)
     again = (out / "report.html").read_text()
     assert first != again and again.count("other/code") >= 1
     con = duckdb.connect()

@@ -55,8 +55,8 @@ def report(tmp_path):
         cat.import_scores([Score(model_id=m, benchmark=b, value=v, source="test")
                            for m, v in zip(ids[:4], (0.41, 0.45, 0.43, 0.60))
                            for b in ("arc", "mmlu")])
-        cat.replace_estimates(estimates_from_catalog(cat.con))
-        export(cat.con, tmp_path / "pub")
+        cat.replace_estimates(estimates_from_catalog(cat))
+        export(cat, tmp_path / "pub")
     return tmp_path / "pub" / "report.html", ids
 
 

@@ -21,7 +21,7 @@ from indexer.testbed import hub_faults as F
 from indexer.adapters.hub.client import RetryPolicy
 from indexer.testbed.hub_server import HubServer
 from indexer.app.job import JobConfig
-from indexer.app.locks import WriterLock
+from indexer.adapters.catalog import JobLock
 from schemas.records import ModelRecord, ModelStatus, ProbeParams
 from tests.conftest import run_cli
 from tests.faults_common import query
@@ -110,7 +110,7 @@ def test_a_day_of_2000_uploads_with_a_budget_of_50_probes_a_cycle(busy_day, tmp_
         config = JobConfig(catalog=catalog, hub=url, backend="simulated", n_genes=GENES,
                            params=ProbeParams(n_samples=SAMPLES), cache_dir=tmp_path / "cache",
                            first_window_hours=24, probe_budget=50, priority="downloads=1,likes=2", use_queue=True)
-        with WriterLock(catalog):
+        with JobLock(catalog):
             run_watch(config, interval=60, once=True)
         indexed = {m for (m,) in query(catalog, "select id from models where status = 'indexed'")}
         queue = query(catalog, "select rank, id from queue order by rank")
@@ -118,7 +118,7 @@ def test_a_day_of_2000_uploads_with_a_budget_of_50_probes_a_cycle(busy_day, tmp_
         assert [m for _, m in queue] == ranked[50:] and [r for r, _ in queue] == list(range(1, 1951))
         assert query(catalog, "select complete, new_models, taken, queued from polls") == [(True, 2000, 50, 1950)]
         # Cycle 2 takes the queue's first 50; nothing new was uploaded meanwhile.
-        with WriterLock(catalog):
+        with JobLock(catalog):
             run_watch(config, interval=60, once=True)
         second = {m for (m,) in query(catalog, "select id from models where status = 'indexed'")} - indexed
         assert second == set(ranked[50:100])

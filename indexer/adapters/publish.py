@@ -1,6 +1,6 @@
 """Publisher (an adapter): the catalog's public face as files in a folder.
 
-``export(con, out_dir)`` writes, each atomically (a temporary file, then ``os.replace``):
+``export(catalog, out_dir)`` writes, each atomically (a temporary file, then ``os.replace``):
 
 * ``tree.nwk`` -- the latest tree snapshot (Newick, leaves are model ids);
 * ``distances.parquet`` -- (model_a, model_b, similarity, distance), both directions;
@@ -15,19 +15,22 @@
 The page runs a small self-check after load (the table sorts both ways, the tree has one
 label per leaf) and records the outcome in ``<body data-selfcheck="...">`` so a headless
 browser test can read it from the DOM.
+
+The catalog comes in as a view with named queries (``CatalogView``: the catalog adapter's
+read-only view, or its writer); this module writes no SQL and imports no other adapter.
 """
 from __future__ import annotations
 
 import html
 import json
 import os
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from indexer.core.families import declared_families
 from indexer.core.tree.core import Tree
 from indexer.core.tree.newick import parse_newick
 
@@ -38,30 +41,8 @@ EXPORT_FILES = ("tree.nwk", "distances.parquet", "estimates.parquet", "estimates
 
 
 # ---------------------------------------------------------------------------------------
-# pure helpers: colours, SVG, HTML
+# pure helpers: colours, SVG, HTML (``declared_families`` is the core's, used here for colours)
 # ---------------------------------------------------------------------------------------
-def declared_families(models: Sequence[Mapping]) -> dict[str, str]:
-    """Each model's colour group: the root of its declared base-model chain (a declared
-    root need not be indexed); a root colours itself like its descendants; else author."""
-    base = {m["id"]: list(m.get("base_models") or []) for m in models}
-    out: dict[str, str] = {}
-    for mid in base:
-        cur, seen = mid, {mid}
-        while base.get(cur):  # stops at a model with no declared base, or one not indexed
-            nxt = base[cur][0]
-            if nxt in seen:
-                break
-            seen.add(nxt)
-            cur = nxt
-        if cur != mid:
-            out[mid] = cur
-    roots = set(out.values())
-    for m in models:
-        if m["id"] not in out:
-            out[m["id"]] = m["id"] if m["id"] in roots else (m.get("author") or m["id"].split("/")[0])
-    return out
-
-
 def colour_map(groups: Mapping[str, str]) -> dict[str, str]:
     names = sorted(set(groups.values()))
     return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(names)}
@@ -245,22 +226,35 @@ numbers at internal nodes are split support; hover a branch for its length.</p>
 # ---------------------------------------------------------------------------------------
 # the adapter: catalog -> files
 # ---------------------------------------------------------------------------------------
+class CatalogView(Protocol):
+    """What the publisher reads from the catalog (the catalog adapter's ``CatalogQueries``)."""
+
+    def latest_snapshot(self) -> tuple[int | None, str | None, str | None]: ...
+    def distances_table(self, genome_hash: str | None = None): ...
+    def estimates_table(self): ...
+    def models_table(self): ...
+    def estimates(self) -> list[dict]: ...
+    def scores(self) -> list[dict]: ...
+    def model_rows(self) -> list[dict]: ...
+    def nearest_by_model(self, k: int, genome_hash: str | None = None) -> dict[str, list[tuple[str, float]]]: ...
+    def complete_matrix(self) -> tuple[int | None, list[str], np.ndarray]: ...
+    def mean_scores(self) -> dict[tuple[str, str], float]: ...
+    def cv_groups(self, ids: Sequence[str]) -> dict[str, str]: ...
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _copy_query(con, query: str, path: Path, fmt: str) -> None:
-    """Write a query's rows as parquet or CSV, atomically. Written from Arrow by this process,
-    not by DuckDB's COPY: `phylolm export` reads through the sandboxed read-only connection
-    (file access disabled, see ``catalog.open_read_only``), where COPY is refused."""
+def _write_table(table, path: Path, fmt: str) -> None:
+    """Write an Arrow table as parquet or CSV, atomically. Written by this process, not by
+    DuckDB's COPY: `phylolm export` reads through the sandboxed read-only view (file access
+    disabled), where COPY is refused."""
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pa_parquet
 
-    with warnings.catch_warnings():  # DuckDB notes the extra copy of a DB-API result: small tables
-        warnings.simplefilter("ignore", UserWarning)
-        table = con.execute(query).to_arrow_table()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if fmt == "parquet":
         pa_parquet.write_table(table, tmp)
@@ -269,78 +263,39 @@ def _copy_query(con, query: str, path: Path, fmt: str) -> None:
     os.replace(tmp, path)
 
 
-def _rows(con, query: str, args: Sequence = ()) -> list[dict]:
-    cur = con.execute(query, list(args))
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
-def latest_snapshot(con) -> tuple[int | None, str | None, str | None]:
-    """(snapshot_id, newick, genome_hash) of the newest tree snapshot, or Nones."""
-    row = con.execute("select snapshot_id, newick, genome_hash from tree_snapshots "
-                      "order by snapshot_id desc limit 1").fetchone()
-    return (int(row[0]), row[1], row[2]) if row else (None, None, None)
-
-
-def distance_matrix(con, genome_hash: str | None = None) -> tuple[list[str], np.ndarray]:
-    """The catalog's distances as (ids, n x n matrix); pairs never measured are NaN."""
-    where, args = ("where genome_hash = ?", [genome_hash]) if genome_hash else ("", [])
-    rows = con.execute(f"select model_a, model_b, distance from distance_pairs {where}", args).fetchall()
-    ids = sorted({r[0] for r in rows} | {r[1] for r in rows})
-    pos = {m: i for i, m in enumerate(ids)}
-    d = np.full((len(ids), len(ids)), np.nan)
-    np.fill_diagonal(d, 0.0)
-    for a, b, x in rows:
-        d[pos[a], pos[b]] = d[pos[b], pos[a]] = x
-    return ids, d
-
-
-def export(con, out_dir: str | Path, *, k_nearest: int = 3, lineage: Sequence[Mapping] | None = None,
-           generated_at: datetime | None = None) -> dict[str, Path]:
+def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
+           lineage: Sequence[Mapping] | None = None, generated_at: datetime | None = None) -> dict[str, Path]:
     """Write the publish files into ``out_dir`` (created if needed); returns name -> path.
 
-    ``con`` is a DuckDB connection to a catalog. ``lineage`` findings (dicts) may be passed
-    in; when None they are computed from the catalog's declared base models.
+    ``catalog`` is a view of a catalog (see ``CatalogView``). ``lineage`` findings (dicts) may
+    be passed in; when None they are computed from the catalog's declared base models.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    snapshot, newick, genome_hash = latest_snapshot(con)
-    where = "where genome_hash = ?" if genome_hash else ""
-    gh_args = [genome_hash] if genome_hash else []
+    snapshot, newick, genome_hash = catalog.latest_snapshot()
     written: dict[str, Path] = {}
 
     _atomic_write_text(out / "tree.nwk", (newick or ";") + "\n")
     written["tree.nwk"] = out / "tree.nwk"
 
-    dist_q = "select model_a, model_b, similarity, distance from distances"
-    if genome_hash:
-        dist_q += f" where genome_hash = '{genome_hash.replace(chr(39), '')}'"
-    _copy_query(con, dist_q + " order by model_a, model_b", out / "distances.parquet", "parquet")
+    _write_table(catalog.distances_table(genome_hash), out / "distances.parquet", "parquet")
     written["distances.parquet"] = out / "distances.parquet"
 
-    est_q = ("select model_id, benchmark, estimate, low, high, method, snapshot, updated_at "
-             "from estimates order by model_id, benchmark, method")
-    _copy_query(con, est_q, out / "estimates.parquet", "parquet")
-    _copy_query(con, est_q, out / "estimates.csv", "csv")
+    estimates_table = catalog.estimates_table()
+    _write_table(estimates_table, out / "estimates.parquet", "parquet")
+    _write_table(estimates_table, out / "estimates.csv", "csv")
     written["estimates.parquet"] = out / "estimates.parquet"
     written["estimates.csv"] = out / "estimates.csv"
 
-    _copy_query(con, "select * from models order by id", out / "models.parquet", "parquet")
+    _write_table(catalog.models_table(), out / "models.parquet", "parquet")
     written["models.parquet"] = out / "models.parquet"
 
-    models = _rows(con, "select id, author, base_models, created_at, status from models order by id")
-    estimates = _rows(con, est_q)
-    scores = _rows(con, "select model_id, benchmark, value, source from scores order by model_id, benchmark")
-    nearest: dict[str, list[tuple[str, float]]] = {}
-    for r in _rows(con, f"""select model_a, model_b, distance from (
-            select model_a, model_b, distance, row_number() over (partition by model_a
-                   order by distance, model_b) as k from distances {where}) where k <= ?""",
-                   gh_args + [k_nearest]):
-        nearest.setdefault(r["model_a"], []).append((r["model_b"], float(r["distance"])))
     if lineage is None:
-        lineage = lineage_from_catalog(con)
-    page = render_report(newick=newick, snapshot=snapshot, models=models, estimates=estimates,
-                         scores=scores, nearest=nearest, lineage=lineage, generated_at=generated_at)
+        lineage = lineage_from_catalog(catalog)
+    page = render_report(newick=newick, snapshot=snapshot, models=catalog.model_rows(),
+                         estimates=catalog.estimates(), scores=catalog.scores(),
+                         nearest=catalog.nearest_by_model(k_nearest, genome_hash), lineage=lineage,
+                         generated_at=generated_at)
     _atomic_write_text(out / "report.html", page)
     written["report.html"] = out / "report.html"
     _atomic_write_text(out / "manifest.json", json.dumps(
@@ -348,63 +303,45 @@ def export(con, out_dir: str | Path, *, k_nearest: int = 3, lineage: Sequence[Ma
     return written
 
 
-def estimates_from_catalog(con, *, method: str | None = None, changed: set[str] | None = None,
+def estimates_from_catalog(catalog: CatalogView, *, method: str | None = None, changed: set[str] | None = None,
                            cache=None) -> list:
     """Estimates for every indexed model without a score, from the catalog's distances.
 
     The estimates name the newest tree snapshot. Models whose row of the matrix is
     incomplete are left out (they are not yet fully indexed). See ``estimate_records``.
     """
-    snapshot, ids, d = _indexed_matrix(con)
-    return estimate_records(con, ids, d, snapshot, method=method, changed=changed, cache=cache)
+    snapshot, ids, d = catalog.complete_matrix()
+    return estimate_records(catalog, ids, d, snapshot, method=method, changed=changed, cache=cache)
 
 
-def estimate_records(con, ids: Sequence[str], distances: np.ndarray, snapshot: int | None, *,
+def estimate_records(catalog: CatalogView, ids: Sequence[str], distances: np.ndarray, snapshot: int | None, *,
                      method: str | None = None, changed: set[str] | None = None, cache=None) -> list:
     """Estimate records (``schemas.records.Estimate``, labelled with ``snapshot``) for the
     models among ``ids`` without a score, from their distance matrix and the catalog's scores.
 
     The one path from (distances, scores) to what the catalog stores: the CV groups are the
-    declared families (``cv_groups``), ``indexer.core.predict.estimate_scores`` does the
-    rest, with ``cache`` (``FittedPredictors``) keeping its fits between calls.
+    declared families (``indexer.core.families.cv_groups``), ``indexer.core.predict.estimate_scores``
+    does the rest, with ``cache`` (``FittedPredictors``) keeping its fits between calls.
     """
     from indexer.core.predict import DEFAULT_METHOD, estimate_scores
     from schemas.records import Estimate
 
-    scores = {(m, b): float(v) for m, b, v in con.execute(
-        "select model_id, benchmark, avg(value) from scores group by model_id, benchmark").fetchall()}
+    scores = catalog.mean_scores()
     if not scores:
         return []
     ids = list(ids)
     estimates = estimate_scores(distances, ids, scores, changed=changed, method=method or DEFAULT_METHOD,
-                                groups=cv_groups(con, ids), cache=cache)
+                                groups=catalog.cv_groups(ids), cache=cache)
     return [Estimate(model_id=e.model_id, benchmark=e.benchmark, estimate=e.estimate, low=e.low, high=e.high,
                      method=e.method, snapshot=snapshot) for e in estimates]
 
 
-def cv_groups(con, ids) -> dict[str, str]:
-    """Cross-validation groups of the estimators: each model's declared family (the root of
-    its declared base-model chain), else its author."""
-    groups = declared_families(_rows(con, "select id, author, base_models from models"))
-    return {m: groups.get(m, m.split("/")[0]) for m in ids}
-
-
-def _indexed_matrix(con) -> tuple[int | None, list[str], np.ndarray]:
-    """The latest snapshot id and the distance matrix of the models whose row is complete
-    (a model still being indexed is left out)."""
-    snapshot, _, genome_hash = latest_snapshot(con)
-    ids, d = distance_matrix(con, genome_hash)
-    complete = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
-    return snapshot, [ids[i] for i in complete], d[np.ix_(complete, complete)]
-
-
-def lineage_from_catalog(con) -> list[dict]:
+def lineage_from_catalog(catalog: CatalogView) -> list[dict]:
     """The lineage check on the catalog's distances and declared base models."""
     from indexer.core.lineage import check_lineage
 
-    _, ids, d = _indexed_matrix(con)
-    models = _rows(con, "select id, base_models, created_at, copy_of, weight_hashes from models "
-                        "order by created_at nulls last, id")
+    _, ids, d = catalog.complete_matrix()
+    models = catalog.model_rows()
     declared = {m["id"]: list(m["base_models"] or []) for m in models}
     created = {m["id"]: m["created_at"] for m in models if m["created_at"] is not None}
     copies = {m["id"]: m["copy_of"] for m in models if m["copy_of"]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
-from indexer.adapters.catalog import DONE_SQL
 from indexer.errors import PhylolmError
 from schemas.records import ModelRecord, ModelStatus
 from indexer.app.job import JobConfig, PollReport
@@ -41,22 +40,19 @@ class ListStep:
     def catalog_state(self) -> tuple[dict[str, str], datetime | None, dict[str, int]]:
         """``(done, watermark, retry)``: the revision each finished model is done at, the
         watermark, and the failed attempts of every model that failed but may be retried."""
-        from indexer.adapters.catalog import MAX_ATTEMPTS, open_read_only
+        from indexer.adapters.catalog import open_read_only
 
         self.deferred: dict[str, str | None] = {}  # id -> reason of every deferred model
         try:
-            con, _ = open_read_only(self.config.catalog)
+            reader = open_read_only(self.config.catalog)
         except PhylolmError:
             return {}, None, {}  # no catalog yet: everything is new
-        try:
-            done = dict(con.execute(f"select id, revision from models where {DONE_SQL}").fetchall())
-            retry = dict(con.execute("select id, attempts from models where status = 'failed' and attempts < ?",
-                                     [MAX_ATTEMPTS]).fetchall())
-            self.deferred = dict(con.execute("select id, reason from models where status = 'deferred'").fetchall())
-            wm = con.execute("select value from meta where key = 'watermark'").fetchall()
-        finally:
-            con.close()
-        return done, datetime.fromisoformat(wm[0][0]) if wm else None, retry
+        with reader:
+            done = reader.done_revisions()
+            retry = reader.retry_attempts()
+            self.deferred = reader.deferred_reasons()
+            wm = reader.get_meta("watermark")
+        return done, datetime.fromisoformat(wm) if wm is not None else None, retry
 
     def queue_state(self) -> tuple[list[ModelRecord], set[str], float | None]:
         """``(queued, indexed, seconds_per_probe)``: the models waiting in the queue, the ids
@@ -64,23 +60,11 @@ class ListStep:
         from indexer.adapters.catalog import open_read_only
 
         try:
-            con, _ = open_read_only(self.config.catalog)
+            reader = open_read_only(self.config.catalog)
         except PhylolmError:
             return [], set(), None
-        try:
-            cur = con.execute(
-                """select id, revision, created_at, author, base_models, base_model_relation, license,
-                          pipeline_tag, size_bytes, downloads, likes, priority, gguf_file from models
-                   where status = 'queued'""")
-            cols = [d[0] for d in cur.description]
-            queued = [ModelRecord(**{**dict(zip(cols, row)), "base_models": tuple(row[4] or ())})
-                      for row in cur.fetchall()]
-            indexed = {r[0] for r in con.execute("select id from models where status = 'indexed'").fetchall()}
-            rate = con.execute("select avg(seconds) from probes where started_at >= now() - interval 1 day"
-                               ).fetchall()[0][0]
-        finally:
-            con.close()
-        return queued, indexed, float(rate) if rate else None
+        with reader:
+            return reader.queued_models(), reader.indexed_ids(), reader.mean_probe_seconds_last_day()
 
     def __call__(self, poll: float | None = None) -> list[ModelRecord]:
         """One poll: the records to work on (new models screened, retries, and the cycle's share
@@ -135,18 +119,15 @@ class ListStep:
         known: dict[tuple[str, ...], str] = {}
         self._revisions: dict[str, str] = {}  # an indexed model's revision, for its tokenizer files
         try:
-            con, _ = open_read_only(self.config.catalog)
+            reader = open_read_only(self.config.catalog)
         except PhylolmError:
-            con = None
-        if con is not None:
-            try:
-                for mid, rev, hashes in con.execute(
-                        """select id, revision, weight_hashes from models where status = 'indexed' and copy_of is null
-                           and len(weight_hashes) > 0 order by created_at nulls last, id""").fetchall():
-                    known.setdefault(tuple(hashes), mid)
-                    self._revisions[mid] = rev
-            finally:
-                con.close()
+            reader = None
+        if reader is not None:
+            with reader:
+                originals = reader.indexed_weight_hashes()
+            for mid, rev, hashes in originals:
+                known.setdefault(tuple(hashes), mid)
+                self._revisions[mid] = rev
         if not known:
             # Nothing to be a copy of: spare the request. Probed models get their hashes from
             # the verified download instead (``ProbeStep``).

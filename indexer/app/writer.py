@@ -9,7 +9,6 @@ import logging
 from datetime import datetime, timezone
 
 import numpy as np
-from indexer.adapters.catalog import DONE_SQL
 from indexer.errors import PhylolmError
 from schemas.records import ModelRecord, ModelStatus, ProbeRecord
 from indexer.app.failpoints import failpoint
@@ -46,46 +45,31 @@ class IndexWriter:
 
         return Catalog(self.config.catalog, create=True, wait_s=WRITER_OPEN_WAIT_S)
 
-    def _generation(self) -> tuple:
-        """What changes whenever any writer changes what the index or estimates are built from."""
-        return tuple(self.catalog.con.execute(
-            """select (select max(snapshot_id) from tree_snapshots),
-                      (select count(*) from models where status = 'indexed'),
-                      (select max(probe_id) from probes), (select count(*) from probes)""").fetchall()[0])
-
     def reopen(self) -> None:
         """Take the catalog back after ``close``; rebuild the in-memory state if it changed."""
         if not self._closed:
             return
         self.catalog = self._connect()
         self._closed = False
-        if self._closed_at is None or self._generation() != self._closed_at:
+        if self._closed_at is None or self.catalog.generation() != self._closed_at:
             self.index = _reload(self)
             self.estimator = _Estimator()
 
     def _indexed_alleles(self) -> tuple[list[str], list]:
-        rows = self.catalog.con.execute(
-            """select m.id, p.probe_id from models m
-               join probes p on p.model_id = m.id and p.revision = m.revision
-               where m.status = 'indexed' and p.genome_hash = ? and p.params_hash = ? and p.backend = ?
-               order by m.updated_at, m.id""",
-            [self.genome.hash, self.config.params.digest(), self.config.backend]).fetchall()
-        alleles = self.catalog.load_alleles([p for _, p in rows], len(self.genome))
-        return [m for m, _ in rows], [alleles[p].counts for _, p in rows]
+        rows = self.catalog.indexed_probes(self.genome.hash, self.config.params.digest(), self.config.backend)
+        alleles = self.catalog.load_alleles([p for _, p, _ in rows], len(self.genome))
+        return [m for m, _, _ in rows], [alleles[p].counts for _, p, _ in rows]
 
     def is_done(self, model: ModelRecord) -> bool:
-        """True when this revision needs no more work (see ``indexer.adapters.catalog.DONE_SQL``)."""
-        return _first_row(self.catalog.con.execute(
-            f"select 1 from models where id = ? and revision = ? and {DONE_SQL}",
-            [model.id, model.revision])) is not None
+        """True when this revision needs no more work (indexed, skipped, or failed too often)."""
+        return self.catalog.is_done(model.id, model.revision)
 
     def apply_queued(self, models: list[ModelRecord]) -> list[UpdateSummary]:
         """Record many models that wait in the queue, in one transaction (a busy day lists
         thousands): those already done are left as they are; the watermark advances past them."""
         if not models:
             return []
-        done = {r[0] for r in self.catalog.con.execute(
-            f"select id from models where status not in ('queued', 'discovered') and {DONE_SQL}").fetchall()}
+        done = set(self.catalog.done_revisions())
         todo = [m for m in models if m.id not in done]
         with self.catalog.transaction():
             self.catalog.upsert_models(todo)
@@ -153,11 +137,9 @@ class IndexWriter:
         engine; the backend version says whose they are), or ``failed`` when the twin has no
         probe in this index (then a later poll looks at it again)."""
         twin = model.copy_of
-        row = _first_row(self.catalog.con.execute(
-            """select p.probe_id, p.backend_version from models m
-               join probes p on p.model_id = m.id and p.revision = m.revision
-               where m.id = ? and m.status = 'indexed' and p.genome_hash = ? and p.params_hash = ? and p.backend = ?""",
-            [twin, self.genome.hash, self.config.params.digest(), self.config.backend]))
+        rows = self.catalog.indexed_probes(self.genome.hash, self.config.params.digest(), self.config.backend,
+                                           model_id=twin)
+        row = rows[0][1:] if rows else None
         if row is None or twin not in self.index.ids:
             return ProbeOutcome(_with(model.model_copy(update={"copy_of": None}), ModelStatus.failed,
                                       f"identical weights to {twin}, which has no probe in this index yet")), None
@@ -190,13 +172,13 @@ class IndexWriter:
         if self.config.publish_dir is not None:
             from indexer.adapters.publish import export
 
-            export(self.catalog.con, self.config.publish_dir)
+            export(self.catalog, self.config.publish_dir)
 
     def close(self) -> None:
         if self._closed:
             return
         try:
-            self._closed_at = self._generation()
+            self._closed_at = self.catalog.generation()
         except Exception:  # a connection in a bad state: rebuild on reopen
             self._closed_at = None
         self.catalog.close()
@@ -224,13 +206,7 @@ class _Estimator:
     def refresh(self, catalog, index, snapshot: int, changed: set[str]) -> int:
         from indexer.adapters.publish import estimate_records
 
-        estimates = estimate_records(catalog.con, index.ids, index.distance_matrix(), snapshot,
+        estimates = estimate_records(catalog, index.ids, index.distance_matrix(), snapshot,
                                      changed=changed, cache=self.cache)
         catalog.replace_estimates(estimates)
         return len(estimates)
-
-
-def _first_row(cur):
-    rows = cur.fetchall()
-    return rows[0] if rows else None
-

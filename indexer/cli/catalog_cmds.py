@@ -9,8 +9,8 @@ import typer
 from pydantic import ValidationError
 
 from indexer.adapters import genome_files as genome_lib
-from indexer.adapters.catalog import Catalog, resolve_path, run_query, snapshot_path
-from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, out, print_json, print_rows
+from indexer.adapters.catalog import Catalog, CatalogReader, open_read_only, run_query, snapshot_path
+from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, catalog_path, out, print_json, print_rows
 from indexer.errors import PhylolmError
 from indexer.app.settings import load_settings
 from schemas.records import Score
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
     def init(catalog: CatalogOpt = DEFAULT_CATALOG,
              genome: Annotated[str, typer.Option(help="Genome to register now (name or JSONL file).")] = "math") -> None:
         """Create the catalog (or upgrade an older one) and register a genome."""
-        catalog = resolve_path(catalog)
+        catalog = catalog_path(catalog)
         existed = catalog.exists()
         g = genome_lib.load(genome)
         with Catalog(catalog, create=True) as cat:
@@ -79,21 +79,20 @@ def register(app: typer.Typer) -> None:
         table sizes, the settings in force."""
         settings, sources = load_settings({"catalog": catalog}, config)
         catalog = settings.catalog
-        cols, rows = run_query(catalog, "select status, count(*) from models group by status order by status")
-        models = {r[0]: r[1] for r in rows}
-        counts = {}
-        for t in ("probes", "alleles", "distance_pairs", "tree_snapshots", "scores", "estimates"):
-            counts[t] = run_query(catalog, f"select count(*) from {t}")[1][0][0]
-        wm = run_query(catalog, "select value from meta where key = 'watermark'")[1]
+        with open_read_only(catalog) as reader:
+            models = reader.models_by_status()
+            counts = reader.table_sizes()
+            watermark = reader.get_meta("watermark")
+            polls, backlog = _polls(reader), _backlog(reader, models)
         snap = snapshot_path(catalog)
         from indexer.adapters.probers.base import resolve_backend
 
         backend, why = resolve_backend(settings.backend)
         report = {
             "catalog": str(catalog), "models": models, "tables": counts,
-            "watermark": wm[0][0] if wm else None,
+            "watermark": watermark,
             "snapshot": str(snap) if snap.exists() else None,
-            "polls": _polls(catalog), "backlog": _backlog(catalog, models),
+            "polls": polls, "backlog": backlog,
             "backend": {"setting": settings.backend, "chosen": backend, "why": why},
             "settings": {k: {"value": v, "source": sources[k]} for k, v in settings.model_dump(mode="json").items()},
         }
@@ -115,22 +114,19 @@ def register(app: typer.Typer) -> None:
         print_rows(["setting", "value", "from"],
                    [(k, v["value"], v["source"]) for k, v in report["settings"].items()])
 
-    def _polls(catalog: Path) -> dict:
+    def _polls(reader: CatalogReader) -> dict:
         """The last complete and the last failed poll (a catalog older than v4 has none)."""
         try:
-            done = run_query(catalog, "select max(finished_at) from polls where complete")[1][0][0]
-            failed = run_query(catalog, "select finished_at, error from polls where not complete "
-                                        "order by finished_at desc limit 1")[1]
+            done, failed = reader.last_polls()
         except PhylolmError:
             return {"last_complete": None, "last_failed": None, "last_error": None}
         return {"last_complete": done.isoformat() if done else None,
-                "last_failed": failed[0][0].isoformat() if failed else None,
-                "last_error": failed[0][1] if failed else None}
+                "last_failed": failed[0].isoformat() if failed else None,
+                "last_error": failed[1] if failed else None}
 
-    def _backlog(catalog: Path, models: dict) -> dict:
+    def _backlog(reader: CatalogReader, models: dict) -> dict:
         """What waits, the probing rate over the last day, and how long the queue takes at it."""
-        n, first = run_query(catalog, "select count(*), min(started_at) from probes "
-                                      "where started_at >= now() - interval 1 day")[1][0]
+        n, first = reader.probes_last_day()
         queued, deferred = models.get("queued", 0), models.get("deferred", 0)
         rate = None
         if n and first is not None:
@@ -151,7 +147,7 @@ def register(app: typer.Typer) -> None:
                 register_file: Annotated[Path | None, typer.Option(
                     "--register", help="Register a genome from a JSONL file (one {\"text\": ...} per line).")] = None) -> None:
         """The genomes: built-in ones and those registered in the catalog."""
-        catalog = resolve_path(catalog)
+        catalog = catalog_path(catalog)
         if register_file is not None:
             g = genome_lib.load(str(register_file))
             with Catalog(catalog) as cat:
@@ -164,7 +160,8 @@ def register(app: typer.Typer) -> None:
             rows[g.hash] = {"name": g.name, "hash": g.hash, "genes": len(g), "license": g.license,
                             "source": g.source, "builtin": True}
         if catalog.exists() or snapshot_path(catalog).exists():
-            _, found = run_query(catalog, "select hash, name, n_genes, license, source from genomes order by created_at")
+            with open_read_only(catalog) as reader:
+                found = reader.genomes()
             for h, name, n, lic, src in found:
                 rows.setdefault(h, {"name": name, "hash": h, "genes": n, "license": lic, "source": src,
                                     "builtin": False})
@@ -183,7 +180,7 @@ def register(app: typer.Typer) -> None:
         load an extension are refused. While a watch holds the catalog, the published
         snapshot is queried instead.
         """
-        cols, rows = run_query(catalog, query)
+        cols, rows = run_query(catalog_path(catalog), query)
         if json:
             print_json([dict(zip(cols, r)) for r in rows])
         else:
@@ -205,7 +202,7 @@ def register(app: typer.Typer) -> None:
             scores = reference_scores(reference)
         else:
             scores = read_scores_csv(file)
-        with Catalog(catalog) as cat:
+        with Catalog(catalog_path(catalog)) as cat:
             n = cat.import_scores(scores)
             cat.publish_snapshot()
         summary = {"imported": n, "models": len({s.model_id for s in scores}),

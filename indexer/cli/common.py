@@ -23,10 +23,20 @@ HubOpt = Annotated[str | None, typer.Option(
 BackendOpt = Annotated[str | None, typer.Option(
     "--backend", help="Prober: auto | vllm | transformers | openai | simulated (default from settings: "
                       "auto, i.e. vllm where a GPU and vLLM are present, else transformers).")]
-DEFAULT_CATALOG = None  # resolved by indexer.adapters.catalog.resolve_path
+DEFAULT_CATALOG = None  # resolved by catalog_path
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def catalog_path(catalog: Path | None) -> Path:
+    """The catalog file: ``--catalog`` when given, else the settings' (config file,
+    PHYLOLM_CATALOG, ``./phylolm.duckdb``)."""
+    if catalog is not None:
+        return Path(catalog)
+    from indexer.app.settings import load_settings
+
+    return load_settings()[0].catalog
 
 
 def _default(o: Any) -> Any:

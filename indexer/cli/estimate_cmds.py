@@ -9,7 +9,7 @@ import typer
 
 from indexer.adapters.catalog import Catalog
 from indexer.cli.bench import bench_app
-from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, out, print_json, print_rows
+from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, catalog_path, out, print_json, print_rows
 from indexer.errors import PhylolmError
 from indexer.core.predict import DEFAULT_METHOD
 
@@ -35,10 +35,10 @@ def register(app: typer.Typer) -> None:
         from indexer.adapters.publish import estimates_from_catalog
 
         _check_method(method)
-        with Catalog(catalog) as cat:
+        with Catalog(catalog_path(catalog)) as cat:
             if model_id is not None:
                 cat.require_model(model_id)
-            est = estimates_from_catalog(cat.con, method=method)
+            est = estimates_from_catalog(cat, method=method)
             cat.replace_estimates(est)
             cat.publish_snapshot()
         if model_id is not None:
@@ -60,11 +60,8 @@ def register(app: typer.Typer) -> None:
         from indexer.adapters.catalog import open_read_only
         from indexer.adapters.publish import lineage_from_catalog
 
-        con, _ = open_read_only(catalog)
-        try:
-            findings = lineage_from_catalog(con)
-        finally:
-            con.close()
+        with open_read_only(catalog_path(catalog)) as reader:
+            findings = lineage_from_catalog(reader)
         if json:
             print_json(findings)
         else:
@@ -82,11 +79,8 @@ def register(app: typer.Typer) -> None:
 
         if directory.exists() and not directory.is_dir():
             raise PhylolmError(f"{directory} exists and is not a folder")
-        con, _ = open_read_only(catalog)
-        try:
-            written = do_export(con, directory)
-        finally:
-            con.close()
+        with open_read_only(catalog_path(catalog)) as reader:
+            written = do_export(reader, directory)
         if json:
             print_json({k: str(v) for k, v in written.items()})
         else:

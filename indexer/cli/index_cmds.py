@@ -14,7 +14,7 @@ import numpy as np
 import typer
 
 from indexer.cli.bench import bench_app
-from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, out, print_json, print_rows
+from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, catalog_path, out, print_json, print_rows
 from indexer.errors import PhylolmError
 
 METHODS = ("incremental", "nj")
@@ -72,25 +72,18 @@ def register(app: typer.Typer) -> None:
             raise PhylolmError(f"--method must be one of {', '.join(METHODS)}")
         if fmt not in FORMATS:
             raise PhylolmError(f"--format must be one of {', '.join(FORMATS)}")
-        con, _ = open_read_only(catalog)
-        try:
-            genome_hash = _pick_genome(con, genome)
+        with open_read_only(catalog_path(catalog)) as reader:
+            genome_hash = _pick_genome(reader, genome)
             if method == "incremental":
-                row = con.execute(
-                    "select snapshot_id, newick from tree_snapshots where genome_hash = ? "
-                    "order by snapshot_id desc limit 1", [genome_hash]).fetchone()
+                row = reader.latest_tree(genome_hash, method=None)
                 if row is None:
                     raise PhylolmError("no tree in the catalog yet; index some models first")
                 t = parse_newick(row[1])
             else:
-                pairs = con.execute("select model_a, model_b, distance from distance_pairs where genome_hash = ?",
-                                    [genome_hash]).fetchall()
-                ids, dist = _matrix(pairs)
+                ids, dist = _complete(reader.distance_matrix(genome_hash))
                 if len(ids) < 2:
                     raise PhylolmError("fewer than two models have distances; nothing to join")
                 t = neighbor_joining(dist, ids)
-        finally:
-            con.close()
         _print_tree(t, fmt)
 
     @app.command()
@@ -106,14 +99,9 @@ def register(app: typer.Typer) -> None:
 
         if k < 1:
             raise PhylolmError("-k must be at least 1")
-        con, _ = open_read_only(catalog)
-        try:
-            genome_hash = _pick_genome(con, genome)
-            rows = con.execute(
-                "select model_b, distance, similarity from distances where genome_hash = ? and model_a = ? "
-                "order by distance, model_b limit ?", [genome_hash, model_id, k]).fetchall()
-        finally:
-            con.close()
+        with open_read_only(catalog_path(catalog)) as reader:
+            genome_hash = _pick_genome(reader, genome)
+            rows = reader.nearest(model_id, k, genome_hash)
         if not rows:
             raise PhylolmError(f"{model_id!r} has no distances in the catalog (not indexed, or a different genome)")
         if json:
@@ -155,32 +143,23 @@ def bench_index_cmd(
         print_rows(["figure", "value"], rows, title=f"phylolm bench index (n={models})")
 
 
-def _pick_genome(con, genome: str | None) -> str:
+def _pick_genome(reader, genome: str | None) -> str:
     if genome:
-        rows = con.execute("select distinct genome_hash from distance_pairs where starts_with(genome_hash, ?) "
-                           "union select distinct genome_hash from tree_snapshots where starts_with(genome_hash, ?)",
-                           [genome, genome]).fetchall()
-        if not rows:
+        found = reader.genome_hashes_with_prefix(genome)
+        if not found:
             raise PhylolmError(f"no distances or trees for a genome {genome!r}")
-        if len(rows) > 1:
+        if len(found) > 1:
             raise PhylolmError(f"genome prefix {genome!r} is ambiguous; give more characters")
-        return rows[0][0]
-    row = con.execute("select genome_hash from tree_snapshots order by snapshot_id desc limit 1").fetchone()
-    if row is None:
-        row = con.execute("select genome_hash from distance_pairs group by genome_hash "
-                          "order by count(*) desc limit 1").fetchone()
-    if row is None:
+        return found[0]
+    genome_hash = reader.default_genome_hash()
+    if genome_hash is None:
         raise PhylolmError("the catalog has no distances yet; index some models first")
-    return row[0]
+    return genome_hash
 
 
-def _matrix(pairs: list[tuple[str, str, float]]) -> tuple[list[str], np.ndarray]:
-    ids = sorted({a for a, _, _ in pairs} | {b for _, b, _ in pairs})
-    at = {m: i for i, m in enumerate(ids)}
-    dist = np.full((len(ids), len(ids)), np.nan)
-    np.fill_diagonal(dist, 0.0)
-    for a, b, d in pairs:
-        dist[at[a], at[b]] = dist[at[b], at[a]] = d
+def _complete(matrix: tuple[list[str], np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """The catalog's distance matrix, refused when a pair was never measured."""
+    ids, dist = matrix
     missing = int(np.isnan(dist).sum()) // 2
     if missing:
         raise PhylolmError(f"the distance matrix has {missing} missing pairs; re-run the index update")

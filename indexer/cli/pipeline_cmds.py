@@ -54,12 +54,12 @@ def job_config(s: Settings, hub_url: str | None, **extra):
 
 @contextmanager
 def job(s: Settings) -> Iterator[str | None]:
-    """Holds the one-writer lock for the catalog and serves a folder hub while the job runs."""
+    """Holds the catalog's job lock (one job per catalog) and serves a folder hub while the job runs."""
     from indexer.adapters.hub.client import open_hub
-    from indexer.app.locks import WriterLock
+    from indexer.adapters.catalog import JobLock
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with WriterLock(s.catalog.resolve()), open_hub(s.hub) as url:
+    with JobLock(s.catalog.resolve()), open_hub(s.hub) as url:
         yield url
 
 
@@ -193,13 +193,16 @@ def register(app: typer.Typer) -> None:
 
 def _exit_for_poll(catalog: Path, poll_id: str | None) -> None:
     """After `watch --once`: exit 3 when that cycle's listing did not complete."""
-    from indexer.adapters.catalog import run_query
+    from indexer.adapters.catalog import open_read_only
     from indexer.cli.common import err
 
-    rows = run_query(catalog, f"select complete, error from polls where poll_id = '{poll_id}'")[1] if poll_id else []
-    if rows and rows[0][0]:
+    outcome = None
+    if poll_id:
+        with open_read_only(catalog) as reader:
+            outcome = reader.poll_outcome(poll_id)
+    if outcome and outcome[0]:
         return
-    why = rows[0][1] if rows else "the poll recorded no outcome"
+    why = outcome[1] if outcome else "the poll recorded no outcome"
     err.print(f"error: the Hub listing did not complete, nothing new recorded this cycle: {why} "
               f"(exit {EXIT_HUB_UNAVAILABLE})", markup=False, highlight=False)
     raise typer.Exit(EXIT_HUB_UNAVAILABLE)

@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from indexer.adapters.catalog import run_query
+from indexer.adapters.catalog import open_read_only, snapshot_path
 from indexer.errors import PhylolmError
+from schemas.records import ModelStatus
 
 
 def _say(msg: str = "") -> None:
@@ -26,10 +27,11 @@ def _say(msg: str = "") -> None:
 
 def _status(catalog: Path, model_id: str) -> tuple[str, str | None] | None:
     try:
-        rows = run_query(catalog, f"select status, reason from models where id = '{model_id}'")[1]
+        with open_read_only(catalog) as reader:
+            model = reader.get_model(model_id)
     except PhylolmError:
         return None
-    return (rows[0][0], rows[0][1]) if rows else None
+    return (model.status.value, model.reason) if model else None
 
 
 def _upload(repo: Path, served: Path, model_id: str) -> None:
@@ -52,6 +54,7 @@ def _same_fs(a: Path, b: Path) -> bool:
 
 def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval: float,
              timeout_per_model: float, zoo_dir: Path | None = None) -> dict:
+    from indexer.adapters.publish import lineage_from_catalog
     from indexer.testbed import zoo as zoo_lib
     from indexer.testbed.hub_server import HubServer
     from indexer.core.tree import parse_newick
@@ -61,7 +64,7 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     catalog, served, publish = workdir / "demo.duckdb", workdir / "hub", workdir / "publish"
-    for p in (catalog, catalog.with_name(catalog.name + ".snapshot.duckdb"), catalog.with_name(catalog.name + ".wal")):
+    for p in (catalog, snapshot_path(catalog), catalog.with_name(catalog.name + ".wal")):
         p.unlink(missing_ok=True)
     shutil.rmtree(served, ignore_errors=True)
     served.mkdir(parents=True)
@@ -107,8 +110,8 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
                     time.sleep(0.5)
                 else:
                     raise PhylolmError(f"{m.id} was not indexed within {timeout_per_model:.0f} s")
-                near = run_query(catalog, "select model_b, distance from distances where model_a = "
-                                          f"'{m.id}' order by distance limit 2")[1]
+                with open_read_only(catalog) as reader:
+                    near = [(b, d) for b, d, _ in reader.nearest(m.id, 2)]
                 shown = ", ".join(f"{b} ({d:.3f})" for b, d in near) or "(first leaf)"
                 _say(f"   + {m.id:42s} {st[0]:8s} {time.perf_counter() - t1:5.1f} s   nearest: {shown}")
         finally:
@@ -120,32 +123,31 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
                 watch.wait()
 
     _say("\n== 3. the tree (incremental, as maintained) ==")
-    newick = run_query(catalog, "select newick from tree_snapshots where method = 'incremental' "
-                                "order by snapshot_id desc limit 1")[1][0][0]
-    _say(to_ascii(midpoint_root(parse_newick(newick))))
-    _say("(drawn from the midpoint root; the index's trees are unrooted)")
-    _say(f"\nNewick: {newick}")
+    with open_read_only(catalog) as reader:  # the watch has stopped: the catalog itself
+        newick = reader.latest_tree()[1]
+        _say(to_ascii(midpoint_root(parse_newick(newick))))
+        _say("(drawn from the midpoint root; the index's trees are unrooted)")
+        _say(f"\nNewick: {newick}")
 
-    _say("\n== 4. nearest relatives ==")
-    ids = [r[0] for r in run_query(catalog, "select id from models where status = 'indexed' order by created_at")[1]]
-    nearest = {}
-    for mid in ids:
-        rows = run_query(catalog, f"select model_b, distance from distances where model_a = '{mid}' "
-                                  "order by distance limit 2")[1]
-        nearest[mid] = rows
-        _say(f"   {mid:42s} → " + ", ".join(f"{b} ({d:.3f})" for b, d in rows))
+        _say("\n== 4. nearest relatives ==")
+        ids = [m.id for m in reader.models(ModelStatus.indexed)]
+        nearest = {}
+        for mid in ids:
+            rows = [(b, d) for b, d, _ in reader.nearest(mid, 2)]
+            nearest[mid] = rows
+            _say(f"   {mid:42s} → " + ", ".join(f"{b} ({d:.3f})" for b, d in rows))
 
-    _say("\n== 5. lineage check: declared base models against the phylogeny ==")
-    lineage = _lineage(catalog)
-    for f in lineage:
-        _say(f"   [{f['kind']}] {f['model_id']}: {f['detail']}")
+        _say("\n== 5. lineage check: declared base models against the phylogeny ==")
+        lineage = lineage_from_catalog(reader)
+        for f in lineage:
+            _say(f"   [{f['kind']}] {f['model_id']}: {f['detail']}")
 
-    _say("\n== 6. estimates ==")
-    est = run_query(catalog, "select model_id, benchmark, estimate, low, high, method from estimates "
-                             "order by model_id, benchmark")[1]
+        _say("\n== 6. estimates ==")
+        est = reader.estimates()
     if est:
-        for r in est:
-            _say(f"   {r[0]:42s} {r[1]:11s} {r[2]:.3f} [{r[3]:.3f}, {r[4]:.3f}]  ({r[5]})")
+        for e in est:
+            _say(f"   {e['model_id']:42s} {e['benchmark']:11s} {e['estimate']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+                 f"  ({e['method']})")
     else:
         _say("   none: no zoo model has a measured benchmark score, and estimates are learned from\n"
              "   scored relatives. `phylolm scores import FILE.csv` adds scores; `phylolm bench estimates`\n"
@@ -158,17 +160,6 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     _say(f"\ndemo finished in {wall:.0f} s; catalog {catalog} (query it: phylolm sql \"...\" --catalog {catalog})")
     return {"catalog": str(catalog), "models": ids, "newick": newick, "lineage": lineage,
             "publish": str(publish), "seconds": wall}
-
-
-def _lineage(catalog: Path) -> list[dict]:
-    from indexer.adapters.catalog import open_read_only
-    from indexer.adapters.publish import lineage_from_catalog
-
-    con, _ = open_read_only(catalog)
-    try:
-        return lineage_from_catalog(con)
-    finally:
-        con.close()
 
 
 def _hours_since_oldest_upload() -> int:

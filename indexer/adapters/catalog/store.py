@@ -1,13 +1,12 @@
-"""The catalog: one DuckDB file holding models, probes, alleles, distances, trees, scores.
+"""The writer's side of the catalog: ``Catalog``, the one connection that writes the file.
 
-An adapter (the domain core never sees it). One process writes; DuckDB locks the file for
-it, so other processes read the read-only snapshot the writer publishes after each update
-(``<catalog>.snapshot.duckdb``, replaced atomically). Appends go through Arrow tables in one
-statement per batch, never row by row. Every update of one model is one transaction.
+It opens (creating or upgrading the schema), runs each update in one transaction, appends
+through Arrow tables in one statement per batch (never row by row), and publishes the
+read-only snapshot other processes read (``<catalog>.snapshot.duckdb``, replaced
+atomically). Everything it can read is in ``queries.CatalogQueries``.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -21,74 +20,46 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from indexer.errors import PhylolmError
+from indexer.adapters.catalog.queries import CatalogQueries
 from indexer.core.genomes import Genome
+from indexer.errors import PhylolmError
 from schemas.migrations import MIGRATIONS, SCHEMA_VERSION
-from schemas.records import AlleleCounts, Estimate, ModelRecord, ModelStatus, ProbeParams, ProbeRecord, Score
-
-MAX_ATTEMPTS = 3  # a revision whose probe failed this often is not retried
-
-# Statuses after which a model revision is not listed again: indexed, skipped by policy, or
-# failed MAX_ATTEMPTS times (a failure may be transient: download, engine, Hub).
-DONE_SQL = f"(status in ('indexed', 'skipped') or (status = 'failed' and attempts >= {MAX_ATTEMPTS}))"
-
-TABLES = ("models", "genomes", "genes", "probes", "alleles", "distances", "tree_snapshots", "scores", "estimates")
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
-
-
-def resolve_path(path: str | Path | None) -> Path:
-    """The catalog file: the given path, else the settings' (config file, PHYLOLM_CATALOG,
-    ``./phylolm.duckdb``)."""
-    if path is not None:
-        return Path(path)
-    from indexer.app.settings import load_settings
-
-    return load_settings()[0].catalog
+from schemas.records import Estimate, ModelRecord, ModelStatus, ProbeRecord, Score
 
 
 def snapshot_path(path: Path) -> Path:
+    """``<catalog>.snapshot.duckdb``: the copy of the committed catalog that readers query
+    while a job holds the file."""
     return path.with_name(path.name + ".snapshot.duckdb")
 
 
-def writer_lock_path(path: Path) -> Path:
-    """``<catalog>.lock``: flocked by the one job (watch, backfill, probe) writing the catalog."""
-    return path.with_name(path.name + ".lock")
-
-
-def is_write_locked(path: Path) -> bool:
-    """Whether a job holds the catalog's writer lock (in any process, this one included:
-    flock conflicts between open file descriptions, not processes)."""
-    lock = writer_lock_path(path)
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases the probe's shared lock
-    return False
+def catalog_file(path: str | Path) -> Path:
+    """The catalog file a caller named. The application resolves it from the settings; the
+    adapter never guesses (no working-directory default)."""
+    if path is None:
+        raise TypeError("a catalog path is required (the application resolves it from its settings)")
+    return Path(path)
 
 
 def _schema_sql() -> str:
     return resources.files("schemas").joinpath("catalog.sql").read_text("utf-8")
 
 
-def _is_lock_error(e: Exception) -> bool:
+def is_lock_error(e: Exception) -> bool:
+    """Whether a DuckDB error says another process holds the file."""
     return "lock" in str(e).lower()
 
 
-class Catalog:
+class Catalog(CatalogQueries):
     """A writable connection to the catalog file (the single writer).
 
     ``Catalog(path)`` opens an existing catalog, upgrading an older schema in place;
-    ``Catalog(path, create=True)`` also creates a new one.
+    ``Catalog(path, create=True)`` also creates a new one. ``con`` is the connection itself,
+    for tests that inspect the schema; the application goes through the named methods.
     """
 
-    def __init__(self, path: str | Path | None = None, *, create: bool = False, wait_s: float = 0.0):
-        self.path = resolve_path(path)
+    def __init__(self, path: str | Path, *, create: bool = False, wait_s: float = 0.0):
+        self.path = catalog_file(path)
         self._depth = 0
         if not create and not self.path.exists():
             raise PhylolmError(f"no catalog at {self.path}; run `phylolm init` first (or pass --catalog)")
@@ -96,7 +67,7 @@ class Catalog:
         try:
             self.con = self._connect(wait_s)
         except duckdb.IOException as e:
-            if _is_lock_error(e):
+            if is_lock_error(e):
                 raise PhylolmError(
                     f"catalog {self.path} is held by another writer (a running watch?); "
                     f"only one process may write it — query the published snapshot with `phylolm sql`"
@@ -107,7 +78,7 @@ class Catalog:
         self._migrate()
 
     def _connect(self, wait_s: float) -> duckdb.DuckDBPyConnection:
-        # A reader that opened the file just before a job took the writer lock holds DuckDB's
+        # A reader that opened the file just before a job took the job lock holds DuckDB's
         # file lock for the length of its query: the job waits that out rather than dying.
         deadline = time.monotonic() + wait_s
         delay = 0.05
@@ -115,18 +86,17 @@ class Catalog:
             try:
                 return duckdb.connect(str(self.path))
             except duckdb.IOException as e:
-                if not _is_lock_error(e) or time.monotonic() + delay > deadline:
+                if not is_lock_error(e) or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
     # ---- schema ---------------------------------------------------------------------
     def schema_version(self) -> int | None:
-        has_meta = self.con.execute(
-            "select count(*) from information_schema.tables where table_name = 'meta'").fetchall()[0][0]
+        has_meta = self._first("select count(*) from information_schema.tables where table_name = 'meta'")[0]
         if not has_meta:
             return None
-        row = _first(self.con.execute("select value from meta where key = 'schema_version'"))
+        row = self._first("select value from meta where key = 'schema_version'")
         return int(row[0]) if row else None
 
     def _migrate(self) -> None:
@@ -141,7 +111,7 @@ class Catalog:
         with self.transaction():
             if version is None:
                 # A table-less file is a new catalog; anything else unversioned is not ours.
-                n = self.con.execute("select count(*) from information_schema.tables").fetchall()[0][0]
+                n = self._first("select count(*) from information_schema.tables")[0]
                 if n:
                     raise PhylolmError(f"{self.path} is a DuckDB file but not a phylolm catalog")
                 self.con.execute(_schema_sql())
@@ -153,19 +123,19 @@ class Catalog:
             self.con.execute("insert or replace into meta values ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(self) -> Iterator["Catalog"]:
         """One transaction; nested uses join the outermost (an update is all or nothing)."""
         if self._depth:
             self._depth += 1
             try:
-                yield self.con
+                yield self
             finally:
                 self._depth -= 1
             return
         self.con.execute("begin transaction")
         self._depth = 1
         try:
-            yield self.con
+            yield self
         except BaseException:
             self.con.execute("rollback")
             raise
@@ -183,10 +153,6 @@ class Catalog:
         self.close()
 
     # ---- meta -------------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        row = _first(self.con.execute("select value from meta where key = ?", [key]))
-        return row[0] if row else None
-
     def set_meta(self, key: str, value: str) -> None:
         self.con.execute("insert or replace into meta values (?, ?)", [key, value])
 
@@ -239,40 +205,10 @@ class Catalog:
         self.con.execute("update models set status = ?, reason = ?, updated_at = now() where id = ?",
                          [status.value, reason, model_id])
 
-    def get_model(self, model_id: str) -> ModelRecord | None:
-        rows = self._model_rows("where id = ?", [model_id])
-        return rows[0] if rows else None
-
-    def require_model(self, model_id: str) -> ModelRecord:
-        m = self.get_model(model_id)
-        if m is None:
-            raise PhylolmError(f"unknown model {model_id!r}: not in catalog {self.path}")
-        return m
-
-    def models(self, status: ModelStatus | None = None) -> list[ModelRecord]:
-        if status is None:
-            return self._model_rows("", [])
-        return self._model_rows("where status = ?", [status.value])
-
-    def _model_rows(self, where: str, args: list) -> list[ModelRecord]:
-        cur = self.con.execute(
-            f"""select id, revision, created_at, author, base_models, base_model_relation, license,
-                       pipeline_tag, size_bytes, status, reason, downloads, likes, priority, weight_hashes,
-                       copy_of, gguf_file from models {where}
-                order by created_at nulls last, id""", args)
-        cols = [d[0] for d in cur.description]
-        out = []
-        for row in cur.fetchall():
-            d = dict(zip(cols, row))
-            d["base_models"] = tuple(d["base_models"] or ())
-            d["weight_hashes"] = tuple(d["weight_hashes"] or ())
-            out.append(ModelRecord(**d))
-        return out
-
     # ---- genomes ----------------------------------------------------------------------
     def register_genome(self, genome: Genome) -> None:
         """Record a genome and its genes (idempotent: keyed by content hash)."""
-        if _first(self.con.execute("select 1 from genomes where hash = ?", [genome.hash])):
+        if self._first("select 1 from genomes where hash = ?", [genome.hash]):
             return
         with self.transaction():
             self.con.execute("insert into genomes (hash, name, n_genes, source, license) values (?, ?, ?, ?, ?)",
@@ -283,7 +219,8 @@ class Catalog:
             self._append("genes", batch)
 
     def _append(self, table: str, batch: pa.Table, *, replace: bool = False) -> None:
-        """One INSERT of a whole Arrow batch (``replace``: INSERT OR REPLACE on the key)."""
+        """One INSERT of a whole Arrow batch (``replace``: INSERT OR REPLACE on the key).
+        ``table`` and the batch's column names are this module's own, never a caller's text."""
         name = f"_batch_{table}"
         verb = "insert or replace" if replace else "insert"
         self.con.register(name, batch)
@@ -293,9 +230,6 @@ class Catalog:
             self.con.unregister(name)
 
     # ---- probes and alleles ---------------------------------------------------------
-    def has_probe(self, probe_id: str) -> bool:
-        return _first(self.con.execute("select 1 from probes where probe_id = ?", [probe_id])) is not None
-
     def add_probe(self, record: ProbeRecord) -> bool:
         """Store a probe and its alleles (one transaction). Returns False, writing nothing,
         when the same probe is already stored: a re-probe is a no-op."""
@@ -321,33 +255,6 @@ class Catalog:
                 "allele": alleles, "count": pa.array(counts, pa.int32())}))
         return True
 
-    def probe_for(self, model_id: str, revision: str, genome_hash: str, params: ProbeParams) -> str | None:
-        """The id of a stored probe of this model revision with this genome and parameters."""
-        row = _first(self.con.execute(
-            """select probe_id from probes where model_id = ? and revision = ? and genome_hash = ?
-               and params_hash = ? order by started_at desc limit 1""",
-            [model_id, revision, genome_hash, params.digest()]))
-        return row[0] if row else None
-
-    def load_alleles(self, probe_ids: Sequence[str], n_genes: int) -> dict[str, AlleleCounts]:
-        """Allele counts of the given probes, keyed by probe id (one query)."""
-        if not probe_ids:
-            return {}
-        self.con.register("_want", pa.table({"probe": list(probe_ids)}))
-        try:
-            rows = self.con.execute(
-                """select a.probe, p.genome_hash, p.n_samples, a.gene, a.allele, a.count
-                   from alleles a join _want w on a.probe = w.probe join probes p on p.probe_id = a.probe
-                   order by a.probe, a.gene""").fetchall()
-        finally:
-            self.con.unregister("_want")
-        per: dict[str, tuple[str, int, list[dict[str, int]]]] = {}
-        for probe, gh, n, gene, allele, count in rows:
-            if probe not in per:
-                per[probe] = (gh, n, [dict() for _ in range(n_genes)])
-            per[probe][2][gene][allele] = count
-        return {k: AlleleCounts(genome_hash=gh, n_samples=n, counts=tuple(c)) for k, (gh, n, c) in per.items()}
-
     # ---- distances ---------------------------------------------------------------------
     def add_distances(self, genome_hash: str, model_id: str, others: Sequence[str],
                       similarity: np.ndarray, distance: np.ndarray) -> None:
@@ -361,33 +268,15 @@ class Catalog:
             "similarity": pa.array(np.asarray(similarity, dtype=float)),
             "distance": pa.array(np.asarray(distance, dtype=float))}), replace=True)
 
-    def nearest(self, model_id: str, k: int, genome_hash: str | None = None) -> list[tuple[str, float, float]]:
-        """The k nearest models by distance: (model, distance, similarity)."""
-        q = "select model_b, distance, similarity from distances where model_a = ?"
-        args: list = [model_id]
-        if genome_hash:
-            q += " and genome_hash = ?"
-            args.append(genome_hash)
-        return [tuple(r) for r in self.con.execute(q + " order by distance, model_b limit ?", args + [k]).fetchall()]
-
     # ---- trees --------------------------------------------------------------------------
     def add_tree_snapshot(self, genome_hash: str, newick: str, method: str, reason: str,
                           n_leaves: int, inserted_model: str | None = None, stats: dict | None = None) -> int:
-        row = _first(self.con.execute(
+        row = self._first(
             """insert into tree_snapshots (genome_hash, method, reason, inserted_model, n_leaves, newick, stats)
                values (?, ?, ?, ?, ?, ?, ?) returning snapshot_id""",
             [genome_hash, method, reason, inserted_model, n_leaves, newick,
-             json.dumps(stats) if stats is not None else None]))
+             json.dumps(stats) if stats is not None else None])
         return int(row[0])
-
-    def latest_tree(self, genome_hash: str | None = None, method: str = "incremental") -> tuple[int, str] | None:
-        q = "select snapshot_id, newick from tree_snapshots where method = ?"
-        args: list = [method]
-        if genome_hash:
-            q += " and genome_hash = ?"
-            args.append(genome_hash)
-        row = _first(self.con.execute(q + " order by snapshot_id desc limit 1", args))
-        return (int(row[0]), row[1]) if row else None
 
     # ---- scores and estimates ----------------------------------------------------------
     def import_scores(self, scores: Sequence[Score]) -> int:
@@ -413,14 +302,22 @@ class Catalog:
             "snapshot": pa.array([e.snapshot for e in estimates], pa.int32()),
             "updated_at": pa.array([now] * len(estimates), pa.timestamp("us", tz="UTC"))}), replace=True)
 
+    # ---- polls --------------------------------------------------------------------------
+    def record_poll(self, poll_id: str, started_at: datetime, finished_at: datetime, complete: bool,
+                    error: str | None, new_models: int = 0, taken: int = 0, queued: int = 0) -> None:
+        self.con.execute("insert or replace into polls values (?, ?, ?, ?, ?, ?, ?, ?)",
+                         [poll_id, started_at, finished_at, complete, error, new_models, taken, queued])
+
     # ---- publishing -------------------------------------------------------------------
     def publish_snapshot(self) -> Path:
         """Copy the committed catalog to ``<catalog>.snapshot.duckdb`` (atomic replace), the
-        file that other processes query while this one holds the write lock."""
+        file that other processes query while this one holds the file."""
         target = snapshot_path(self.path)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
-        db = self.con.execute("select current_database()").fetchall()[0][0]
+        db = self._first("select current_database()")[0]
+        # ATTACH and COPY FROM DATABASE take no parameters: a path and a database name of our
+        # own, quoted, are the only text put into these statements.
         self.con.execute(f"attach '{_sql_str(tmp)}' as _snap")
         try:
             self.con.execute(f"copy from database {_ident(db)} to _snap")
@@ -429,23 +326,15 @@ class Catalog:
         os.replace(tmp, target)
         return target
 
-    def record_poll(self, poll_id: str, started_at: datetime, finished_at: datetime, complete: bool,
-                    error: str | None, new_models: int = 0, taken: int = 0, queued: int = 0) -> None:
-        self.con.execute("insert or replace into polls values (?, ?, ?, ?, ?, ?, ?, ?)",
-                         [poll_id, started_at, finished_at, complete, error, new_models, taken, queued])
 
-    def status_counts(self) -> dict:
-        by_status = dict(self.con.execute("select status, count(*) from models group by status").fetchall())
-        counts = {t: self.con.execute(f"select count(*) from {t}").fetchall()[0][0]
-                  for t in ("probes", "alleles", "distance_pairs", "tree_snapshots", "scores", "estimates")}
-        return {"models": by_status, **counts}
-
-
-def _first(cur: duckdb.DuckDBPyConnection) -> tuple | None:
-    """The first row of a result, consuming the rest (DuckDB 2 refuses new work on a
-    connection that still has an unfinished result)."""
-    rows = cur.fetchall()
-    return rows[0] if rows else None
+def refresh_snapshot(path: Path) -> None:
+    """Publish the snapshot if it is missing or older than the catalog. A job calls this once it
+    holds the job lock, so readers have a snapshot to go to from the job's first moment."""
+    snap = snapshot_path(path)
+    if not path.exists() or (snap.exists() and snap.stat().st_mtime >= path.stat().st_mtime):
+        return
+    with Catalog(path, wait_s=30.0) as cat:
+        cat.publish_snapshot()
 
 
 def _sql_str(p: Path | str) -> str:
@@ -454,74 +343,3 @@ def _sql_str(p: Path | str) -> str:
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-# ---- read-only access from any process ---------------------------------------------------
-
-def open_read_only(path: str | Path | None) -> tuple[duckdb.DuckDBPyConnection, Path]:
-    """A read-only connection that cannot touch files, attach databases or load extensions.
-
-    Opens the catalog itself, or — while a job holds its writer lock — the snapshot that job
-    publishes, so a reader never holds DuckDB's file lock when the job opens the file.
-    Returns the connection and the file it reads.
-    """
-    path = resolve_path(path)
-    config = {"enable_external_access": False, "lock_configuration": True}
-    candidates = [path, snapshot_path(path)]
-    if is_write_locked(path):
-        candidates.reverse()
-    if not path.exists() and not snapshot_path(path).exists():
-        raise PhylolmError(f"no catalog at {path}; run `phylolm init` first (or pass --catalog)")
-    last: Exception | None = None
-    for p in candidates:
-        if not p.exists():
-            continue
-        try:
-            return duckdb.connect(str(p), read_only=True, config=config), p
-        except duckdb.Error as e:
-            last = e
-            if not _is_lock_error(e):
-                raise PhylolmError(f"cannot read {p}: {str(e).splitlines()[0]}") from None
-    raise PhylolmError(f"catalog {path} is being written and has no published snapshot yet ({last})")
-
-
-def refresh_snapshot(path: Path) -> None:
-    """Publish the snapshot if it is missing or older than the catalog. A job calls this once it
-    holds the writer lock, so readers have a snapshot to go to from the job's first moment."""
-    snap = snapshot_path(path)
-    if not path.exists() or (snap.exists() and snap.stat().st_mtime >= path.stat().st_mtime):
-        return
-    with Catalog(path, wait_s=30.0) as cat:
-        cat.publish_snapshot()
-
-
-def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
-    """Refuse anything but SELECT/EXPLAIN, before it runs."""
-    try:
-        statements = con.extract_statements(query)
-    except duckdb.Error as e:
-        raise PhylolmError(f"SQL error: {str(e).splitlines()[0]}") from None
-    if not statements:
-        raise PhylolmError("empty query")
-    for st in statements:
-        kind = st.type.name
-        if kind not in READ_ONLY_STATEMENTS:
-            raise PhylolmError(
-                f"refused: `phylolm sql` is read-only and this is a {kind} statement "
-                f"(only SELECT and EXPLAIN queries run)")
-
-
-def run_query(path: str | Path | None, query: str) -> tuple[list[str], list[tuple]]:
-    """Run a read-only query against the catalog (or its published snapshot)."""
-    con, _ = open_read_only(path)
-    try:
-        check_read_only(con, query)
-        try:
-            cur = con.execute(query)
-        except duckdb.Error as e:
-            raise PhylolmError(f"SQL error: {' '.join(str(e).split())[:300]}") from None
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return cols, cur.fetchall()
-    finally:
-        con.close()
-
