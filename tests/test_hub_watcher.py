@@ -11,9 +11,10 @@ from safetensors.numpy import load_file
 
 from tests.hub_repos import make_repo
 from indexer.errors import PhylolmError
-from indexer.adapters.hub.client import HubClient, RetryPolicy, open_hub, scrub
-from indexer.testbed.hub_server import HubServer
+from indexer.adapters.hub.client import HubClient, RetryPolicy, scrub
+from indexer.testbed.hub import HubServer
 from indexer.adapters.hub.watcher import ScreenPolicy, Watcher, next_watermark
+from indexer.app.hub import open_hub
 from schemas.records import ModelStatus
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -148,7 +149,7 @@ def test_token_from_environment_is_used_and_never_leaks(zoo: Path, tmp_path: Pat
         assert folder is not None and (folder / "model.safetensors").is_file()
     # A token the Hub refuses: the failure is recorded, the token is not in it.
     with HubServer(zoo, tokens={"hf_someoneElsesToken999"}) as url:
-        watcher = Watcher(HubClient(url, timeout=2.0, retry=FAST), ScreenPolicy(has_token=True))
+        watcher = Watcher(HubClient(url, timeout=2.0, retry=FAST), ScreenPolicy(max_bytes=100_000, has_token=True))
         records = {r.id: r for r in watcher.list_new_models(None)}
         got, folder = watcher.fetch(records["bad/gated"], tmp_path / "d")
         assert folder is None and got.status == ModelStatus.skipped
