@@ -11,6 +11,8 @@ import typer
 from indexer.app import defaults
 from indexer.cli.common import HubOpt, JsonOpt, err, out, parse_date, print_json, print_rows
 from indexer.errors import PhylolmError
+from indexer.testbed.hub.api import DEFAULT_PAGE_SIZE
+from indexer.testbed.hub.quotas import DEFAULT_RATE_WINDOW
 
 hub_app = typer.Typer(help="The Hub-compatible endpoint and the Hub watcher.", no_args_is_help=True)
 
@@ -20,10 +22,10 @@ def serve(
     directory: Annotated[Path, typer.Argument(help="Folder of <owner>/<name>/ model repositories.")],
     port: Annotated[int, typer.Option(help="TCP port (0: a free one).")] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-    page_size: Annotated[int, typer.Option(help="Listing page size when the client gives no limit.")] = 1000,
+    page_size: Annotated[int, typer.Option(help="Listing page size when the client gives no limit.")] = DEFAULT_PAGE_SIZE,
     rate_window: Annotated[float, typer.Option(
         help="Seconds of a fixed rate-limit window, with the Hub's quotas (anonymous: 500 API and "
-             "3,000 download requests per window); 0 turns rate limiting off.")] = 300.0,
+             "3,000 download requests per window); 0 turns rate limiting off.")] = DEFAULT_RATE_WINDOW,
 ) -> None:
     """Serve DIRECTORY as a Hub endpoint (listing, model info, file download) until interrupted.
 

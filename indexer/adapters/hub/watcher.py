@@ -361,14 +361,6 @@ def _counter(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def next_watermark(records: Iterable[ModelRecord], since: datetime | None) -> datetime | None:
-    """The watermark after a poll: the newest ``created_at`` seen, or ``since`` unchanged."""
-    times = [r.created_at for r in records if r.created_at is not None]
-    if since is not None:
-        times.append(since)
-    return max(times) if times else None
-
-
 def _aware(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
