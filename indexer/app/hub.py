@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from indexer.errors import PhylolmError
 
 if TYPE_CHECKING:  # the adapters load when a watcher is built, not when this module is imported
+    from indexer.adapters.hub.client import HubClient
     from indexer.adapters.hub.watcher import Watcher
     from indexer.app.job import JobConfig
 
@@ -79,10 +80,10 @@ def watcher_for(config: "JobConfig", *, resume_listing: bool = False) -> "Watche
     if resume_listing:
         tag = hashlib.sha1(f"{client.endpoint}|{config.author}|{config.search}".encode()).hexdigest()[:16]
         cursor = config.cache_dir / "listing" / f"{tag}.json"
-    return _watcher(client, int(config.max_bytes), job_quant_methods(config), cursor)
+    return _watcher(client, int(config.max_bytes), _job_quant_methods(config), cursor)
 
 
-def job_quant_methods(config: "JobConfig") -> frozenset[str]:
+def _job_quant_methods(config: "JobConfig") -> frozenset[str]:
     """The pre-quantization methods the job's backend runs: ``config.quant_methods`` when set,
     else what ``indexer.adapters.probers.base.quant_methods`` finds for the backend and device."""
     from indexer.adapters.probers.base import quant_methods
@@ -92,7 +93,7 @@ def job_quant_methods(config: "JobConfig") -> frozenset[str]:
     return quant_methods(config.backend, dict(config.backend_options).get("device"))
 
 
-def _watcher(client, max_bytes: int, quant_methods: frozenset[str], resume_path: Path | None) -> "Watcher":
+def _watcher(client: "HubClient", max_bytes: int, quant_methods: frozenset[str], resume_path: Path | None) -> "Watcher":
     from indexer.adapters.hub.watcher import ScreenPolicy, Watcher
 
     policy = ScreenPolicy(max_bytes=max_bytes, has_token=client.has_token, quant_methods=quant_methods)
