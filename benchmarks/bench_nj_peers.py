@@ -4,7 +4,7 @@
                                         [--baseline OLD_NJ.py]
 
 Each matrix is a simulated ecosystem (128 genes, one probe of N = 32 per gene, AlleleIndex
-distances rounded to 8 decimals: the recipe of tests/test_nj_peers.py). Programs run in
+distances rounded to 8 decimals: ``indexer.bench.nj_peers.simulated_distances``). Programs run in
 turn, ``--repeats`` rounds, and the minimum and median wall time of each is printed. Ours
 is ``neighbor_joining`` on the matrix in memory; a peer's time is its whole process,
 reading the PHYLIP text included. ``--baseline`` times another copy of ``nj.py`` side by
@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,9 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from indexer.bench.nj_peers import clearcut_newick, quicktree_newick, simulated_distances, write_phylip  # noqa: E402
 from indexer.core.tree import neighbor_joining, parse_newick, robinson_foulds  # noqa: E402
-from tests.test_nj_peers import write_phylip  # noqa: E402
-from tests.test_tree import sim_distances  # noqa: E402
 
 
 def _load(path: str):
@@ -51,7 +49,7 @@ def main() -> int:
     baseline = _load(args.baseline) if args.baseline else None
     for n in (int(x) for x in args.models.split(",")):
         t0 = time.perf_counter()
-        d = sim_distances(n, args.seed)
+        d = simulated_distances(n, args.seed)
         matrix_seconds = time.perf_counter() - t0
         names = [f"m{i}" for i in range(n)]
         with tempfile.TemporaryDirectory() as tmp:
@@ -62,13 +60,9 @@ def main() -> int:
             if baseline is not None:
                 programs["baseline"] = lambda: baseline.neighbor_joining(d, names)
             if shutil.which("quicktree"):
-                programs["quicktree"] = lambda: parse_newick(subprocess.run(
-                    ["quicktree", "-in", "m", "-out", "t", str(phy)], capture_output=True, text=True,
-                    check=True).stdout)
+                programs["quicktree"] = lambda: parse_newick(quicktree_newick(phy))
             if shutil.which("clearcut"):
-                programs["clearcut"] = lambda: (subprocess.run(
-                    ["clearcut", f"--in={phy}", f"--out={out}", "--distance", "--neighbor", "--norandom",
-                     "--seed=1", "--quiet"], check=True), parse_newick(out.read_text()))[1]
+                programs["clearcut"] = lambda: parse_newick(clearcut_newick(phy, out))
             seconds: dict[str, list[float]] = {k: [] for k in programs}
             trees = {}
             for _ in range(args.repeats):

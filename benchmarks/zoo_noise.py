@@ -25,7 +25,7 @@ import statistics
 import numpy as np
 
 from indexer.core.distance import AlleleIndex, distance_from_similarity, nei_similarity
-from indexer.core.genomes import builtin
+from indexer.adapters.genome_files import builtin
 from indexer.adapters.probers.base import ModelSource
 from indexer.adapters.probers.cache import ProbeCache, probe_cached
 from indexer.adapters.probers.transformers_backend import TransformersProber

@@ -9,7 +9,7 @@ import pytest
 
 from indexer.adapters.catalog import TABLES, Catalog, check_read_only, open_read_only, run_query, snapshot_path
 from indexer.errors import PhylolmError
-from indexer.core.genomes import builtin
+from indexer.adapters.genome_files import builtin
 from schemas.migrations import SCHEMA_VERSION
 from schemas.records import AlleleCounts, ModelRecord, ModelStatus, ProbeParams, ProbeRecord, Score, probe_key
 

@@ -1,8 +1,6 @@
 """The index commands through the real `phylolm` entry point: simulate, bench index, tree, nearest."""
 import json
 
-import numpy as np
-
 from indexer.adapters.catalog import Catalog
 from indexer.core.phylo_index import PhyloIndex
 from indexer.core.simulate import simulate
@@ -41,7 +39,7 @@ def test_tree_and_nearest_read_the_catalog(cli, tmp_path):
     with Catalog(path, create=True) as cat:
         for i, m in enumerate(eco.ids):
             r = index.insert(m, eco.sample_counts(i, 32))
-            cat.add_distances("g" * 64, m, eco.ids[:i], r.similarity, -np.log(np.clip(r.similarity, 1e-10, 1)))
+            cat.add_distances("g" * 64, m, eco.ids[:i], r.similarity, r.distance)
         cat.add_tree_snapshot("g" * 64, index.newick(), "incremental", "insert", len(eco.ids), eco.ids[-1])
     target = eco.ids[4]
     near = cli("nearest", target, "-k", "3", "--catalog", str(path), "--json")

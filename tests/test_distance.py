@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from indexer.core.distance import AlleleIndex, distance_from_similarity, nei_similarity
+from indexer.core.distance import AlleleIndex, distance_from_similarity, nearest_k, nei_similarity
 
 
 def random_counts(rng, n_genes=40, n_samples=32, max_alleles=6):
@@ -70,3 +70,15 @@ def test_unit_gene_weights_give_the_plain_similarity_and_bulk_loading_matches():
     # a query that is not added
     row = index.similarity_row(models[3])
     assert row[3] == pytest.approx(1.0) and np.allclose(row, s[3], atol=1e-12)
+
+
+def test_nearest_k_breaks_ties_by_id():
+    d = np.array([0.5, 0.2, np.inf, 0.2, 0.1, 0.2])
+    ids = ["o/f", "o/e", "o/self", "o/b", "o/z", "o/c"]
+    assert list(nearest_k(d, 3, ids)) == [4, 3, 5]  # 0.1, then the 0.2s by id: o/b, o/c
+    assert list(nearest_k(d, 3)) == [4, 1, 3]  # without ids: by position
+    assert list(nearest_k(d, 10, ids)) == [4, 3, 5, 1, 0]  # never the non-finite one
+    assert nearest_k(np.empty(0), 5).size == 0
+    m = np.array([[np.inf, 1.0, 1.0], [1.0, np.inf, 2.0], [1.0, 2.0, np.inf]])
+    assert nearest_k(m, 1, ["o/c", "o/b", "o/a"])[:, 0].tolist() == [2, 0, 0]  # row 0: o/a before o/b
+    assert nearest_k(m, 2, ["o/c", "o/b", "o/a"]).tolist() == [[2, 1], [0, 2], [0, 1]]

@@ -40,7 +40,7 @@ def _tokenizer(dest: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from indexer.core import genomes
+    from indexer.adapters import genome_files as genomes
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -294,7 +294,7 @@ def test_watch_survives_every_model_fault(zoo, tmp_path):
 def test_backend_refuses_unsafe_snapshots_itself(zoo, repo_id, words):
     """Defence in depth: handed the full snapshot (code and pickle included, as if the screen
     had let it through), the transformers backend refuses it before loading anything."""
-    from indexer.core import genomes
+    from indexer.adapters import genome_files as genomes
     from indexer.adapters.probers.base import ModelSource, ProbeError
     from indexer.adapters.probers.transformers_backend import TransformersProber
     from schemas.records import ProbeParams
@@ -311,7 +311,7 @@ def test_backend_refuses_unsafe_snapshots_itself(zoo, repo_id, words):
 def test_backend_refuses_a_checkpoint_missing_tensors(zoo, tmp_path):
     """transformers only reports missing tensors and initialises them at random: probing that
     would index a model nobody uploaded. The backend must refuse it."""
-    from indexer.core import genomes
+    from indexer.adapters import genome_files as genomes
     from indexer.adapters.probers.base import ModelSource, ProbeError
     from indexer.adapters.probers.transformers_backend import TransformersProber
     from schemas.records import ProbeParams

@@ -3,12 +3,13 @@ import json
 
 import pytest
 
+from indexer.adapters import genome_files
 from indexer.core import genomes
 
 
-@pytest.mark.parametrize("name", genomes.BUILTIN)
+@pytest.mark.parametrize("name", genome_files.BUILTIN)
 def test_builtin_genomes(name):
-    g = genomes.builtin(name)
+    g = genome_files.builtin(name)
     assert len(g) == 128
     assert all(20 <= len(t) <= 99 for t in g.genes)
     assert len(set(g.genes)) == 128
@@ -18,7 +19,7 @@ def test_builtin_genomes(name):
 
 def test_math_genes_come_from_the_paper_pool(shared_anchors):
     pool = set(json.loads((shared_anchors / "phylolm" / "math_params_genes_4096.json").read_text()))
-    assert set(genomes.builtin("math").genes) <= pool
+    assert set(genome_files.builtin("math").genes) <= pool
 
 
 def test_code_genome_spans_languages():
@@ -36,7 +37,7 @@ def test_hash_depends_on_order_and_boundaries():
 def test_user_genome_from_jsonl(tmp_path):
     f = tmp_path / "mine.jsonl"
     f.write_text('{"genome": "mine", "license": "CC0"}\n{"text": "Once upon"}\n\n{"text": "def f("}\n')
-    g = genomes.load(str(f))
+    g = genome_files.load(str(f))
     assert g.genes == ("Once upon", "def f(") and g.name == "mine" and g.license == "CC0"
     assert g.subset(1).genes == ("Once upon",) and g.subset(1).hash != g.hash
 
@@ -50,9 +51,9 @@ def test_bad_user_genome(tmp_path, body, msg):
     f = tmp_path / "bad.jsonl"
     f.write_text(body)
     with pytest.raises(genomes.GenomeError, match=msg):
-        genomes.load(str(f))
+        genome_files.load(str(f))
 
 
 def test_unknown_genome_name():
     with pytest.raises(genomes.GenomeError, match="no genome named"):
-        genomes.load("physics")
+        genome_files.load("physics")

@@ -17,16 +17,14 @@ as tied.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
+from indexer.bench.nj_peers import PEERS, clearcut_newick, quicktree_newick, write_phylip
 from indexer.core.tree import neighbor_joining, parse_newick, robinson_foulds, splits
 from indexer.core.tree.core import Tree
 from tests.test_tree import NJ_MATRICES, NJ_MATRICES_SLOW, _matrix
-
-PEERS = ("quicktree", "clearcut")  # binary = Debian package
 
 PEER_MATRICES = NJ_MATRICES + [("sim:caterpillar", 1000, 0), ("sim:balanced", 1000, 0), ("clustered", 1500, 0),
                                ("l1grid", 1000, 0), ("scaled", 1000, 0), ("ultrametric_tenth", 1000, 1)]
@@ -39,26 +37,12 @@ def _binary(name: str) -> str:
     return path
 
 
-def write_phylip(d: np.ndarray, path) -> None:
-    """Square PHYLIP distance matrix; names m<i> padded to the 10-character name field."""
-    with open(path, "w") as f:
-        f.write(f"{len(d)}\n")
-        for i, row in enumerate(d):
-            f.write(f"{'m%d' % i:<10}" + " ".join(f"{x:.8f}" for x in row) + "\n")
-
-
 def run_quicktree(phy) -> str:
-    out = subprocess.run([_binary("quicktree"), "-in", "m", "-out", "t", str(phy)],
-                         capture_output=True, text=True, timeout=600, check=True)
-    return out.stdout
+    return quicktree_newick(phy, _binary("quicktree"))
 
 
 def run_clearcut(phy, tree_file) -> str:
-    # --neighbor: exact NJ (not clearcut's default relaxed NJ); --norandom: no shuffling of
-    # the matrix, so ties are broken the same way every run
-    subprocess.run([_binary("clearcut"), f"--in={phy}", f"--out={tree_file}", "--distance", "--neighbor",
-                    "--norandom", "--seed=1", "--quiet"], capture_output=True, text=True, timeout=600, check=True)
-    return tree_file.read_text()
+    return clearcut_newick(phy, tree_file, _binary("clearcut"))
 
 
 def _relabel(tree: Tree, names: list[str]) -> Tree:

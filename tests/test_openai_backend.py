@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from indexer.core.genomes import builtin
+from indexer.adapters.genome_files import builtin
 from indexer.adapters.probers.base import ModelSource, ProbeError, get_prober
 from indexer.adapters.http_retry import retry_after_seconds as _retry_after
 from indexer.adapters.probers.openai_backend import OpenAIProber

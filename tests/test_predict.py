@@ -6,8 +6,8 @@ import pytest
 
 from indexer.core import predict
 from indexer.adapters import reference
-from indexer.core.predict import (EstimateCache, KinshipEnsemble, PaperICA, conformal_quantile,
-                             leave_one_family_out, refresh_estimates)
+from indexer.core.predict import (FittedPredictors, KinshipEnsemble, PaperICA, conformal_quantile,
+                                  estimate_scores, leave_one_family_out)
 
 
 @pytest.fixture(scope="module")
@@ -76,29 +76,29 @@ def _toy(n=30, seed=1):
 def test_refresh_on_insert_predicts_only_the_new_model_without_refit():
     ids, d, score = _toy()
     scores = {(m, "arc"): float(s) for m, s in zip(ids[:20], score[:20])}
-    cache = EstimateCache()
+    cache = FittedPredictors()
     method = "kinship-ensemble"
-    first = refresh_estimates(d[:29, :29], ids[:29], scores, snapshot=1, cache=cache, model=method)
+    first = estimate_scores(d[:29, :29], ids[:29], scores, cache=cache, method=method)
     assert {e.model_id for e in first} == set(ids[20:29]) and cache.n_fits == 1
-    new = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=2, cache=cache, model=method)
+    new = estimate_scores(d, ids, scores, changed={ids[29]}, cache=cache, method=method)
     assert [e.model_id for e in new] == [ids[29]] and cache.n_fits == 1  # O(n): no refit
-    assert new[0].snapshot == 2 and new[0].method == "kinship-ensemble"
+    assert new[0].method == "kinship-ensemble"
     # the same estimate as a cold full refresh
-    cold = {e.model_id: e for e in refresh_estimates(d, ids, scores, snapshot=2, model=method)}
+    cold = {e.model_id: e for e in estimate_scores(d, ids, scores, method=method)}
     assert new[0].estimate == pytest.approx(cold[ids[29]].estimate)
     # a new score invalidates the fit, and every unscored model is refreshed
     scores[(ids[20], "arc")] = float(score[20])
-    again = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=3, cache=cache, model=method)
+    again = estimate_scores(d, ids, scores, changed={ids[29]}, cache=cache, method=method)
     assert cache.n_fits == 2 and {e.model_id for e in again} == set(ids[21:])
 
 
 def test_refresh_rejects_bad_input():
     ids, d, score = _toy(6)
     with pytest.raises(ValueError):
-        refresh_estimates(d[:5, :5], ids, {})
+        estimate_scores(d[:5, :5], ids, {})
     with pytest.raises(ValueError):
-        refresh_estimates(d, ids[:5] + [ids[0]], {})
-    assert refresh_estimates(d, ids, {(ids[0], "arc"): 0.5}) == []  # too few scores: none
+        estimate_scores(d, ids[:5] + [ids[0]], {})
+    assert estimate_scores(d, ids, {(ids[0], "arc"): 0.5}) == []  # too few scores: none
 
 
 def test_get_predictor_names():

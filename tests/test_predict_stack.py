@@ -7,8 +7,9 @@ import pytest
 
 from indexer.core import predict
 from indexer.adapters import reference
-from indexer.core.predict import (EstimateCache, KinshipStack, _shrunk_stack, leave_one_family_out,
-                             leave_one_family_out_joint, refresh_estimates, validate)
+from indexer.core.predict import (FittedPredictors, KinshipStack, estimate_scores, leave_one_family_out,
+                                  leave_one_family_out_joint, validate)
+from indexer.core.predict.stack import _shrunk_stack
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +97,14 @@ def test_joint_refresh_on_insert_predicts_only_the_new_model_without_refit():
     ids, d, ability = _toy()
     scores = {(m, "arc"): float(a) for m, a in zip(ids[:20], ability[:20])}
     scores.update({(m, "mmlu"): float(0.8 * a) for m, a in zip(ids[:16], ability[:16])})
-    cache = EstimateCache(anchor_refit_fraction=0.1)  # up to 2 non-anchor models: no refit
-    first = refresh_estimates(d[:29, :29], ids[:29], scores, snapshot=1, cache=cache)
+    cache = FittedPredictors(anchor_refit_fraction=0.1)  # up to 2 non-anchor models: no refit
+    first = estimate_scores(d[:29, :29], ids[:29], scores, cache=cache)
     assert cache.n_fits == 1  # one joint fit serves both benchmarks
     assert {(e.model_id, e.benchmark) for e in first} == (
         {(m, "arc") for m in ids[20:29]} | {(m, "mmlu") for m in ids[16:29]})
     assert all(e.method == "kinship-stack" and e.low <= e.estimate <= e.high for e in first)
     # an unscored insert: only its own two estimates, from distances to the 29 anchors
-    new = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=2, cache=cache)
+    new = estimate_scores(d, ids, scores, changed={ids[29]}, cache=cache)
     assert sorted((e.model_id, e.benchmark) for e in new) == [(ids[29], "arc"), (ids[29], "mmlu")]
     assert cache.n_fits == 1
     # estimates follow the latent ability the scores come from
@@ -111,10 +112,10 @@ def test_joint_refresh_on_insert_predicts_only_the_new_model_without_refit():
     assert np.corrcoef([est[m] for m in ids[20:29]], ability[20:29])[0, 1] > 0.7
     # a new score refits, and a removed anchor forces a refit too
     scores[(ids[20], "mmlu")] = float(0.8 * ability[20])
-    again = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=3, cache=cache)
+    again = estimate_scores(d, ids, scores, changed={ids[29]}, cache=cache)
     assert cache.n_fits == 2 and {e.model_id for e in again} == set(ids[16:])
     keep = [i for i in range(30) if i != 25]
-    refresh_estimates(d[np.ix_(keep, keep)], [ids[i] for i in keep], scores, changed=set(), cache=cache)
+    estimate_scores(d[np.ix_(keep, keep)], [ids[i] for i in keep], scores, changed=set(), cache=cache)
     assert cache.n_fits == 3
 
 
@@ -130,11 +131,11 @@ def test_joint_refresh_by_default_refits_so_a_new_model_is_an_anchor():
     """The validated protocol: the estimated model's distances are part of the features."""
     ids, d, ability = _toy()
     scores = {(m, "arc"): float(a) for m, a in zip(ids[:20], ability[:20])}
-    cache = EstimateCache()
-    refresh_estimates(d[:29, :29], ids[:29], scores, snapshot=1, cache=cache)
-    new = refresh_estimates(d, ids, scores, changed={ids[29]}, snapshot=2, cache=cache)
+    cache = FittedPredictors()
+    estimate_scores(d[:29, :29], ids[:29], scores, cache=cache)
+    new = estimate_scores(d, ids, scores, changed={ids[29]}, cache=cache)
     assert cache.n_fits == 2 and {e.model_id for e in new} == set(ids[20:])
-    cold = {e.model_id: e.estimate for e in refresh_estimates(d, ids, scores, snapshot=2)}
+    cold = {e.model_id: e.estimate for e in estimate_scores(d, ids, scores)}
     assert all(e.estimate == pytest.approx(cold[e.model_id]) for e in new)
-    refresh_estimates(d, ids, scores, changed=set(), cache=cache)  # nothing new: reused
+    estimate_scores(d, ids, scores, changed=set(), cache=cache)  # nothing new: reused
     assert cache.n_fits == 2

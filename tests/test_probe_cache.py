@@ -4,7 +4,7 @@ from pathlib import Path
 from indexer.adapters.probers.base import ModelSource, get_prober
 from indexer.adapters.probers.cache import ProbeCache, probe_cached
 from indexer.adapters.probers.simulated import write_repositories
-from indexer.core.genomes import builtin
+from indexer.adapters.genome_files import builtin
 from indexer.core.simulate import simulate
 from schemas.records import ProbeParams, probe_key
 

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from indexer.core.alleles import allele_of  # noqa: E402
-from indexer.core.genomes import builtin  # noqa: E402
+from indexer.adapters.genome_files import builtin  # noqa: E402
 from indexer.adapters.probers.base import ModelSource, ProbeError, get_prober  # noqa: E402
 from indexer.adapters.probers.checkpoint import check_repository  # noqa: E402
 from indexer.adapters.probers.transformers_backend import (  # noqa: E402

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from indexer.adapters.catalog import Catalog
-from indexer.core.predict import refresh_estimates
-from indexer.adapters.publish import EXPORT_FILES, declared_families, export, render_report, tree_svg
+from indexer.adapters.publish import EXPORT_FILES, declared_families, estimate_records, export, render_report, tree_svg
 from indexer.core.tree.newick import parse_newick, to_newick
 from indexer.core.tree.nj import neighbor_joining
 from schemas.records import ModelRecord, ModelStatus, Score
@@ -46,8 +45,7 @@ def catalog(tmp_path):
     scores = [Score(model_id=m, benchmark="arc", value=v, source="test")
               for m, v in zip(ids[:6], (0.40, 0.45, 0.42, 0.44, 0.60, 0.62))]
     cat.import_scores(scores)
-    est = refresh_estimates(d, ids, {(s.model_id, s.benchmark): s.value for s in scores},
-                            snapshot=snap, groups={m: m.split("/")[0] for m in ids})
+    est = estimate_records(cat.con, ids, d, snap)
     cat.replace_estimates(est)
     yield cat, ids, d, snap
     cat.close()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from indexer.core.genomes import builtin
+from indexer.adapters.genome_files import builtin
 from indexer.adapters.probers.base import ModelSource, ProbeError, get_prober
 from indexer.adapters.probers.simulated import write_repositories
 from indexer.core.simulate import SHAPES, simulate

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from indexer.core.distance import AlleleIndex
-from indexer.core.simulate import simulate
+from indexer.bench.nj_peers import simulated_distances
 from indexer.core.tree import (NewickError, neighbor_joining, parse_newick, place, robinson_foulds,
                           splits, to_newick)
 from indexer.core.tree.core import Tree
@@ -90,14 +89,9 @@ def test_bounded_search_gives_the_exhaustive_answer(kind):
 
 @lru_cache(maxsize=4)
 def sim_distances(n, seed, shape="yule"):
-    """The outside tester's recipe: a simulated ecosystem (128 genes), one probe of N = 32
-    per gene (probe seed = seed), AlleleIndex distances rounded to 8 decimals, the way the
-    peer programs read them. Cached (read-only) because the peer tests reuse them."""
-    eco = simulate(n, seed=seed, shape=shape)
-    index = AlleleIndex(n_genes=eco.n_genes, n_samples=32)
-    for i, model_id in enumerate(eco.ids):
-        index.add_unscored(model_id, eco.sample_counts(i, 32, seed))
-    d = np.round(index.distance_matrix(), 8)
+    """The outside tester's recipe (``simulated_distances``), cached (read-only) because the
+    peer tests reuse them."""
+    d = simulated_distances(n, seed, shape)
     d.flags.writeable = False
     return d
 

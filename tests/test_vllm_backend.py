@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from indexer.core.distance import nei_similarity  # noqa: E402
-from indexer.core.genomes import builtin  # noqa: E402
+from indexer.adapters.genome_files import builtin  # noqa: E402
 from indexer.adapters.probers.base import ModelSource, ProbeError, gene_seed  # noqa: E402
 from indexer.adapters.probers.openai_backend import OpenAIProber  # noqa: E402
 from indexer.adapters.probers.transformers_backend import TransformersProber  # noqa: E402

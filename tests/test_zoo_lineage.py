@@ -30,7 +30,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from indexer.core.distance import AlleleIndex, distance_from_similarity  # noqa: E402
-from indexer.core.genomes import builtin  # noqa: E402
+from indexer.adapters.genome_files import builtin  # noqa: E402
 from indexer.adapters.probers.base import ModelSource  # noqa: E402
 from indexer.adapters.probers.cache import ProbeCache, probe_cached  # noqa: E402
 from indexer.adapters.probers.transformers_backend import TransformersProber  # noqa: E402

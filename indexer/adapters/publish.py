@@ -352,18 +352,34 @@ def estimates_from_catalog(con, *, method: str | None = None, changed: set[str] 
                            cache=None) -> list:
     """Estimates for every indexed model without a score, from the catalog's distances.
 
-    CV groups are the declared families (root of the declared base-model chain, else
-    author); the estimates name the newest tree snapshot. Models whose row of the matrix
-    is incomplete are left out (they are not yet fully indexed).
+    The estimates name the newest tree snapshot. Models whose row of the matrix is
+    incomplete are left out (they are not yet fully indexed). See ``estimate_records``.
     """
-    from indexer.core.predict import DEFAULT_METHOD, refresh_estimates
-
-    method = method or DEFAULT_METHOD
     snapshot, ids, d = _indexed_matrix(con)
+    return estimate_records(con, ids, d, snapshot, method=method, changed=changed, cache=cache)
+
+
+def estimate_records(con, ids: Sequence[str], distances: np.ndarray, snapshot: int | None, *,
+                     method: str | None = None, changed: set[str] | None = None, cache=None) -> list:
+    """Estimate records (``schemas.records.Estimate``, labelled with ``snapshot``) for the
+    models among ``ids`` without a score, from their distance matrix and the catalog's scores.
+
+    The one path from (distances, scores) to what the catalog stores: the CV groups are the
+    declared families (``cv_groups``), ``indexer.core.predict.estimate_scores`` does the
+    rest, with ``cache`` (``FittedPredictors``) keeping its fits between calls.
+    """
+    from indexer.core.predict import DEFAULT_METHOD, estimate_scores
+    from schemas.records import Estimate
+
     scores = {(m, b): float(v) for m, b, v in con.execute(
         "select model_id, benchmark, avg(value) from scores group by model_id, benchmark").fetchall()}
-    return refresh_estimates(d, ids, scores, changed=changed, snapshot=snapshot, model=method,
-                             groups=cv_groups(con, ids), cache=cache)
+    if not scores:
+        return []
+    ids = list(ids)
+    estimates = estimate_scores(distances, ids, scores, changed=changed, method=method or DEFAULT_METHOD,
+                                groups=cv_groups(con, ids), cache=cache)
+    return [Estimate(model_id=e.model_id, benchmark=e.benchmark, estimate=e.estimate, low=e.low, high=e.high,
+                     method=e.method, snapshot=snapshot) for e in estimates]
 
 
 def cv_groups(con, ids) -> dict[str, str]:

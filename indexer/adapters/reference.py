@@ -13,10 +13,11 @@ from importlib import resources
 
 import numpy as np
 
+from indexer.core.distance import distance_from_similarity
+from indexer.core.predict import BENCHMARKS
 from schemas.records import Score
 
 LEADERBOARD_V1 = "leaderboard-v1"
-LEADERBOARD_V1_BENCHMARKS: tuple[str, ...] = ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
 REFERENCE_SETS = (LEADERBOARD_V1,)
 
 
@@ -49,7 +50,7 @@ def paper_matrix() -> PaperMatrix:
         raise RuntimeError("reference matrix and model list disagree on the model order")
     s = np.array([[float(x) for x in r[1:]] for r in body])
     s.setflags(write=False)
-    d = -np.log(np.maximum(s, 1e-10))
+    d = distance_from_similarity(s)
     d.setflags(write=False)
     return PaperMatrix(tuple(m["model_id"] for m in models), tuple(m["family"] for m in models), s, d)
 
@@ -63,7 +64,7 @@ def leaderboard_v1_scores() -> list[Score]:
     """Every (model, benchmark) score of the vendored leaderboard v1 table."""
     out = []
     for row in _leaderboard_rows():
-        for bench in LEADERBOARD_V1_BENCHMARKS:
+        for bench in BENCHMARKS:
             if row[bench].strip():
                 out.append(Score(model_id=row["model_id"], benchmark=bench, value=float(row[bench]),
                                  source=f"{LEADERBOARD_V1}:{row['source']}"))
@@ -77,7 +78,7 @@ def reference_scores(name: str) -> list[Score]:
     return leaderboard_v1_scores()
 
 
-def paper_score_matrix(benchmarks=LEADERBOARD_V1_BENCHMARKS) -> np.ndarray:
+def paper_score_matrix(benchmarks=BENCHMARKS) -> np.ndarray:
     """127 x len(benchmarks) scores in the paper's model order, NaN where there is none."""
     pm = paper_matrix()
     pos = {m: i for i, m in enumerate(pm.ids)}

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from indexer.adapters import genome_files as genome_lib
 from indexer.app import defaults
-from indexer.core import genomes as genome_lib
 from schemas.records import ModelRecord, ModelStatus, ProbeParams, ProbeRecord, probe_key
 
 

@@ -122,8 +122,8 @@ class IndexWriter:
         others = list(self.index.ids)
         result = self.index.insert(model.id, probe.alleles.counts)
         sim = np.asarray(result.similarity)
-        dist = -np.log(np.maximum(sim, 1e-10))
-        order = np.argsort(dist)[:5]
+        dist = result.distance
+        nearest = tuple(zip(result.neighbours, result.neighbour_distances))
         stats = {"timings_ms": dict(result.timings_ms), "rebuilt": bool(result.rebuilt),
                  "n_leaves": len(self.index.ids)}
         failpoint("before_write")
@@ -137,7 +137,7 @@ class IndexWriter:
                     self.genome.hash, self.index.newick(), "incremental",
                     "rebuild" if result.rebuilt else "insert", len(self.index.ids), model.id, stats)
                 self.estimator.refresh(self.catalog, self.index, snapshot,
-                                       changed={model.id, *(others[i] for i in order)})
+                                       changed={model.id, *result.neighbours})
                 self._advance_watermark(model)
         except BaseException:
             # The transaction rolled back: the in-memory index must forget the leaf too.
@@ -145,7 +145,7 @@ class IndexWriter:
             raise
         failpoint("after_write")
         return UpdateSummary(model.id, "indexed", reason, snapshot, len(self.index.ids),
-                             tuple((others[i], float(dist[i])) for i in order),
+                             nearest,
                              tuple(result.timings_ms.items()), bool(result.rebuilt))
 
     def _copy(self, model: ModelRecord) -> tuple[ProbeOutcome, str | None]:
@@ -213,27 +213,19 @@ def _reload(writer: IndexWriter):
 
 
 class _Estimator:
-    """Refreshes benchmark estimates inside the writer's transaction (see indexer.core.predict),
-    keeping the fitted predictors between updates."""
+    """The writer's fitted predictors, kept between updates (refit only when the scored set
+    changes); ``refresh`` writes the estimates of one update inside its transaction."""
 
     def __init__(self):
-        from indexer.core.predict import EstimateCache
+        from indexer.core.predict import FittedPredictors
 
-        self.cache = EstimateCache()  # fitted predictors, refit only when the scored set changes
+        self.cache = FittedPredictors()
 
     def refresh(self, catalog, index, snapshot: int, changed: set[str]) -> int:
-        from indexer.core import predict
+        from indexer.adapters.publish import estimate_records
 
-        scores = {(m, b): v for m, b, v in catalog.con.execute(
-            "select model_id, benchmark, avg(value) from scores group by 1, 2").fetchall()}
-        if not scores:
-            return 0
-        from indexer.adapters.publish import cv_groups
-
-        ids = list(index.ids)
-        estimates = predict.refresh_estimates(
-            index.distance_matrix(), ids, scores, changed, snapshot, cache=self.cache,
-            groups=cv_groups(catalog.con, ids))
+        estimates = estimate_records(catalog.con, index.ids, index.distance_matrix(), snapshot,
+                                     changed=changed, cache=self.cache)
         catalog.replace_estimates(estimates)
         return len(estimates)
 

@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from indexer.core.genomes import builtin
+from indexer.adapters.genome_files import BUILTIN, builtin
 from indexer.adapters.probers.base import ModelSource, get_prober
 from schemas.records import ProbeParams
 
@@ -35,7 +35,7 @@ def bench_probe(backend: str, model_path: Path | None = None, model_id: str | No
         model_path = ensure_zoo() / model_id
     model_path = Path(model_path)
     model_id = model_id or _id_of(model_path)
-    g = builtin(genome).subset(genes) if genome in ("math", "code") else builtin("math").subset(genes)
+    g = builtin(genome).subset(genes) if genome in BUILTIN else builtin("math").subset(genes)
     params = ProbeParams(n_samples=samples, seed=seed)
     source = ModelSource(model_id, "bench", model_path)
     result: dict = {"backend": backend, "model": model_id, "genome": g.name, "genes": genes, "samples": samples,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from indexer.core import genomes as genome_lib
+from indexer.adapters import genome_files as genome_lib
 from indexer.adapters.catalog import Catalog, resolve_path, run_query, snapshot_path
 from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, out, print_json, print_rows
 from indexer.errors import PhylolmError

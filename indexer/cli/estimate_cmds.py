@@ -93,41 +93,27 @@ def register(app: typer.Typer) -> None:
             out.print(f"wrote {', '.join(sorted(written))} to {directory}")
 
     @bench_app.command("estimates")
-    def bench_estimates(json: JsonOpt = False,
-                        methods: Annotated[str, typer.Option(
-                            "--methods", help="Comma-separated predictors to compare.")]
-                        = "paper-ica15-linear,kinship-ensemble,kinship-stack") -> None:
+    def bench_estimates_cmd(json: JsonOpt = False,
+                            methods: Annotated[str, typer.Option(
+                                "--methods", help="Comma-separated predictors to compare.")]
+                            = "paper-ica15-linear,kinship-ensemble,kinship-stack") -> None:
         """Leave-one-family-out accuracy on the PhyloLM paper's 127-model matrix with the
         Open LLM Leaderboard v1 scores (packaged reference data): pooled Pearson r, RMSE and
         90%-interval coverage per benchmark, the paper's baseline against this project's
         predictors. Hyper-parameters are chosen inside the training families only."""
-        import numpy as np
-
-        from indexer.core import predict
-        from indexer.adapters import reference
+        from indexer.bench.estimates import bench_estimates
 
         chosen = [m.strip() for m in methods.split(",") if m.strip()]
         for m in chosen:
             _check_method(m)
-        pm = reference.paper_matrix()
-        y = reference.paper_score_matrix(predict.BENCHMARKS)
-        result = predict.validate(pm.distance, y, pm.families, predict.BENCHMARKS, chosen)
-        result["data"] = {"models": len(pm.ids), "scored_models": int((~np.isnan(y)).any(1).sum()),
-                          "families": sorted(set(pm.families)), "protocol": "leave-one-family-out, pooled Pearson r",
-                          "interval": "90% conformal (inner leave-one-family-out residuals)"}
-        baseline = "paper-ica15-linear"
-        if baseline in chosen:
-            base = result["methods"][baseline]
-            result["against_baseline"] = {
-                m: {"benchmarks_won": [b for b in predict.BENCHMARKS
-                                       if result["methods"][m]["benchmarks"][b]["r"] > base["benchmarks"][b]["r"]],
-                    "mean_r_gain": result["methods"][m]["mean_r"] - base["mean_r"]}
-                for m in chosen if m != baseline}
+        result = bench_estimates(chosen)
         if json:
             print_json(result)
             return
+        from indexer.core.predict import BENCHMARKS
+
         rows = []
-        for bench in predict.BENCHMARKS:
+        for bench in BENCHMARKS:
             row = [bench]
             for m in chosen:
                 r = result["methods"][m]["benchmarks"][bench]

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json as jsonlib
-import statistics
 import time
 from pathlib import Path
 from typing import Annotated
@@ -125,7 +124,7 @@ def register(app: typer.Typer) -> None:
 
 
 @bench_app.command("index")
-def bench_index(
+def bench_index_cmd(
     models: Annotated[int, typer.Option("--models", help="Models in the simulated ecosystem.")] = 1000,
     seed: Annotated[int, typer.Option(help="First random seed.")] = 0,
     seeds: Annotated[int, typer.Option(help="Repeat with this many seeds (seed, seed+1, ...); figures are averaged.")] = 1,
@@ -139,88 +138,21 @@ def bench_index(
     """Index benchmark on a simulated ecosystem: insert latency (distance row + placement +
     local NNI), amortised rebuild cost, full NJ time at the same n, tree quality (nRF) of
     the incremental tree and of NJ against the true tree."""
+    from indexer.bench.index import MIN_MODELS, bench_index
     from indexer.core.simulate import SHAPES
 
-    if models < 5:
-        raise PhylolmError("--models must be at least 5")
+    if models < MIN_MODELS:
+        raise PhylolmError(f"--models must be at least {MIN_MODELS}")
     if shape not in SHAPES:
         raise PhylolmError(f"--shape must be one of {', '.join(SHAPES)}")
     if seeds < 1 or genes < 1 or samples < 1 or growth < 0:
         raise PhylolmError("--seeds, --genes and --samples must be positive and --growth non-negative")
-    runs = [run_index_benchmark(models, s, genes, samples, shape, growth or None) for s in range(seed, seed + seeds)]
-    result = runs[0] if seeds == 1 else _average(runs)
+    result = bench_index(models, seed, seeds, genes, samples, shape, growth)
     if json:
         print_json(result)
     else:
         rows = [(k, v) for k, v in result.items() if not isinstance(v, (dict, list))]
         print_rows(["figure", "value"], rows, title=f"phylolm bench index (n={models})")
-
-
-def run_index_benchmark(n_models: int, seed: int, n_genes: int, n_samples: int, shape: str,
-                        growth: float | None) -> dict:
-    """One benchmark run: simulate, sample probes, insert in upload order, then compare."""
-    import os
-
-    from indexer.core.phylo_index import PhyloIndex
-    from indexer.core.simulate import simulate
-    from indexer.core.tree import RebuildPolicy, robinson_foulds
-
-    t0 = time.perf_counter()
-    eco = simulate(n_models, seed=seed, n_genes=n_genes, shape=shape)
-    counts = [eco.sample_counts(i, n_samples, seed) for i in range(n_models)]
-    sim_seconds = time.perf_counter() - t0
-    policy = RebuildPolicy(growth=growth)
-    index = PhyloIndex(genome_hash=f"simulated-{seed}", n_samples=n_samples, policy=policy)
-    insert_ms, stage = [], {"distance": [], "placement": [], "nni": []}
-    t1 = time.perf_counter()
-    for i, model_id in enumerate(eco.ids):
-        r = index.insert(model_id, counts[i])
-        if r.placement is not None:
-            insert_ms.append(r.insert_ms)
-            for k in stage:
-                stage[k].append(r.timings_ms.get(k, 0.0))
-    stream_seconds = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    nj = index.nj_tree()
-    nj_seconds = time.perf_counter() - t2
-    last = insert_ms[-max(1, len(insert_ms) // 10):]
-    med = statistics.median(insert_ms)
-    nrf_inc = robinson_foulds(index.tree, eco.truth)
-    nrf_nj = robinson_foulds(nj, eco.truth)
-    return {
-        "models": n_models, "seed": seed, "genes": n_genes, "samples": n_samples, "shape": shape,
-        "cpu_count": os.cpu_count(),
-        "policy": {"growth": growth, "min_models": policy.min_models},
-        "insert_ms_median": round(med, 3),
-        "insert_ms_p95": round(float(np.percentile(insert_ms, 95)), 3),
-        "insert_ms_median_last_10pct": round(statistics.median(last), 3),
-        "insert_ms_p95_last_10pct": round(float(np.percentile(last, 95)), 3),
-        "stage_ms_median": {k: round(statistics.median(v), 3) for k, v in stage.items()},
-        "rebuilds": index.n_rebuilds,
-        "rebuild_seconds_total": round(index.rebuild_seconds_total, 3),
-        "amortised_rebuild_ms_per_insert": round(1e3 * index.rebuild_seconds_total / n_models, 3),
-        "stream_seconds": round(stream_seconds, 3),
-        "nj_seconds_at_n": round(nj_seconds, 3),
-        "nj_over_insert_median": round(1e3 * nj_seconds / med, 1),
-        "nj_over_insert_median_last_10pct": round(1e3 * nj_seconds / statistics.median(last), 1),
-        "nrf_incremental_truth": round(nrf_inc, 4),
-        "nrf_nj_truth": round(nrf_nj, 4),
-        "nrf_ratio_incremental_over_nj": round(nrf_inc / nrf_nj, 4) if nrf_nj > 0 else None,
-        "nrf_incremental_nj": round(robinson_foulds(index.tree, nj), 4),
-        "simulation_seconds": round(sim_seconds, 3),
-    }
-
-
-def _average(runs: list[dict]) -> dict:
-    out_: dict = {"runs": runs, "seeds": [r["seed"] for r in runs]}
-    for key, value in runs[0].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("seed", "models"):
-            vals = [r[key] for r in runs if r.get(key) is not None]
-            out_[f"mean_{key}"] = round(float(np.mean(vals)), 4)
-    mi, mn = out_["mean_nrf_incremental_truth"], out_["mean_nrf_nj_truth"]
-    out_["ratio_of_mean_nrf"] = round(mi / mn, 4) if mn > 0 else None
-    out_["models"] = runs[0]["models"]
-    return out_
 
 
 def _pick_genome(con, genome: str | None) -> str:

@@ -23,8 +23,11 @@ def allele_of(text: str) -> str:
 
 
 def is_complete(text: str) -> bool:
-    """True once more generated text could not change the allele (early stopping)."""
-    return len(text.lstrip(" ").lstrip("\n")) >= ALLELE_LENGTH
+    """True once more generated text could not change the allele (early stopping): the
+    allele has its ``ALLELE_LENGTH`` characters and none is U+FFFD (a multi-byte character
+    cut between tokens decodes as the replacement character until its last byte arrives)."""
+    allele = allele_of(text)
+    return len(allele) >= ALLELE_LENGTH and "\ufffd" not in allele
 
 
 def count_alleles(completions: Iterable[str]) -> dict[str, int]:

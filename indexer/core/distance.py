@@ -42,6 +42,58 @@ def distance_from_similarity(similarity: np.ndarray | float) -> np.ndarray | flo
     return float(d) if d.ndim == 0 else d
 
 
+def nearest_k(distances: np.ndarray, k: int, ids: Sequence[str] | None = None) -> np.ndarray:
+    """Positions of the ``k`` nearest: the smallest distances, closest first.
+
+    Ties are broken by ``ids`` when given, so the answer does not depend on the order the
+    models were indexed in and is the catalog's ``order by distance, model_b``; without ids,
+    by position. For one row of distances, the (at most) ``k`` positions of its smallest
+    finite distances (non-finite ones, such as a model's own distance set to inf, are never
+    returned); O(n log n). For a matrix, every row's ``min(k, n_columns)`` nearest columns
+    (rows are expected to have that many finite distances); O(n^2) for ``k = 1``, else
+    O(n^2 log n).
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim not in (1, 2):
+        raise ValueError(f"distances must be a row or a matrix, got shape {d.shape}")
+    if ids is not None and len(ids) != d.shape[-1]:
+        raise ValueError(f"{d.shape[-1]} distances a row but {len(ids)} ids")
+    k = max(int(k), 0)
+    if d.ndim == 2:
+        return _nearest_columns(d, k, ids)
+    finite = np.flatnonzero(np.isfinite(d))
+    order = finite[np.argsort(d[finite], kind="stable")]
+    top = order[:k]
+    if ids is None or top.size == 0:
+        return top
+    tied = order[: np.searchsorted(d[order], d[top[-1]], side="right")]  # everything up to the k-th
+    return np.array(sorted(tied.tolist(), key=lambda j: (d[j], ids[j]))[: top.size], dtype=np.int64)
+
+
+def _nearest_columns(d: np.ndarray, k: int, ids: Sequence[str] | None) -> np.ndarray:
+    """``nearest_k`` of every row of a matrix, without copying it: for ``k = 1`` the first
+    minimum, re-chosen by id in the rows that have tied minima; otherwise a stable sort, of
+    the columns put in id order when ids are given."""
+    n_rows, n_cols = d.shape
+    k = min(k, n_cols)
+    if k == 0:
+        return np.empty((n_rows, 0), dtype=np.int64)
+    if k == 1:
+        first = d.argmin(1)
+        if ids is not None:
+            low = d[np.arange(n_rows), first]
+            tied = np.flatnonzero((d == low[:, None]).sum(1) > 1)
+            if tied.size:
+                rank = np.empty(n_cols, dtype=np.int64)
+                rank[np.argsort(np.asarray(ids), kind="stable")] = np.arange(n_cols)
+                first[tied] = np.where(d[tied] == low[tied, None], rank, n_cols).argmin(1)
+        return first[:, None]
+    if ids is None:
+        return np.argsort(d, axis=1, kind="stable")[:, :k]
+    perm = np.argsort(np.asarray(ids), kind="stable")
+    return perm[np.argsort(d[:, perm], axis=1, kind="stable")[:, :k]]
+
+
 def nei_similarity(counts_a: Sequence[dict[str, int]], counts_b: Sequence[dict[str, int]],
                    n_samples: int) -> float:
     """Nei similarity of two models from their per-gene allele counts (direct formula).

@@ -1,18 +1,16 @@
 """Genomes: ordered, hashed sets of raw-text prompts ("genes").
 
 A genome is data. Its content hash (over the gene texts, in order) is recorded with every
-probe, so results from different genomes are never mixed. The two built-in genomes ship as
-package data (``indexer/data/genomes/*.jsonl``) with their provenance and licence.
+probe, so results from different genomes are never mixed. This module is the data model
+and the JSONL format only; reading a genome from a file or from the package data (the two
+built-in genomes) is ``indexer.adapters.genome_files``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
-BUILTIN = ("math", "code")
 MIN_GENE_CHARS, MAX_GENE_CHARS = 1, 4096
 
 
@@ -78,20 +76,3 @@ def parse_jsonl(text: str, name: str, origin: str = "") -> Genome:
         genes.append(obj["text"])
     return Genome(meta.get("genome", name), tuple(genes), meta.get("source", origin), meta.get("license", ""))
 
-
-def builtin(name: str) -> Genome:
-    """One of the built-in genomes (``math`` or ``code``)."""
-    if name not in BUILTIN:
-        raise GenomeError(f"unknown genome {name!r}; built-in genomes are {', '.join(BUILTIN)}")
-    text = resources.files("indexer").joinpath(f"data/genomes/{name}.jsonl").read_text("utf-8")
-    return parse_jsonl(text, name)
-
-
-def load(name_or_path: str) -> Genome:
-    """A built-in genome by name, or a user genome from a JSONL file."""
-    if name_or_path in BUILTIN:
-        return builtin(name_or_path)
-    p = Path(name_or_path)
-    if not p.is_file():
-        raise GenomeError(f"no genome named {name_or_path!r} (built-ins: {', '.join(BUILTIN)}) and no such file")
-    return parse_jsonl(p.read_text("utf-8"), p.stem, origin=str(p.name))

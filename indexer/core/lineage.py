@@ -39,7 +39,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from indexer.core.distance import check_matrix
+from indexer.core.distance import check_matrix, nearest_k
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious
     pos = {m: i for i, m in enumerate(ids)}
     masked = D.copy()
     np.fill_diagonal(masked, np.inf)
-    nearest = masked.argmin(1) if n > 1 else np.zeros(n, dtype=int)
+    # each model's nearest relative (ties: by id, as everywhere, see ``nearest_k``)
+    nearest = nearest_k(masked, 1, ids)[:, 0] if n > 1 else np.zeros(n, dtype=int)
     findings: list[LineageFinding] = []
     confirmed_d: list[float] = []
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.core.distance import AlleleIndex, distance_from_similarity
+from indexer.core.distance import AlleleIndex, distance_from_similarity, nearest_k
 from indexer.core.tree.bootstrap import gene_bootstrap
 from indexer.core.tree.core import Tree
 from indexer.core.tree.incremental import IncrementalTree
@@ -28,7 +28,8 @@ from indexer.core.tree.policy import RebuildPolicy
 class InsertResult:
     model_id: str
     similarity: np.ndarray  # Nei similarity to the models indexed before, in that order
-    neighbours: list[str]  # nearest earlier models by distance, closest first
+    distance: np.ndarray  # the PhyloLM distance of each of them (distance_from_similarity)
+    neighbours: list[str]  # nearest earlier models by distance, closest first (ties: by id)
     neighbour_distances: list[float]
     placement: Placement | None  # None when the tree was built by NJ instead
     sister: list[str]  # up to 5 leaves below the edge the model was placed on
@@ -92,11 +93,11 @@ class PhyloIndex:
         return ";" if self.tree is None else to_newick(self.tree, support=support)
 
     def nearest(self, model_id: str, k: int = 5) -> list[tuple[str, float]]:
-        """The k nearest models to an indexed one, by distance."""
+        """The k nearest models to an indexed one, by distance (ties: by id, see ``nearest_k``)."""
         row = self.incremental.distance_row(model_id)
         row[self.alleles.row_of(model_id)] = np.inf
         ids = self.ids
-        return [(ids[j], float(row[j])) for j in np.argsort(row, kind="stable")[:k] if np.isfinite(row[j])]
+        return [(ids[j], float(row[j])) for j in nearest_k(row, k, ids)]
 
     # -- writing -----------------------------------------------------------------
     def insert(self, model_id: str, counts: Sequence[dict[str, int]]) -> InsertResult:
@@ -106,9 +107,9 @@ class PhyloIndex:
         drow = distance_from_similarity(sim) if sim.size else np.empty(0)
         distance_ms = (time.perf_counter() - t0) * 1e3
         upd = self.incremental.insert(model_id, drow)
-        order = np.argsort(drow, kind="stable")[: self.n_neighbours]
         ids = self.ids
-        return InsertResult(model_id, sim, [ids[j] for j in order], [float(drow[j]) for j in order],
+        order = nearest_k(drow, self.n_neighbours, ids[: drow.size])
+        return InsertResult(model_id, sim, drow, [ids[j] for j in order], [float(drow[j]) for j in order],
                             upd.placement, upd.sister, upd.nni_moves, upd.rebuilt,
                             {"distance": distance_ms, **upd.timings_ms})
 

@@ -125,10 +125,6 @@ class Tree:
             nb.append(int(self.parent[v]))
         return nb
 
-    def total_length(self) -> float:
-        nodes = [v for v in range(self.n_nodes) if v != self.root]
-        return float(self.length[nodes].sum())
-
     def path_distances(self, names: list[str]) -> np.ndarray:
         """Leaf-to-leaf path lengths for ``names`` (in that order). O(n^2)."""
         n = self.n_nodes

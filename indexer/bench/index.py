@@ -1,0 +1,96 @@
+"""Index benchmark on a simulated ecosystem: insert latency (distance row + placement +
+local NNI), amortised rebuild cost, full NJ time at the same n, and tree quality (nRF) of
+the incremental tree and of NJ against the true tree. Figures only: nothing here is
+asserted anywhere (``phylolm bench index`` prints them).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+from indexer.core.phylo_index import PhyloIndex
+from indexer.core.simulate import SHAPES, simulate
+from indexer.core.tree import RebuildPolicy, robinson_foulds
+
+MIN_MODELS = 5
+
+
+def bench_index(models: int = 1000, seed: int = 0, seeds: int = 1, genes: int = 128, samples: int = 32,
+                shape: str = "yule", growth: float | None = 0.5) -> dict:
+    """One run per seed (``seed``, ``seed + 1``, ...); with several seeds, the runs and the
+    mean of every figure. ``growth``: rebuild by full NJ once the index grew by this fraction
+    (None or 0: never). Returns the figures as a JSON-ready dict."""
+    if models < MIN_MODELS:
+        raise ValueError(f"models must be at least {MIN_MODELS}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
+    if seeds < 1 or genes < 1 or samples < 1 or (growth is not None and growth < 0):
+        raise ValueError("seeds, genes and samples must be positive and growth non-negative")
+    runs = [run_index_benchmark(models, s, genes, samples, shape, growth or None) for s in range(seed, seed + seeds)]
+    return runs[0] if seeds == 1 else average_runs(runs)
+
+
+def run_index_benchmark(n_models: int, seed: int, n_genes: int, n_samples: int, shape: str,
+                        growth: float | None) -> dict:
+    """One benchmark run: simulate, sample probes, insert in upload order, then compare."""
+    t0 = time.perf_counter()
+    eco = simulate(n_models, seed=seed, n_genes=n_genes, shape=shape)
+    counts = [eco.sample_counts(i, n_samples, seed) for i in range(n_models)]
+    sim_seconds = time.perf_counter() - t0
+    policy = RebuildPolicy(growth=growth)
+    index = PhyloIndex(genome_hash=f"simulated-{seed}", n_samples=n_samples, policy=policy)
+    insert_ms, stage = [], {"distance": [], "placement": [], "nni": []}
+    t1 = time.perf_counter()
+    for i, model_id in enumerate(eco.ids):
+        r = index.insert(model_id, counts[i])
+        if r.placement is not None:
+            insert_ms.append(r.insert_ms)
+            for k in stage:
+                stage[k].append(r.timings_ms.get(k, 0.0))
+    stream_seconds = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    nj = index.nj_tree()
+    nj_seconds = time.perf_counter() - t2
+    last = insert_ms[-max(1, len(insert_ms) // 10):]
+    med = statistics.median(insert_ms)
+    nrf_inc = robinson_foulds(index.tree, eco.truth)
+    nrf_nj = robinson_foulds(nj, eco.truth)
+    return {
+        "models": n_models, "seed": seed, "genes": n_genes, "samples": n_samples, "shape": shape,
+        "cpu_count": os.cpu_count(),
+        "policy": {"growth": growth, "min_models": policy.min_models},
+        "insert_ms_median": round(med, 3),
+        "insert_ms_p95": round(float(np.percentile(insert_ms, 95)), 3),
+        "insert_ms_median_last_10pct": round(statistics.median(last), 3),
+        "insert_ms_p95_last_10pct": round(float(np.percentile(last, 95)), 3),
+        "stage_ms_median": {k: round(statistics.median(v), 3) for k, v in stage.items()},
+        "rebuilds": index.n_rebuilds,
+        "rebuild_seconds_total": round(index.rebuild_seconds_total, 3),
+        "amortised_rebuild_ms_per_insert": round(1e3 * index.rebuild_seconds_total / n_models, 3),
+        "stream_seconds": round(stream_seconds, 3),
+        "nj_seconds_at_n": round(nj_seconds, 3),
+        "nj_over_insert_median": round(1e3 * nj_seconds / med, 1),
+        "nj_over_insert_median_last_10pct": round(1e3 * nj_seconds / statistics.median(last), 1),
+        "nrf_incremental_truth": round(nrf_inc, 4),
+        "nrf_nj_truth": round(nrf_nj, 4),
+        "nrf_ratio_incremental_over_nj": round(nrf_inc / nrf_nj, 4) if nrf_nj > 0 else None,
+        "nrf_incremental_nj": round(robinson_foulds(index.tree, nj), 4),
+        "simulation_seconds": round(sim_seconds, 3),
+    }
+
+
+def average_runs(runs: list[dict]) -> dict:
+    """The runs of several seeds with ``mean_<figure>`` of every numeric figure, and the
+    ratio of the mean nRFs (incremental over NJ)."""
+    out: dict = {"runs": runs, "seeds": [r["seed"] for r in runs]}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("seed", "models"):
+            vals = [r[key] for r in runs if r.get(key) is not None]
+            out[f"mean_{key}"] = round(float(np.mean(vals)), 4)
+    mi, mn = out["mean_nrf_incremental_truth"], out["mean_nrf_nj_truth"]
+    out["ratio_of_mean_nrf"] = round(mi / mn, 4) if mn > 0 else None
+    out["models"] = runs[0]["models"]
+    return out
