@@ -612,7 +612,7 @@ def test_unpickled_steps_do_the_work(sim_hub, tmp_path):
     probe and index real (simulated) models into a real catalog."""
     from apache_beam.internal import pickler
 
-    from indexer.adapters.hub.client import open_hub
+    from indexer.app.hub import open_hub
     from indexer.app.job import JobConfig
     from pipelines.transforms import ListNewModelsFn, ProbeModelsFn, UpdateIndexFn
     from schemas.records import ProbeParams

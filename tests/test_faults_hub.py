@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.hub_repos import make_repo
-from indexer.testbed import hub_faults as F
+from indexer.testbed.hub import faults as F
 from indexer.adapters.hub.client import HubClient, RetryPolicy
-from indexer.testbed.hub_server import HubServer
+from indexer.testbed.hub import HubServer
 from indexer.adapters.hub.watcher import ScreenPolicy, Watcher
 from schemas.records import ModelStatus
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from indexer.testbed import hub_faults as F
-from indexer.testbed.hub_server import HubServer
+from indexer.testbed.hub import faults as F
+from indexer.testbed.hub import HubServer
 from tests.conftest import run_cli
 from tests.faults_common import BASE_ENV, statuses
 

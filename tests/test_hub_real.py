@@ -23,9 +23,9 @@ from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import parse_ratelimit_headers
 from safetensors.numpy import save_file
 
-from indexer.testbed import hub_faults as F
+from indexer.testbed.hub import faults as F
 from indexer.adapters.hub.client import HubClient, HubError, RetryPolicy
-from indexer.testbed.hub_server import HubServer
+from indexer.testbed.hub import HubServer
 from indexer.adapters.hub.watcher import ScreenPolicy, Watcher, lineage, weights_bytes
 from schemas.records import ModelStatus
 from tests.hub_repos import make_repo

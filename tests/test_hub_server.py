@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
 )
 
 from tests.hub_repos import make_repo
-from indexer.testbed.hub_server import HubServer
+from indexer.testbed.hub import HubServer
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 

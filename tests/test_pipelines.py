@@ -191,8 +191,8 @@ def test_failed_download_is_retried_on_the_next_poll(ecosystem, tmp_path):
     next poll, and indexed once the Hub answers again (attempts are counted per revision)."""
     from indexer.adapters.catalog import Catalog
     from indexer.adapters.hub.client import RetryPolicy
-    from indexer.testbed.hub_faults import FaultPlan, vanish
-    from indexer.testbed.hub_server import HubServer
+    from indexer.testbed.hub.faults import FaultPlan, vanish
+    from indexer.testbed.hub import HubServer
     from indexer.app.writer import IndexWriter
     from indexer.app.job import JobConfig
     from indexer.app.listing import ListStep
@@ -238,8 +238,8 @@ def test_streaming_watch_retries_a_failure_within_the_run(ecosystem, tmp_path):
     from dataclasses import replace
 
     from indexer.adapters.catalog import Catalog
-    from indexer.testbed.hub_faults import FaultPlan, vanish
-    from indexer.testbed.hub_server import HubServer
+    from indexer.testbed.hub.faults import FaultPlan, vanish
+    from indexer.testbed.hub import HubServer
     from indexer.app.job import JobConfig
     from indexer.adapters.catalog import JobLock
     from pipelines.run import run_watch
@@ -263,7 +263,7 @@ def test_writer_keeps_its_index_between_bundles_unless_another_wrote(ecosystem, 
     """``IndexWriter.close``/``reopen`` (what a worker does between bundles): the in-memory
     index is reused when the catalog did not change meanwhile, rebuilt when another writer
     inserted a model; either way every model ends in the catalog exactly once."""
-    from indexer.testbed.hub_server import HubServer
+    from indexer.testbed.hub import HubServer
     from indexer.app.writer import IndexWriter
     from indexer.app.job import JobConfig
     from indexer.app.listing import ListStep

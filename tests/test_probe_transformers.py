@@ -18,11 +18,11 @@ pytest.importorskip("transformers")
 from indexer.core.alleles import allele_of  # noqa: E402
 from indexer.adapters.genome_files import builtin  # noqa: E402
 from indexer.adapters.probers.base import ModelSource, ProbeError, get_prober  # noqa: E402
+from indexer.adapters.probers.checkpoint import check_repository  # noqa: E402
 from indexer.adapters.probers.transformers_backend import (  # noqa: E402
     TransformersProber,
     _allele_is_final,
     _draw,
-    check_repository,
     naive_sample_alleles,
 )
 from schemas.records import ProbeParams  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from indexer.testbed.hub_server import HubServer
+from indexer.testbed.hub import HubServer
 from tests.conftest import run_cli
 from tests.faults_common import query
 from tests.hub_repos import make_repo, repos_by_upload

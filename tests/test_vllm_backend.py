@@ -21,10 +21,10 @@ pytest.importorskip("transformers")
 
 from indexer.core.distance import nei_similarity  # noqa: E402
 from indexer.adapters.genome_files import builtin  # noqa: E402
-from indexer.adapters.probers.base import ModelSource, ProbeError  # noqa: E402
+from indexer.adapters.probers.base import ModelSource, ProbeError, gene_seed  # noqa: E402
 from indexer.adapters.probers.openai_backend import OpenAIProber  # noqa: E402
 from indexer.adapters.probers.transformers_backend import TransformersProber  # noqa: E402
-from indexer.adapters.probers.vllm_backend import VLLMProber, VLLMServer, gene_seed  # noqa: E402
+from indexer.adapters.probers.vllm_backend import VLLMProber, VLLMServer  # noqa: E402
 from indexer.testbed.zoo import GEMMA, SMOLLM2  # noqa: E402
 from schemas.records import ProbeParams  # noqa: E402
 from tests.zoo_models import zoo_dir, zoo_revision  # noqa: E402,F401

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from indexer.adapters.catalog import Catalog
-from indexer.testbed import hub_faults as F
+from indexer.testbed.hub import faults as F
 from indexer.adapters.hub.client import RetryPolicy
-from indexer.testbed.hub_server import HubServer
+from indexer.testbed.hub import HubServer
 from indexer.app.job import JobConfig
 from indexer.adapters.catalog import JobLock
 from schemas.records import ModelRecord, ModelStatus, ProbeParams

@@ -127,7 +127,7 @@ def test_the_hub_endpoint_serves_the_zoo(zoo_dir):
     through the real huggingface_hub client."""
     from huggingface_hub import HfApi
 
-    from indexer.testbed.hub_server import HubServer
+    from indexer.testbed.hub import HubServer
 
     with HubServer(zoo_dir) as url:
         api = HfApi(endpoint=url)

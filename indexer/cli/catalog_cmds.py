@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
             watermark = reader.get_meta("watermark")
             polls, backlog = _polls(reader), _backlog(reader, models)
         snap = snapshot_path(catalog)
-        from indexer.adapters.probers.base import resolve_backend
+        from indexer.adapters.probers import resolve_backend
 
         backend, why = resolve_backend(settings.backend)
         report = {

@@ -66,7 +66,7 @@ def bench_probe_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Seconds per model and models per hour for one backend, at the paper's parameters."""
-    from indexer.adapters.probers.base import ProbeError
+    from indexer.adapters.probers import ProbeError
     from indexer.bench.probe import bench_probe
 
     if backend not in BACKENDS:

@@ -56,7 +56,7 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
              timeout_per_model: float, zoo_dir: Path | None = None) -> dict:
     from indexer.adapters.publish import lineage_from_catalog
     from indexer.testbed import zoo as zoo_lib
-    from indexer.testbed.hub_server import HubServer
+    from indexer.testbed.hub import HubServer
     from indexer.core.tree import parse_newick
     from indexer.core.tree.render import to_ascii
     from indexer.core.tree.rooting import midpoint_root

@@ -1,4 +1,4 @@
-"""Fault injection for the project's Hub endpoint: the failures a real Hub shows, on demand.
+"""Fault injection for the loopback Hub: the failures a real Hub shows, on demand.
 
 A ``FaultPlan`` is a list of ``Fault`` rules. Each rule matches requests by HTTP method and a
 regular expression on the URL path, lets ``skip`` matching requests through, then fires on the
@@ -148,3 +148,19 @@ def mutate_revision(repo_id: str, *, skip: int = 1) -> Fault:
     (so its commit sha changes in the middle of a snapshot download)."""
     return Fault("mutate_revision", "^/" + re.escape(repo_id) + "/resolve/", "GET", 1, skip,
                  repo_id=repo_id)
+
+
+# -- what a fault does to an answer -----------------------------------------------------------
+
+def corrupt(item: dict, fault: Fault) -> dict:
+    """One model-info dict as a ``wrong_types`` / ``missing_fields`` fault serves it."""
+    wrong = {"createdAt": 12345, "siblings": "model.safetensors", "safetensors": {"total": "large"},
+             "tags": 7, "id": 42, "sha": ["not", "a", "sha"], "gated": {"maybe": 1},
+             "config": "remote", "cardData": ["x"], "pipeline_tag": 3, "author": 5}
+    item = dict(item)
+    for f in fault.fields:
+        if fault.kind == "missing_fields":
+            item.pop(f, None)
+        else:
+            item[f] = wrong.get(f, None)
+    return item
