@@ -263,7 +263,7 @@ def test_writer_keeps_its_index_between_bundles_unless_another_wrote(ecosystem, 
     from indexer.app.listing import ListStep
     from indexer.app.probing import ProbeStep
     from schemas.records import ProbeParams
-    from tests.faults_common import assert_consistent
+    from tests.helpers.catalog_checks import assert_consistent
 
     served = tmp_path / "served"
     publish(repos_by_upload(ecosystem)[:5], served)

@@ -12,7 +12,7 @@ with different seeds) are in docs/zoo.md; the margins and support this run measu
 printed (``-s``) and kept in ``artifacts/zoo_relations_seed<S>.json``.
 
 The probe seed comes from ``PHYLOLM_ZOO_PROBE_SEED`` (default 0), so the test can be run with
-other seeds: ``PHYLOLM_ZOO_PROBE_SEED=1 pytest tests/test_zoo_lineage.py``. Probes are cached
+other seeds: ``PHYLOLM_ZOO_PROBE_SEED=1 pytest tests/testbed/test_zoo_lineage.py``. Probes are cached
 on disk (``<cache>/probes``, keyed by model, revision = the zoo's recipe hash, genome,
 parameters with the seed, and backend): the first run on a machine pays for them (about
 ten models x 25 s on 2 CPU cores).

@@ -4,7 +4,7 @@ Hosted APIs cannot be reached from here, so the protocol behaviour (n per reques
 that ignore n, retries on 429/5xx with Retry-After, the API key taken from the environment
 and never shown) is tested against a small loopback HTTP server that speaks the completions
 and chat protocols with deterministic texts: a stand-in for a hosted API, and said so. The
-real thing, `vllm serve` with a zoo model, is in tests/test_vllm_backend.py.
+real thing, `vllm serve` with a zoo model, is in tests/adapters/probers/test_vllm.py.
 """
 from __future__ import annotations
 
