@@ -17,8 +17,9 @@ from tests.helpers.zoo import zoo_sources_missing
 TESTS = Path(__file__).resolve().parent
 
 # Markers by place (a folder or a file, relative to tests/): `integration` where the tests
-# start real processes, servers or engines (`phylolm` subprocesses, the loopback Hub,
-# Beam runners, loopback APIs, external programs, a browser); `faults` for the fault suite.
+# start real processes, servers or engines (`phylolm` subprocesses, the loopback Hub, Beam
+# runners, loopback APIs, external programs such as the import linter, a browser); `faults`
+# for the fault suite. Tests elsewhere that start one carry `@pytest.mark.integration`.
 MARKERS_BY_PLACE = {
     "faults": ("faults", "integration"),
     "pipelines": ("integration",),
@@ -29,6 +30,7 @@ MARKERS_BY_PLACE = {
     "adapters/hub": ("integration",),
     "adapters/probers/test_openai.py": ("integration",),
     "core/tree/test_nj_peers.py": ("integration",),
+    "test_architecture.py": ("integration",),
 }
 # ... and wherever a test uses a fixture that runs `phylolm` or a model engine.
 INTEGRATION_FIXTURES = ("cli", "ecosystem", "zoo_dir")
