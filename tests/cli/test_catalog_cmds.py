@@ -1,14 +1,57 @@
 """The foundation's commands, run as a user runs them (a subprocess of the real entry point)."""
 import json
+import re
 
 import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from indexer.cli import app
+
+
+def _section(help_text: str, title: str) -> list[str]:
+    """The lines of one section of a help page (``Options:``, ``Commands:``), up to the next
+    line that is not indented."""
+    lines = help_text.splitlines()
+    start = lines.index(f"{title}:") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i] and not lines[i][0].isspace()), len(lines))
+    return lines[start:end]
+
+
+def _visible_commands(group, path=()):
+    """(path, command) of every command and group a user can call, groups' commands included."""
+    for name, cmd in sorted(group.commands.items()):
+        if not cmd.hidden:
+            yield path + (name,), cmd
+            if hasattr(cmd, "commands"):
+                yield from _visible_commands(cmd, path + (name,))
 
 
 def test_help_lists_commands(cli):
+    """The top-level help (the real entry point) lists exactly the registered commands, each
+    with the start of its own help; every command's help (in process: 25 pages) names each
+    argument it takes in its usage line and lists each option it declares."""
+    root = typer.main.get_command(app)
     r = cli("--help")
-    assert r.returncode == 0
-    for cmd in ("init", "status", "genomes", "sql", "scores"):
-        assert cmd in r.stdout
+    assert r.returncode == 0, r.stderr
+    listed = dict(line.split(None, 1) for line in _section(r.stdout, "Commands") if line.strip())
+    assert set(listed) == {name for name, cmd in root.commands.items() if not cmd.hidden}
+    for name, summary in listed.items():
+        assert " ".join(root.commands[name].help.split()).startswith(summary.removesuffix("...")), name
+
+    runner = CliRunner()
+    for path, cmd in _visible_commands(root):
+        page = runner.invoke(app, [*path, "--help"])
+        assert page.exit_code == 0, (path, page.output)
+        usage = page.output.splitlines()[0]
+        assert usage.startswith(f"Usage: phylolm {' '.join(path)} "), usage
+        options = "\n".join(_section(page.output, "Options"))
+        for param in cmd.params:
+            if param.param_type_name == "argument":
+                assert re.search(rf"\b{param.name}\b", usage), (path, param.name, usage)
+            elif not param.hidden:
+                for flag in param.opts + param.secondary_opts:
+                    assert re.search(rf"(^|[ ,/]){re.escape(flag)}\b", options, re.M), (path, flag)
 
 
 def test_init_then_sql_lists_every_table(cli, tmp_path):

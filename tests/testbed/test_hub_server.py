@@ -1,6 +1,7 @@
 """The Hub-compatible endpoint, exercised with the real huggingface_hub client and raw HTTP."""
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -117,8 +118,9 @@ def test_model_info_revisions_and_errors(hub_dir: Path) -> None:
         assert info.card_data["license"] == "apache-2.0" and info.config["model_type"] == "llama"
         assert {"license:apache-2.0", "base_model:finetune:org0/m0", "safetensors"} <= set(info.tags)
         weights = next(s for s in info.siblings if s.rfilename == "model.safetensors")
-        assert weights.size == (hub_dir / "org0/m2/model.safetensors").stat().st_size
-        assert weights.lfs is not None and len(weights.lfs.sha256) == 64
+        data = (hub_dir / "org0/m2/model.safetensors").read_bytes()
+        assert weights.size == len(data)
+        assert weights.lfs is not None and weights.lfs.sha256 == hashlib.sha256(data).hexdigest()
         assert info.used_storage == sum(s.size for s in info.siblings)
         assert ".hub.json" not in {s.rfilename for s in info.siblings}
         assert api.model_info("org0/m2", revision=info.sha).sha == info.sha

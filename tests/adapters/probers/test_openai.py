@@ -86,7 +86,8 @@ def test_completions_n_per_request_and_alleles(api):
     for gene, counts in zip(genome.genes, rec.alleles.counts):
         # "\n {gene[:3]}{0|1}xyz" -> allele " " + gene[:3]: spaces are stripped before newlines
         assert counts == {" " + gene[:3]: 8}
-    assert rec.backend == "openai" and "completions" in rec.backend_version
+    host = f"127.0.0.1:{api.server_address[1]}"
+    assert rec.backend == "openai" and rec.backend_version == f"openai-compatible completions API at {host}"
     seeds = {b["seed"] for _, b, _ in api.requests}
     assert len(seeds) == 3  # each gene its own seed
 

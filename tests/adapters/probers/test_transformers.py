@@ -83,8 +83,13 @@ def test_probe_needs_a_local_snapshot():
 
 
 def test_registry_builds_the_transformers_prober():
+    from importlib.metadata import version as installed
+
     prober = get_prober("transformers", device="cpu", genes_per_batch=4)
-    assert prober.backend == "transformers" and "transformers" in prober.version()
+    assert isinstance(prober, TransformersProber) and prober.backend == "transformers" and prober.device == "cpu"
+    # Recorded with every probe: the engine's and torch's installed versions, and the dtype.
+    assert prober.version() == f"transformers {installed('transformers')}; torch {installed('torch')}; {prober.dtype_name}"
+    assert prober.dtype_name in ("float32", "bfloat16")  # "auto" on a CPU
 
 
 # -- sampling pieces -----------------------------------------------------------------------------
