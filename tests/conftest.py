@@ -37,8 +37,12 @@ INTEGRATION_FIXTURES = ("cli", "ecosystem", "zoo_dir")
 
 
 def _places(item: pytest.Item) -> list[str]:
-    """Every folder above the test's file, and the file itself, relative to tests/."""
-    parts = Path(item.path).resolve().relative_to(TESTS).parts
+    """Every folder above the test's file, and the file itself, relative to tests/ (none for
+    a test collected from elsewhere in the same run)."""
+    path = Path(item.path).resolve()
+    if not path.is_relative_to(TESTS):
+        return []
+    parts = path.relative_to(TESTS).parts
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
