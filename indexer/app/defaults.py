@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from indexer.adapters.probers.base import AUTO, FALLBACK_BACKEND
+from indexer.cache import default_cache_dir
 
 CATALOG = Path("phylolm.duckdb")
 # The prober: vLLM where a GPU and vLLM are present, else transformers (see resolve_backend).
@@ -19,7 +20,7 @@ BACKEND = AUTO
 # JobConfig holds the backend that runs, never `auto`).
 JOB_BACKEND = FALLBACK_BACKEND
 GENOME = "math"
-CACHE_DIR = Path.home() / ".cache" / "phylolm"  # downloads, probes, listing cursors
+CACHE_DIR = default_cache_dir()  # downloads, probes, listing cursors, the zoo (indexer.cache)
 MAX_WEIGHTS_GB = 16.0  # models whose weights exceed this (from metadata) are skipped
 HUB_TIMEOUT = 10.0  # seconds per Hub request
 INTERVAL = 300.0  # seconds between polls of `watch`

@@ -21,7 +21,7 @@ def zoo_build(
     directory: Annotated[Path, typer.Argument(help="Folder to lay the zoo's repositories out in "
                                                    "(DIR/<owner>/<name>/, plus DIR/zoo.json).")],
     cache: Annotated[Path | None, typer.Option(
-        "--cache", help="Cache folder [default: $PHYLOLM_CACHE or ~/.cache/phylolm].")] = None,
+        "--cache", help="Cache folder [default: $PHYLOLM_CACHE_DIR, else $PHYLOLM_CACHE, else ~/.cache/phylolm].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the zoo (once; later builds reuse the cache) and lay it out in DIR.
