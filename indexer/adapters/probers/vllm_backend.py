@@ -25,7 +25,8 @@ starts on the base with ``enable_lora=True`` and ``max_lora_rank`` the smallest 
 accepts that holds the adapter's ``r`` (``lora_rank``), and every gene's request carries a
 ``LoRARequest`` for the adapter folder (safetensors; ``checkpoint.check_adapter``). One worker
 per probe still means one engine start per adapter: keeping a base's engine for all its
-adapters is the many-models-per-engine step (issue #14, point 6), not done here.
+adapters is the many-models-per-engine step (issue #14, point 6), not done here. Run on the
+vLLM CPU build (tests/adapters/probers/test_vllm.py), not yet on a GPU.
 """
 from __future__ import annotations
 
