@@ -3,7 +3,7 @@
 // Everything is computed once on load (layout, colour buckets); a frame walks the nodes once
 // and strokes only the segments inside the view, one path per colour.
 // Reads: location.hash "#search=<id>" selects that model on load (used by the browser tests).
-// Writes: <body data-explorer="ready" data-leaves data-load-ms data-heap-bytes data-card>.
+// Writes, on the body element: data-explorer="ready", data-leaves, data-load-ms, data-heap-bytes, data-card.
 (function () {
   "use strict";
   var t0 = performance.now();
