@@ -165,7 +165,9 @@
     selectLeaf(kk, false);
   }
   document.getElementById("reset").addEventListener("click", function () { highlight = null; reset(); });
-  window.addEventListener("resize", function () { resize(); reset(); });
+  window.addEventListener("resize", function () { // keep a selected model in view
+    resize(); if (selected >= 0) selectLeaf(selected, true); else reset();
+  });
 
   // ---- search
   var index = {}; for (k = 0; k < NL; k++) index[D.ids[k]] = k;
