@@ -91,8 +91,9 @@
     view.ky = NL > 1 ? (H - 20) / (NL - 1) : 1; view.oy = 10;
     draw();
   }
-  var frames = 0;
+  var frames = 0, drawMs = 0;
   function draw() {
+    var tDraw = performance.now();
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, W, H);
     if (N === 0) { ctx.fillStyle = "#666"; ctx.fillText("no tree yet", 20, 20); return; }
@@ -134,7 +135,7 @@
       ctx.strokeStyle = "#000"; ctx.lineWidth = 2; ctx.beginPath();
       ctx.arc(view.ox + X[n] * view.kx, view.oy + selected * view.ky, 6, 0, 2 * Math.PI); ctx.stroke();
     }
-    frames++;
+    frames++; drawMs = performance.now() - tDraw;
   }
   var pending = false;
   function redraw() { if (!pending) { pending = true; requestAnimationFrame(function () { pending = false; draw(); }); } }
@@ -265,6 +266,7 @@
   var mem = performance.memory ? performance.memory.usedJSHeapSize : -1;
   document.body.setAttribute("data-leaves", String(NL));
   document.body.setAttribute("data-frames", String(frames));
+  document.body.setAttribute("data-draw-ms", drawMs.toFixed(1)); // one full redraw (pan, zoom)
   document.body.setAttribute("data-script-ms", (performance.now() - t0).toFixed(1));
   document.body.setAttribute("data-load-ms", performance.now().toFixed(1)); // since navigation start
   document.body.setAttribute("data-heap-bytes", String(mem));
