@@ -156,8 +156,9 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
         side_by_side = _scores_and_estimates(catalog, build.directory, hide, ids)
     else:
         _say("\n== 6. estimates: skipped (--no-scores) ==")
+    heldout = [{"model_id": hide, **r} for r in side_by_side]
     with Catalog(catalog) as cat:
-        export(cat, publish, lineage=lineage)
+        export(cat, publish, lineage=lineage, heldout=heldout)
 
     _say("\n== 8. published (open index.html: the explorer; `phylolm view` serves it) ==")
     for f in sorted(publish.iterdir()):

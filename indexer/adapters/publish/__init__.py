@@ -176,9 +176,10 @@ def render_report(*, newick: str | None, snapshot: int | None, models: Sequence[
                   estimates: Sequence[Mapping], scores: Sequence[Mapping],
                   nearest: Mapping[str, Sequence[tuple[str, float]]],
                   lineage: Sequence[Mapping] = (), generated_at: datetime | None = None,
-                  plots: Mapping[str, str] | None = None) -> str:
+                  plots: Mapping[str, str] | None = None, heldout: Sequence[Mapping] = ()) -> str:
     """The report page as one self-contained HTML string (no external resources);
-    ``plots``: caption -> inline SVG, shown after the tables."""
+    ``plots``: caption -> inline SVG, shown after the tables; ``heldout``: a held-out
+    check's rows (model_id, benchmark, estimate, low, high, measured)."""
     tree = _rooted(newick)  # the index's trees are unrooted: draw from the midpoint root
     groups = declared_families(models)
     palette = colour_map(groups)
@@ -211,6 +212,15 @@ def render_report(*, newick: str | None, snapshot: int | None, models: Sequence[
         f"<td>{_fmt(f['other_id'])}</td><td class=num>{_fmt(f.get('distance'))}</td>"
         f"<td class=num>{_fmt(f.get('rank'))}</td><td>{_fmt(f.get('detail'))}</td></tr>"
         for f in lineage)
+    held_rows = "".join(
+        f"<tr><td>{_fmt(h['model_id'])}</td><td>{_fmt(h['benchmark'])}</td>"
+        f"<td class=num>{h['estimate']:.3f}</td><td class=num>{h['low']:.3f} &ndash; {h['high']:.3f}</td>"
+        f"<td class=num>{h['measured']:.3f}</td><td>{'yes' if h['low'] <= h['measured'] <= h['high'] else 'no'}</td></tr>"
+        for h in heldout)
+    held = ("" if not heldout else
+            "<h2>Held-out check: estimates next to measured scores the estimators did not see</h2>"
+            "<table id=\"heldout\" class=\"sortable\"><thead><tr><th>model</th><th>benchmark</th><th>estimate</th>"
+            f"<th>90% interval</th><th>measured</th><th>inside</th></tr></thead><tbody>{held_rows}</tbody></table>")
     when = (generated_at or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>phylolm index report</title>
@@ -228,6 +238,7 @@ numbers at internal nodes are split support; hover a branch for its length.</p>
 <p class="meta">Click a column header to sort.</p>
 <table id="estimates" class="sortable"><thead><tr><th>model</th><th>benchmark</th><th>estimate</th>
 <th>low</th><th>high</th><th>method</th><th>snapshot</th></tr></thead><tbody>{est_rows}</tbody></table>
+{held}
 <h2>Measured scores</h2>
 <table id="scores" class="sortable"><thead><tr><th>model</th><th>benchmark</th><th>value</th><th>source</th>
 </tr></thead><tbody>{score_rows}</tbody></table>
@@ -288,12 +299,13 @@ def _write_table(table, path: Path, fmt: str) -> None:
 
 def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
            lineage: Sequence[Mapping] | None = None, generated_at: datetime | None = None,
-           hub_url: str = DEFAULT_HUB_URL) -> dict[str, Path]:
+           hub_url: str = DEFAULT_HUB_URL, heldout: Sequence[Mapping] = ()) -> dict[str, Path]:
     """Write the publish files into ``out_dir`` (created if needed); returns name -> path.
 
     ``catalog`` is a view of a catalog (see ``CatalogView``). ``lineage`` findings (dicts) may
     be passed in; when None they are computed from the catalog's declared base models.
-    ``hub_url`` is where the explorer's cards link a model's Hub page.
+    ``hub_url`` is where the explorer's cards link a model's Hub page. ``heldout``: rows of
+    a held-out check (model_id, benchmark, estimate, low, high, measured), shown in both pages.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,13 +345,13 @@ def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
 
     page = render_report(newick=newick, snapshot=snapshot, models=catalog.model_rows(),
                          estimates=estimates, scores=scores, nearest=nearest, lineage=lineage,
-                         generated_at=generated_at, plots=captions)
+                         generated_at=generated_at, plots=captions, heldout=heldout)
     _atomic_write_text(out / "report.html", page)
     written["report.html"] = out / "report.html"
 
     data = explorer_data(_rooted(newick), catalog.explorer_models(), nearest=nearest, estimates=estimates,
                          scores=scores, lineage=lineage, snapshot=snapshot, hub_url=hub_url,
-                         generated_at=generated_at or datetime.now(timezone.utc))
+                         generated_at=generated_at or datetime.now(timezone.utc), heldout=heldout)
     _atomic_write_text(out / "index.html", render_explorer(data, plots=captions))
     written["index.html"] = out / "index.html"
     _atomic_write_text(out / "auspice.json", auspice_json(data))

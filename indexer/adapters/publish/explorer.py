@@ -76,13 +76,16 @@ def explorer_data(tree: Tree | None, models: Sequence[Mapping], *,
                   nearest: Mapping[str, Sequence[tuple[str, float]]] | None = None,
                   estimates: Sequence[Mapping] = (), scores: Sequence[Mapping] = (),
                   lineage: Sequence[Mapping] = (), snapshot: int | None = None,
-                  hub_url: str = DEFAULT_HUB_URL, generated_at: datetime | None = None) -> dict:
+                  hub_url: str = DEFAULT_HUB_URL, generated_at: datetime | None = None,
+                  heldout: Sequence[Mapping] = ()) -> dict:
     """The page's data from a rooted tree (leaves are model ids) and plain catalog rows.
 
     ``models``: dicts with ``id``, ``author``, ``base_models``, ``base_model_relation``,
     ``created_at`` (missing keys are empty). ``nearest``: id -> [(other, distance)].
     ``estimates``: dicts (model_id, benchmark, estimate, low, high, method); ``scores``:
-    (model_id, benchmark, value, source); ``lineage``: the lineage check's findings. Models
+    (model_id, benchmark, value, source); ``lineage``: the lineage check's findings;
+    ``heldout``: a held-out check's rows (model_id, benchmark, estimate, low, high, measured:
+    a score measured but hidden from the estimators, shown next to its estimate). Models
     not on the tree are left out of the page (they are not indexed yet).
     """
     if tree is None or tree.root < 0:
@@ -91,8 +94,16 @@ def explorer_data(tree: Tree | None, models: Sequence[Mapping], *,
     else:
         parent, length, leaf_nodes = _layout_arrays(tree)
         ids = [tree.label[v] or "" for v in leaf_nodes]
-    return _build(ids, parent, length, models, nearest or {}, estimates, scores, lineage, snapshot, hub_url,
+    data = _build(ids, parent, length, models, nearest or {}, estimates, scores, lineage, snapshot, hub_url,
                   generated_at)
+    at = {m: i for i, m in enumerate(ids)}
+    cards_heldout: dict[int, list] = {}
+    for h in heldout:
+        if h["model_id"] in at:
+            cards_heldout.setdefault(at[h["model_id"]], []).append(
+                [h["benchmark"], _round(h["estimate"]), _round(h["low"]), _round(h["high"]), _round(h["measured"])])
+    data["cards"]["heldout"] = cards_heldout
+    return data
 
 
 def _build(ids, parent, length, models, nearest, estimates, scores, lineage, snapshot, hub_url, generated_at) -> dict:

@@ -86,7 +86,7 @@
     canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr);
   }
   function reset() {
-    LABEL_W = NL <= 2000 ? 260 : 0;
+    LABEL_W = NL <= 2000 ? 340 : 0;
     view.kx = (W - 20 - LABEL_W) / maxX; view.ox = 10;
     view.ky = NL > 1 ? (H - 20) / (NL - 1) : 1; view.oy = 10;
     draw();
@@ -191,7 +191,11 @@
   });
   function selectLeaf(kk, centre) {
     selected = kk;
-    if (centre) { if (view.ky < 14) view.ky = 14; view.oy = H / 2 - kk * view.ky; }
+    if (centre) { // zoom in to readable rows, and scroll only when the model is out of view
+      if (view.ky < 14) { view.ky = 14; view.oy = H / 2 - kk * view.ky; }
+      var sy = view.oy + kk * view.ky;
+      if (sy < 10 || sy > H - 10) view.oy = H / 2 - kk * view.ky;
+    }
     showCard(kk); draw();
   }
 
@@ -220,6 +224,9 @@
     var sc = c.scores[kk];
     h.push("<h4>measured scores</h4>" + (sc && sc.length ? "<table class=\"card-scores\"><tr><th>benchmark</th><th>value</th><th>source</th></tr>" +
       sc.map(function (r) { return "<tr><td>" + esc(r[0]) + "</td><td>" + num(r[1]) + "</td><td>" + esc(r[2]) + "</td></tr>"; }).join("") + "</table>" : '<p class="meta">none</p>'));
+    var ho = c.heldout ? c.heldout[kk] : null;
+    if (ho && ho.length) h.push("<h4>held-out check: measured, hidden from the estimators</h4><table class=\"card-heldout\"><tr><th>benchmark</th><th>estimate</th><th>interval</th><th>measured</th></tr>" +
+      ho.map(function (r) { return "<tr><td>" + esc(r[0]) + "</td><td>" + num(r[1]) + "</td><td>" + num(r[2]) + " &ndash; " + num(r[3]) + "</td><td>" + num(r[4]) + "</td></tr>"; }).join("") + "</table>");
     var lin = c.lineage[kk];
     h.push("<h4>lineage check</h4>" + (lin && lin.length ? "<ul>" + lin.map(function (r) {
       return '<li><span class="flag-' + esc(r[0]) + '">' + esc(r[0]) + "</span> " + esc(r[1]) + (r[2] !== null ? " (" + num(r[2]) + ")" : "") + ": " + esc(r[3]) + "</li>";
