@@ -137,6 +137,10 @@ class UpdateIndexFn(beam.DoFn):
     within a bundle and always done at its end.
     """
 
+    # Keyed state makes this a stateful DoFn: a runner then processes the elements of one key
+    # (all of them carry WRITER_KEY) one at a time, in one place, which is what makes the
+    # update the single writer. The value, the key of the last outcome applied, is only a
+    # trace; removing the state would let a cluster runner apply outcomes in parallel.
     APPLIED = userstate.ReadModifyWriteStateSpec("last", StrUtf8Coder())
     QUEUED_BATCH = 5000
 

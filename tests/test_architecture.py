@@ -2,7 +2,8 @@
 
 The layers: cli > app, bench > testbed > adapters > core; the core imports no adapter, no
 database, records, HTTP client, engine or Beam; adapters do not import each other; only
-``pipelines/`` imports Beam. The second test breaks a boundary in a scratch copy of the tree and
+``pipelines/`` imports Beam; the CLI reaches an adapter only through its package's public
+names. The second test breaks a boundary in a scratch copy of the tree and
 checks that the contracts catch it, so a contract that had stopped matching anything would fail.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ def test_the_import_contracts_hold():
     ("indexer/core/distance.py", "from indexer.adapters import catalog", "Layers"),
     ("indexer/adapters/publish/__init__.py", "from indexer.adapters.hub import client", "Adapters know nothing of each other"),
     ("indexer/app/job.py", "import apache_beam", "Only pipelines/ imports Beam"),
+    ("indexer/cli/probe_cmds.py", "import indexer.adapters.probers.vllm_backend", "The CLI reaches adapters only"),
 ])
 def test_a_crossed_boundary_is_caught(tmp_path, module, line, contract):
     for name in ("indexer", "pipelines", "schemas"):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from indexer.adapters import genome_files as genome_lib
+from indexer.app import defaults
 from schemas.records import ModelRecord, ModelStatus, ProbeParams, ProbeRecord, probe_key
 
 
@@ -17,41 +18,36 @@ from schemas.records import ModelRecord, ModelStatus, ProbeParams, ProbeRecord, 
 
 
 class JobConfig:
+    """Everything a step needs; the defaults are ``indexer.app.defaults``'s, and
+    ``indexer.app.settings.job_config`` builds one from the user's settings."""
+
     catalog: Path
-    hub: str | None = None  # endpoint URL (a folder is served by the CLI before the job starts)
-    backend: str = "transformers"
+    hub: str | None = None  # endpoint URL (a folder is served by indexer.app.hub.open_hub first)
+    backend: str = defaults.JOB_BACKEND  # the backend that runs (``auto`` is resolved before)
     backend_options: tuple[tuple[str, str], ...] = ()
-    genome: str = "math"
+    genome: str = defaults.GENOME
     n_genes: int | None = None
     params: ProbeParams = field(default_factory=ProbeParams)
-    cache_dir: Path = Path.home() / ".cache" / "phylolm"
+    cache_dir: Path = defaults.CACHE_DIR
     publish_dir: Path | None = None
-    max_bytes: float = 16e9  # weights budget, from metadata before download
+    max_bytes: int = defaults.max_bytes(defaults.MAX_WEIGHTS_GB)  # weights budget, from metadata before download
     author: str | None = None
     search: str | None = None
     since: datetime | None = None
     limit: int | None = None
     model_ids: tuple[str, ...] = ()
-    hub_timeout: float = 10.0
+    hub_timeout: float = defaults.HUB_TIMEOUT
     # With no watermark yet, a watch's first poll looks back this far (None: everything, as a
     # backfill does); older models are what `backfill` is for.
     first_window_hours: float | None = None
     probe_budget: int | None = None  # models probed per cycle (None: every new model)
     budget_seconds: float | None = None  # probe seconds per cycle, at the measured rate
-    queue_order: str = "rank"  # rank | newest: which queued models a cycle takes first
-    priority: str = "downloads=1,likes=2,related=2,size=-0.5"  # see indexer.app.probe_queue
+    queue_order: str = defaults.QUEUE_ORDER  # rank | newest: which queued models a cycle takes first
+    priority: str = defaults.PRIORITY  # see indexer.app.probe_queue
     use_queue: bool = False  # the watch: a cycle takes its budget from new models and the queue
     # Pre-quantization methods the backend runs (None: what indexer.adapters.probers.base.quant_methods
     # finds for it); quantized checkpoints of other methods are deferred.
     quant_methods: tuple[str, ...] | None = None
-
-    def screen_policy(self, has_token: bool):
-        from indexer.adapters.hub.watcher import ScreenPolicy
-        from indexer.adapters.probers.base import quant_methods
-
-        methods = (frozenset(self.quant_methods) if self.quant_methods is not None
-                   else quant_methods(self.backend, dict(self.backend_options).get("device")))
-        return ScreenPolicy(max_bytes=int(self.max_bytes), has_token=has_token, quant_methods=methods)
 
     def load_genome(self) -> genome_lib.Genome:
         g = genome_lib.load(self.genome)

@@ -21,19 +21,12 @@ class ListStep:
     """
 
     def __init__(self, config: JobConfig):
-        import hashlib
-
-        from indexer.adapters.hub.client import HubClient
-        from indexer.adapters.hub.watcher import Watcher
+        from indexer.app.hub import watcher_for
         from indexer.app.probe_queue import PriorityWeights
 
         self.config = config
-        self.client = HubClient(config.hub, timeout=config.hub_timeout)
-        # An interrupted listing's cursor is kept beside the downloads, per endpoint and filters,
-        # so that the next poll (in this process or the next cron run) resumes from it.
-        tag = hashlib.sha1(f"{self.client.endpoint}|{config.author}|{config.search}".encode()).hexdigest()[:16]
-        self.watcher = Watcher(self.client, config.screen_policy(self.client.has_token),
-                               resume_path=config.cache_dir / "listing" / f"{tag}.json")
+        self.watcher = watcher_for(config, resume_listing=True)
+        self.client = self.watcher.client
         self.weights = PriorityWeights.parse(config.priority)
         self.last_poll: PollReport | None = None
 

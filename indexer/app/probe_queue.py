@@ -5,7 +5,7 @@ probes tens to hundreds an hour, so each cycle of the watch takes a probe budget
 and/or seconds) and the rest wait, ``queued``, for later cycles. Pure functions: no I/O.
 
 The priority of a model is a weighted sum of terms (``PriorityWeights``, set as a string such
-as ``"downloads=1,likes=2,related=2,size=-0.5"``):
+as ``"downloads=1,likes=2,related=2,size=-0.5"``, the default: ``indexer.app.defaults.PRIORITY``):
 
 - ``downloads``, ``likes``: log10(1 + count), from the Hub's listing (what people use);
 - ``related``: 1 when a declared base model is already indexed (its position in the tree is
@@ -26,18 +26,17 @@ from schemas.records import ModelRecord
 
 QUEUE_ORDERS = ("rank", "newest")
 TERMS = ("downloads", "likes", "related", "size", "age")
-DEFAULT_PRIORITY = "downloads=1,likes=2,related=2,size=-0.5"
 
 
 @dataclass(frozen=True)
-
-
 class PriorityWeights:
-    downloads: float = 1.0
-    likes: float = 2.0
-    related: float = 2.0
-    size: float = -0.5
-    age: float = 0.0
+    """The weight of each term (``parse`` a string such as ``indexer.app.defaults.PRIORITY``)."""
+
+    downloads: float
+    likes: float
+    related: float
+    size: float
+    age: float
 
     @classmethod
     def parse(cls, text: str) -> "PriorityWeights":

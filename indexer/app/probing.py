@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from indexer.errors import PhylolmError
 from indexer.adapters.probers.base import ModelSource, Prober, ProbeError, get_prober
-from schemas.records import ModelRecord, ModelStatus, ProbeRecord
+from indexer.adapters.probers.cache import ProbeCache
+from schemas.records import ModelRecord, ModelStatus
 from indexer.app.job import JobConfig, ProbeOutcome, probe_id_for, with_status as _with
 
 log = logging.getLogger("phylolm")
@@ -16,22 +17,21 @@ log = logging.getLogger("phylolm")
 class ProbeStep:
     """Download (safetensors and metadata only) and probe one model; failures become records.
 
-    Probes are cached on disk as JSON under ``cache_dir/probes/<probe id>.json`` (the id hashes
-    model, revision, genome, parameters and backend), so a job killed after probing and
-    restarted does not pay for the same probe twice.
+    Probes are kept in the probe cache (``indexer.adapters.probers.cache``) under
+    ``cache_dir/probes/<probe id>.json`` (the id hashes model, revision, genome, parameters and
+    backend), so a job killed after probing and restarted does not pay for the same probe twice.
     """
 
     BREAKER = 3  # identical engine failures in a row that stop the job
 
     def __init__(self, config: JobConfig):
-        from indexer.adapters.hub.client import HubClient
-        from indexer.adapters.hub.watcher import Watcher
+        from indexer.app.hub import watcher_for
 
         self.config = config
         self.genome = config.load_genome()
-        client = HubClient(config.hub, timeout=config.hub_timeout)
-        self.watcher = Watcher(client, config.screen_policy(client.has_token))
-        self.scrub = client.scrub
+        self.watcher = watcher_for(config)
+        self.scrub = self.watcher.client.scrub
+        self.cache = ProbeCache(config.cache_dir / "probes")
         self._prober: Prober | None = None
         self._failures: list[str] = []
 
@@ -60,21 +60,14 @@ class ProbeStep:
             raise PhylolmError(f"the {self.config.backend} backend failed {self.BREAKER} models in a row "
                                f"with the same error, stopping: {reason[:300]}")
 
-    def _cache_file(self, model: ModelRecord) -> Path:
-        return self.config.cache_dir / "probes" / f"{probe_id_for(model, self.config, self.genome.hash)}.json"
-
     def __call__(self, model: ModelRecord) -> ProbeOutcome:
         if model.status in (ModelStatus.skipped, ModelStatus.failed, ModelStatus.queued, ModelStatus.deferred):
             return ProbeOutcome(model)  # recorded as it is: refused, failed, or waiting
         if model.copy_of:
             return ProbeOutcome(model)  # an exact copy: the writer reuses its twin's alleles
-        cached = self._cache_file(model)
-        if cached.is_file():
-            try:
-                return ProbeOutcome(_with(model, ModelStatus.probed, None),
-                                    ProbeRecord.model_validate_json(cached.read_text("utf-8")))
-            except ValueError:
-                cached.unlink(missing_ok=True)  # a torn write: probe again
+        cached = self.cache.get(probe_id_for(model, self.config, self.genome.hash))
+        if cached is not None:
+            return ProbeOutcome(_with(model, ModelStatus.probed, None), cached)
         prober = self._engine()
         try:
             path = None
@@ -95,10 +88,7 @@ class ProbeStep:
             self._trip(reason.replace(model.id, "<model>"))
             return ProbeOutcome(_with(model, ModelStatus.failed, reason))
         self._failures.clear()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(record.model_dump_json(), "utf-8")
-        os.replace(tmp, cached)
+        self.cache.put(record)
         return ProbeOutcome(_with(model, ModelStatus.probed, None), record)
 
     def close(self) -> None:

@@ -14,47 +14,55 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from indexer.app import defaults
+from indexer.app.probe_queue import QUEUE_ORDERS, PriorityWeights
 from indexer.errors import PhylolmError
+from schemas.records import ProbeParams
+
+
+def _paper(name: str) -> Any:
+    """The default of a sampling parameter: the paper's, as ``ProbeParams`` states it."""
+    return ProbeParams.model_fields[name].default
 
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    catalog: Path = Field(Path("phylolm.duckdb"), description="the DuckDB catalog file")
+    catalog: Path = Field(defaults.CATALOG, description="the DuckDB catalog file")
     hub: str | None = Field(None, description="Hub endpoint URL or a folder of model repositories "
                                               "(default: HF_ENDPOINT or the public Hub)")
-    backend: str = Field("auto", description="prober: auto | vllm | transformers | openai | simulated "
-                                             "(auto: vllm where a GPU and vLLM are present, else transformers)")
-    genome: str = Field("math", description="built-in genome name or a JSONL file")
+    backend: str = Field(defaults.BACKEND, description="prober: auto | vllm | transformers | openai | simulated "
+                                                       "(auto: vllm where a GPU and vLLM are present, else transformers)")
+    genome: str = Field(defaults.GENOME, description="built-in genome name or a JSONL file")
     genes: int | None = Field(None, ge=1, description="use only the first N genes of the genome")
-    samples: int = Field(32, ge=1, description="samples per gene (N)")
-    temperature: float = Field(0.7, gt=0, description="sampling temperature")
-    max_tokens: int = Field(5, ge=1, description="new tokens per sample")
-    seed: int = Field(0, ge=0, description="sampling seed recorded with each probe")
+    samples: int = Field(_paper("n_samples"), ge=1, description="samples per gene (N)")
+    temperature: float = Field(_paper("temperature"), gt=0, description="sampling temperature")
+    max_tokens: int = Field(_paper("max_tokens"), ge=1, description="new tokens per sample")
+    seed: int = Field(_paper("seed"), ge=0, description="sampling seed recorded with each probe")
     publish_dir: Path | None = Field(None, description="folder refreshed after every update (export + report)")
-    cache_dir: Path = Field(Path.home() / ".cache" / "phylolm", description="downloads, the zoo")
-    max_weights_gb: float = Field(16.0, gt=0, description="skip models whose weights exceed this (from metadata)")
-    interval: float = Field(300.0, gt=0, description="seconds between Hub polls in `watch`")
+    cache_dir: Path = Field(defaults.CACHE_DIR, description="downloads, the zoo")
+    max_weights_gb: float = Field(defaults.MAX_WEIGHTS_GB, gt=0,
+                                  description="skip models whose weights exceed this (from metadata)")
+    interval: float = Field(defaults.INTERVAL, gt=0, description="seconds between Hub polls in `watch`")
     author: str | None = Field(None, description="watch only this author's uploads")
     device: str | None = Field(None, description="torch device for the transformers backend (cpu, cuda)")
-    first_window_hours: float = Field(24.0, gt=0, description="with no watermark yet, how far back the first "
-                                                               "`watch` poll looks (older models: `backfill`)")
+    first_window_hours: float = Field(defaults.FIRST_WINDOW_HOURS, gt=0,
+                                      description="with no watermark yet, how far back the first "
+                                                  "`watch` poll looks (older models: `backfill`)")
     probe_budget: int | None = Field(None, ge=1, description="models probed per watch cycle; the rest wait "
                                                               "as `queued` (default: no limit)")
     budget_seconds: float | None = Field(None, gt=0, description="probe seconds per watch cycle, at the rate "
                                                                   "measured over the last day")
-    queue_order: str = Field("rank", pattern="^(rank|newest)$", description="which candidates a cycle takes "
-                                                                              "first: rank (priority) | newest")
-    priority: str = Field("downloads=1,likes=2,related=2,size=-0.5",
+    queue_order: str = Field(defaults.QUEUE_ORDER, pattern=f"^({'|'.join(QUEUE_ORDERS)})$",
+                             description="which candidates a cycle takes first: rank (priority) | newest")
+    priority: str = Field(defaults.PRIORITY,
                           description="priority terms and weights: downloads, likes (log10), related "
                                       "(a base model is indexed), size (GB), age (days)")
-
 
     @field_validator("priority")
     @classmethod
     def _valid_priority(cls, v: str) -> str:
-        from indexer.app.probe_queue import PriorityWeights
-
         PriorityWeights.parse(v)  # ValueError says which term is wrong
         return v
 
@@ -108,3 +116,34 @@ def load_settings(cli: dict[str, Any] | None = None, config: Path | None = None)
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
         raise PhylolmError(f"bad setting {where} (from {source.get(where, '?')}): {err['msg']}") from None
+
+
+def job_settings(config: Path | None = None, **cli: Any) -> Settings:
+    """The settings of a job (``load_settings``), with the backend checked up front: a typo must
+    not fail every model of the run."""
+    from indexer.adapters.probers.base import AUTO, BACKENDS
+
+    s = load_settings(cli, config)[0]
+    if s.backend not in BACKENDS and s.backend != AUTO:
+        raise PhylolmError(f"backend: unknown {s.backend!r}; choose one of {', '.join([AUTO, *BACKENDS])}")
+    return s
+
+
+def job_config(s: Settings, hub_url: str | None, **extra: Any):
+    """The ``JobConfig`` of settings ``s`` for the endpoint ``hub_url`` (``open_hub``'s), with
+    ``extra`` fields (filters, the queue's budget...). ``auto`` is resolved here, so probes
+    record the backend that really ran."""
+    import logging
+
+    from indexer.adapters.probers.base import resolve_backend
+    from indexer.app.job import JobConfig
+
+    params = ProbeParams(n_samples=s.samples, temperature=s.temperature, max_tokens=s.max_tokens, seed=s.seed)
+    backend, why = resolve_backend(s.backend)
+    if s.backend != backend:
+        logging.getLogger("phylolm").info("backend %s (%s)", backend, why)
+    options = (("device", s.device),) if s.device and backend == "transformers" else ()
+    return JobConfig(catalog=s.catalog.resolve(), hub=hub_url, backend=backend, backend_options=options,
+                     genome=s.genome, n_genes=s.genes, params=params, cache_dir=s.cache_dir.expanduser(),
+                     publish_dir=s.publish_dir.resolve() if s.publish_dir else None,
+                     max_bytes=defaults.max_bytes(s.max_weights_gb), author=s.author, **extra)

@@ -12,6 +12,7 @@ from indexer.adapters import genome_files as genome_lib
 from indexer.adapters.catalog import Catalog, CatalogReader, open_read_only, run_query, snapshot_path
 from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, catalog_path, out, print_json, print_rows
 from indexer.errors import PhylolmError
+from indexer.app import defaults
 from indexer.app.settings import load_settings
 from schemas.records import Score
 
@@ -59,7 +60,7 @@ def read_scores_csv(path: Path) -> list[Score]:
 def register(app: typer.Typer) -> None:
     @app.command()
     def init(catalog: CatalogOpt = DEFAULT_CATALOG,
-             genome: Annotated[str, typer.Option(help="Genome to register now (name or JSONL file).")] = "math") -> None:
+             genome: Annotated[str, typer.Option(help="Genome to register now (name or JSONL file).")] = defaults.GENOME) -> None:
         """Create the catalog (or upgrade an older one) and register a genome."""
         catalog = catalog_path(catalog)
         existed = catalog.exists()
@@ -85,7 +86,7 @@ def register(app: typer.Typer) -> None:
             watermark = reader.get_meta("watermark")
             polls, backlog = _polls(reader), _backlog(reader, models)
         snap = snapshot_path(catalog)
-        from indexer.adapters.probers.base import resolve_backend
+        from indexer.adapters.probers import resolve_backend
 
         backend, why = resolve_backend(settings.backend)
         report = {

@@ -11,11 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from indexer.app import defaults
 from indexer.errors import PhylolmError
 
 # None means "from the settings": config file, then PHYLOLM_CATALOG, then ./phylolm.duckdb.
 CatalogOpt = Annotated[Path | None, typer.Option(
-    "--catalog", help="Catalog file [default: settings, PHYLOLM_CATALOG, ./phylolm.duckdb].")]
+    "--catalog", help=f"Catalog file [default: settings, PHYLOLM_CATALOG, ./{defaults.CATALOG}].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 HubOpt = Annotated[str | None, typer.Option(
     "--hub", help="Hub endpoint URL, or a folder of model repositories served on loopback "

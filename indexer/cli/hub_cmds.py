@@ -8,8 +8,11 @@ from typing import Annotated
 
 import typer
 
+from indexer.app import defaults
 from indexer.cli.common import HubOpt, JsonOpt, err, out, parse_date, print_json, print_rows
 from indexer.errors import PhylolmError
+from indexer.testbed.hub.api import DEFAULT_PAGE_SIZE
+from indexer.testbed.hub.quotas import DEFAULT_RATE_WINDOW
 
 hub_app = typer.Typer(help="The Hub-compatible endpoint and the Hub watcher.", no_args_is_help=True)
 
@@ -19,18 +22,18 @@ def serve(
     directory: Annotated[Path, typer.Argument(help="Folder of <owner>/<name>/ model repositories.")],
     port: Annotated[int, typer.Option(help="TCP port (0: a free one).")] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-    page_size: Annotated[int, typer.Option(help="Listing page size when the client gives no limit.")] = 1000,
+    page_size: Annotated[int, typer.Option(help="Listing page size when the client gives no limit.")] = DEFAULT_PAGE_SIZE,
     rate_window: Annotated[float, typer.Option(
         help="Seconds of a fixed rate-limit window, with the Hub's quotas (anonymous: 500 API and "
-             "3,000 download requests per window); 0 turns rate limiting off.")] = 300.0,
+             "3,000 download requests per window); 0 turns rate limiting off.")] = DEFAULT_RATE_WINDOW,
 ) -> None:
     """Serve DIRECTORY as a Hub endpoint (listing, model info, file download) until interrupted.
 
     Point any huggingface_hub client at it: HfApi(endpoint=URL) or HF_ENDPOINT=URL. It answers
     as the public Hub does: RateLimit headers and 429s, 401/403 for gated files, 307 after a
-    rename, the Hub's derived lineage (see indexer/testbed/hub_server.py).
+    rename, the Hub's derived lineage (see indexer/testbed/hub/).
     """
-    from indexer.testbed.hub_server import HubServer
+    from indexer.testbed.hub import HubServer
 
     if not directory.is_dir():
         raise PhylolmError(f"not a directory: {directory}")
@@ -65,20 +68,18 @@ def list_new(
     author: Annotated[str | None, typer.Option(help="Only this author's models.")] = None,
     search: Annotated[str | None, typer.Option(help="Only ids containing this text.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many (the oldest first).")] = None,
-    max_gb: Annotated[float, typer.Option(help="Size budget for weights, in GB.")] = 4.0,
+    max_gb: Annotated[float, typer.Option(help="Size budget for weights, in GB.")] = defaults.MAX_WEIGHTS_GB,
     json: JsonOpt = False,
 ) -> None:
     """List models new on a Hub since a date, screened as the watcher screens them
     (nothing is downloaded, nothing is recorded)."""
-    from indexer.adapters.hub.client import HubClient, open_hub
-    from indexer.adapters.hub.watcher import ScreenPolicy, Watcher
+    from indexer.app.hub import hub_watcher, open_hub
 
     when = parse_date(since, "--since")
     if limit is not None and limit < 1:
         raise PhylolmError("--limit must be >= 1")
     with open_hub(hub) as url:
-        client = HubClient(url)
-        watcher = Watcher(client, ScreenPolicy(max_bytes=int(max_gb * 1e9), has_token=client.has_token))
+        watcher = hub_watcher(url, timeout=defaults.HUB_TIMEOUT, max_bytes=defaults.max_bytes(max_gb))
         records = list(watcher.list_new_models(when, author=author, limit=limit, search=search))
     if watcher.report.error:
         raise PhylolmError(f"the Hub could not be listed: {watcher.report.error}")

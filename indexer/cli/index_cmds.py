@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a simulated ecosystem: Hub-style repositories for the `simulated` backend
         and the true tree as OUT/truth.nwk."""
-        from indexer.adapters.probers.simulated import write_repositories
+        from indexer.adapters.probers import write_repositories
         from indexer.core.simulate import SHAPES
         from indexer.core.simulate import simulate as run
 

@@ -11,14 +11,15 @@ import typer
 from indexer.cli.common import (DEFAULT_CATALOG, BackendOpt, CatalogOpt, HubOpt, JsonOpt, out, parse_date,
                                 print_json)
 from indexer.errors import PhylolmError
-from indexer.app.settings import Settings, load_settings
+from indexer.app import defaults
+from indexer.app.settings import Settings, job_config, job_settings
 from schemas.records import ProbeParams, check_model_id
 
 RUNNER_HELP = ("Any other --option is passed to Beam as a pipeline option, e.g. --runner=FlinkRunner "
                "or --direct_num_workers 2 --direct_running_mode multi_processing.")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file (TOML).")]
 GenesOpt = Annotated[int | None, typer.Option("--genes", help="Use only the first G genes of the genome.")]
-SamplesOpt = Annotated[int | None, typer.Option("--samples", help="Samples per gene (paper: 32).")]
+SamplesOpt = Annotated[int | None, typer.Option("--samples", help=f"Samples per gene (paper: {ProbeParams().n_samples}).")]
 PublishOpt = Annotated[Path | None, typer.Option("--publish-dir", help="Folder refreshed after each update.")]
 GenomeOpt = Annotated[str | None, typer.Option("--genome", help="Genome: math, code, or a JSONL file.")]
 # `watch --once` exit status when the Hub could not be listed completely (an outage, a rate
@@ -27,36 +28,11 @@ GenomeOpt = Annotated[str | None, typer.Option("--genome", help="Genome: math, c
 EXIT_HUB_UNAVAILABLE = 3
 
 
-def job_settings(config: Path | None, **cli) -> Settings:
-    from indexer.adapters.probers.base import AUTO, BACKENDS
-
-    s = load_settings(cli, config)[0]
-    if s.backend not in BACKENDS and s.backend != AUTO:  # refused up front: a typo must not fail every model
-        raise PhylolmError(f"backend: unknown {s.backend!r}; choose one of {', '.join([AUTO, *BACKENDS])}")
-    return s
-
-
-def job_config(s: Settings, hub_url: str | None, **extra):
-    from indexer.app.job import JobConfig
-
-    from indexer.adapters.probers.base import resolve_backend
-
-    params = ProbeParams(n_samples=s.samples, temperature=s.temperature, max_tokens=s.max_tokens, seed=s.seed)
-    backend, why = resolve_backend(s.backend)  # probes record the backend that really ran
-    if s.backend != backend:
-        logging.getLogger("phylolm").info("backend %s (%s)", backend, why)
-    options = (("device", s.device),) if s.device and backend == "transformers" else ()
-    return JobConfig(catalog=s.catalog.resolve(), hub=hub_url, backend=backend, backend_options=options,
-                     genome=s.genome, n_genes=s.genes, params=params, cache_dir=s.cache_dir.expanduser(),
-                     publish_dir=s.publish_dir.resolve() if s.publish_dir else None,
-                     max_bytes=s.max_weights_gb * 1e9, author=s.author, **extra)
-
-
 @contextmanager
 def job(s: Settings) -> Iterator[str | None]:
     """Holds the catalog's job lock (one job per catalog) and serves a folder hub while the job runs."""
-    from indexer.adapters.hub.client import open_hub
     from indexer.adapters.catalog import JobLock
+    from indexer.app.hub import open_hub
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with JobLock(s.catalog.resolve()), open_hub(s.hub) as url:
@@ -76,7 +52,8 @@ def register(app: typer.Typer) -> None:
               author: Annotated[str | None, typer.Option("--author", help="Only this author's uploads.")] = None,
               first_window: Annotated[float | None, typer.Option(
                   "--first-window", help="Hours the first poll looks back when the catalog has no watermark "
-                                         "yet [default: 24]; older models: `phylolm backfill --since`.")] = None,
+                                         f"yet [default: {defaults.FIRST_WINDOW_HOURS:g}]; older models: "
+                                         "`phylolm backfill --since`.")] = None,
               probe_budget: Annotated[int | None, typer.Option(
                   "--probe-budget", min=1, help="Models probed per cycle; the rest wait as `queued` for later "
                                                 "cycles [default: no limit].")] = None,
@@ -86,7 +63,7 @@ def register(app: typer.Typer) -> None:
                   "--queue-order", help="Which candidates a cycle takes first: rank (by --priority) | newest.")] = None,
               priority: Annotated[str | None, typer.Option(
                   "--priority", help="Priority terms: downloads, likes, related, size, age, as TERM=WEIGHT,... "
-                                     "[default: downloads=1,likes=2,related=2,size=-0.5].")] = None) -> None:
+                                     f"[default: {defaults.PRIORITY}].")] = None) -> None:
         """Watch the Hub: probe each new upload and insert it into the index as it appears.
 
         Streaming by default (a poll every --interval seconds, until stopped); --once runs a

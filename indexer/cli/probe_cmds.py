@@ -22,7 +22,7 @@ def zoo_build(
     directory: Annotated[Path, typer.Argument(help="Folder to lay the zoo's repositories out in "
                                                    "(DIR/<owner>/<name>/, plus DIR/zoo.json).")],
     cache: Annotated[Path | None, typer.Option(
-        "--cache", help="Cache folder [default: $PHYLOLM_CACHE or ~/.cache/phylolm].")] = None,
+        "--cache", help="Cache folder [default: $PHYLOLM_CACHE_DIR, else $PHYLOLM_CACHE, else ~/.cache/phylolm].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the zoo (once; later builds reuse the cache) and lay it out in DIR.
@@ -100,7 +100,7 @@ def bench_probe_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Seconds per model and models per hour for one backend, at the paper's parameters."""
-    from indexer.adapters.probers.base import ProbeError
+    from indexer.adapters.probers import ProbeError
     from indexer.bench.probe import bench_probe
 
     if backend not in BACKENDS:

@@ -65,7 +65,7 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     from indexer.adapters.catalog import Catalog
     from indexer.adapters.publish import export, lineage_from_catalog
     from indexer.testbed import zoo as zoo_lib
-    from indexer.testbed.hub_server import HubServer
+    from indexer.testbed.hub import HubServer
     from indexer.core.tree import parse_newick
     from indexer.core.tree.render import to_ascii
     from indexer.core.tree.rooting import midpoint_root

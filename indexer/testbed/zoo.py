@@ -45,6 +45,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from indexer.cache import default_cache_dir
 from typing import Callable
 
 from indexer.errors import PhylolmError
@@ -136,8 +138,8 @@ def zoo_ids() -> list[str]:
 
 
 def default_cache() -> Path:
-    env = os.environ.get("PHYLOLM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "phylolm"
+    """The zoo's cache: the project's one cache folder (``indexer.cache``)."""
+    return default_cache_dir()
 
 
 def gguf_file(package: str, scratch: Path) -> Path:

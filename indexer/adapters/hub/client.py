@@ -24,7 +24,6 @@ being downloaded is detected, never mixed.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -51,6 +50,7 @@ from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import tqdm as _hf_tqdm
 
 from indexer.adapters.http_retry import retry_after_seconds
+from indexer.adapters.hub.metadata import file_size, is_gated
 from schemas.records import ModelStatus
 
 log = logging.getLogger(__name__)
@@ -279,11 +279,12 @@ class HubClient:
 
     ``endpoint``: a Hub URL (default ``HF_ENDPOINT`` or the public Hub). The token is read from
     the environment variable ``token_env`` (``HF_TOKEN``) and nowhere else. ``timeout`` bounds
-    each request (seconds); ``retry`` sets the backoff; ``sleep`` is how waiting is done;
+    each request (seconds; the job's default is ``indexer.app.defaults.HUB_TIMEOUT``); ``retry``
+    sets the backoff; ``sleep`` is how waiting is done;
     ``progress`` shows download progress bars.
     """
 
-    def __init__(self, endpoint: str | None = None, *, token_env: str = TOKEN_ENV, timeout: float = 10.0,
+    def __init__(self, endpoint: str | None = None, *, timeout: float, token_env: str = TOKEN_ENV,
                  retry: RetryPolicy = RetryPolicy(), sleep: Callable[[float], None] = time.sleep,
                  max_workers: int = 4, progress: bool = False):
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or PUBLIC_ENDPOINT).rstrip("/")
@@ -326,12 +327,12 @@ class HubClient:
                 wait = self.retry.delay(attempt, _retry_after(exc), self._rng)
                 limited = _status_of(exc) == 429
                 log.warning("%s: %s (attempt %d/%d), retrying in %.2fs%s", what,
-                            self.scrub(_describe(exc)), attempt + 1, self.retry.attempts, wait,
+                            self.scrub(describe_error(exc)), attempt + 1, self.retry.attempts, wait,
                             " (rate limited: waiting for the window to reset)" if limited else "")
                 if on_retry:
                     on_retry(exc, wait)
                 self.sleep(wait)
-        raise HubError(f"{what}: gave up after {self.retry.attempts} attempts: {_describe(last)}",
+        raise HubError(f"{what}: gave up after {self.retry.attempts} attempts: {describe_error(last)}",
                        transient=True) from None
 
     def _get(self, url: str, params: Any = None, bucket: str = "api"):
@@ -405,9 +406,9 @@ class HubClient:
             except HubError:
                 raise
             except BadRequestError as exc:  # e.g. an expand value this Hub does not know
-                raise HubError(f"listing models: the Hub refused the request: {_describe(exc)}") from None
+                raise HubError(f"listing models: the Hub refused the request: {describe_error(exc)}") from None
             except Exception as exc:  # a permanent HTTP error on the listing itself
-                raise HubError(f"listing models: {_describe(exc)}") from None
+                raise HubError(f"listing models: {describe_error(exc)}") from None
             first = False
             report.pages += 1
             report.items += len(page)
@@ -446,15 +447,15 @@ class HubClient:
                 raise HubError(f"{model_id}: repository not found ({status or 404}: deleted, private"
                                + (", or gated and no token)" if status == 401 and not self.has_token else ")")) from None
             if status == 400:
-                raise HubError(f"model info {model_id}: the Hub refused the request: {_describe(exc)}") from None
-            raise HubError(f"model info {model_id}: {_describe(exc)}") from None
+                raise HubError(f"model info {model_id}: the Hub refused the request: {describe_error(exc)}") from None
+            raise HubError(f"model info {model_id}: {describe_error(exc)}") from None
         except HubError:
             raise
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
             # huggingface_hub could not build a ModelInfo from what the Hub sent.
-            raise HubError(f"{model_id}: malformed Hub metadata (model info): {_describe(exc)}") from None
+            raise HubError(f"{model_id}: malformed Hub metadata (model info): {describe_error(exc)}") from None
         except Exception as exc:
-            raise HubError(f"model info {model_id}: {_describe(exc)}") from None
+            raise HubError(f"model info {model_id}: {describe_error(exc)}") from None
 
     # -- download ---------------------------------------------------------------------------
 
@@ -488,11 +489,11 @@ class HubClient:
             raise HubError(f"{model_id}: no safetensors weights", status=ModelStatus.skipped)
         if gguf_file:  # GGUF-only: the one chosen file, no safetensors from elsewhere
             wanted = {n: s for n, s in wanted.items() if not n.endswith(".safetensors")}
-        total = sum(_file_size(wanted[n]) or 0 for n in weights)
+        total = sum(file_size(wanted[n]) or 0 for n in weights)
         if max_bytes is not None and total > max_bytes:
             raise HubError(f"{model_id}: {total} bytes to download exceeds the budget of {max_bytes}",
                            status=ModelStatus.skipped)
-        if _gated(info.gated) and not self.has_token:
+        if is_gated(info.gated) and not self.has_token:
             raise HubError(f"{model_id}: gated model and no token ({TOKEN_ENV})", status=ModelStatus.skipped)
 
         def fetch() -> str:
@@ -515,11 +516,11 @@ class HubClient:
             if _status_of(exc) in (401, 404):
                 raise HubError(f"{model_id}: repository deleted before download "
                                f"({_status_of(exc)})") from None
-            raise HubError(f"download {model_id}: {_describe(exc)}") from None
+            raise HubError(f"download {model_id}: {describe_error(exc)}") from None
         except HubError:
             raise
         except Exception as exc:
-            raise HubError(f"download {model_id}: {_describe(exc)}") from None
+            raise HubError(f"download {model_id}: {describe_error(exc)}") from None
         _verify(model_id, pinned, folder, wanted)
         return folder
 
@@ -530,16 +531,6 @@ def _gated_error(model_id: str, exc: BaseException, has_token: bool) -> HubError
         return HubError(f"{model_id}: gated model, and the token ({TOKEN_ENV}) is not on its access list",
                         status=ModelStatus.skipped)
     return HubError(f"{model_id}: gated model and no token ({TOKEN_ENV})", status=ModelStatus.skipped)
-
-
-def _file_size(sibling: Any) -> int | None:
-    """A file's size: the sibling's, else its LFS pointer's."""
-    size = getattr(sibling, "size", None)
-    if isinstance(size, int):
-        return size
-    lfs = getattr(sibling, "lfs", None)
-    size = getattr(lfs, "size", None) if lfs is not None else None
-    return size if isinstance(size, int) else None
 
 
 def _verify(model_id: str, sha: str, folder: Path, wanted: dict) -> None:
@@ -572,41 +563,9 @@ def _allowed(name: str) -> bool:
             and not any(fnmatch(name, p) for p in DENY_PATTERNS))
 
 
-def _gated(value: Any) -> bool:
-    return value not in (None, False, "false", "False", "")
-
-
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """An exception in one line for a record or a log: its type, the HTTP status when it has
+    one, and its message (cut at 300 characters; not scrubbed: callers scrub)."""
     status = _status_of(exc)
     text = " ".join(str(exc).split())[:300]
     return f"{type(exc).__name__}" + (f" {status}" if status else "") + (f": {text}" if text else "")
-
-
-@contextlib.contextmanager
-def open_hub(hub: str | os.PathLike | None, **server_options: Any) -> Iterator[str]:
-    """The endpoint URL for a ``--hub`` value.
-
-    None: ``HF_ENDPOINT`` or the public Hub. A URL (http/https) is used as is. An existing
-    directory is served by an in-process ``HubServer`` on loopback for the duration of the
-    ``with`` block (``server_options`` go to it; a folder served in-process to one job has no
-    quota to protect, so rate limiting is off unless ``rate_window`` is given: a backfill of a
-    few thousand local repositories is not paced to the public Hub's 500 calls per 5 minutes).
-    Anything else is a ``PhylolmError``.
-    """
-    from indexer.errors import PhylolmError
-
-    if hub is None or str(hub) == "":
-        yield (os.environ.get("HF_ENDPOINT") or PUBLIC_ENDPOINT).rstrip("/")
-        return
-    text = str(hub)
-    if re.match(r"^https?://", text):
-        yield text.rstrip("/")
-        return
-    path = Path(text).expanduser()
-    if not path.is_dir():
-        raise PhylolmError(f"--hub {text!r} is neither an http(s) URL nor an existing directory")
-    from indexer.testbed.hub_server import HubServer
-
-    server_options.setdefault("rate_window", None)
-    with HubServer(path, **server_options) as url:
-        yield url

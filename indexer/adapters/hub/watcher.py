@@ -3,7 +3,7 @@
 ``Watcher.list_new_models(since)`` pages through the listing newest first (the Hub's order),
 stops at the watermark, and yields one ``ModelRecord`` per new model in upload order (oldest
 first). Each record is screened from Hub metadata alone, before anything is downloaded
-(``screen``): text-generation only, weights within a size budget, no gated model without a
+(``screen_status``): text-generation only, weights within a size budget, no gated model without a
 token, no remote code, no pickle-only checkpoint. Refused models come out as ``skipped``
 records with the reason; models whose metadata is broken come out as ``failed``. The watcher
 never raises for one bad item, and a Hub that cannot be listed ends the poll with no records
@@ -38,7 +38,8 @@ from typing import Any, Iterable, Iterator
 
 from huggingface_hub.hf_api import ModelInfo
 
-from indexer.adapters.hub.client import HubClient, HubError, ListingReport, _describe, _gated
+from indexer.adapters.hub.client import HubClient, HubError, ListingReport, describe_error
+from indexer.adapters.hub.metadata import DTYPE_BYTES, PACKED_DTYPES, file_size, is_gated, quantization_bits
 from schemas.records import ModelRecord, ModelStatus, check_model_id
 
 log = logging.getLogger(__name__)
@@ -48,44 +49,25 @@ LISTING_EXPAND = ["createdAt", "author", "sha", "gated", "disabled", "private", 
                   "library_name", "tags", "cardData", "config", "safetensors", "siblings", "usedStorage",
                   "baseModels", "downloads", "likes"]
 RELATIONS = ("adapter", "merge", "quantized", "finetune")
-# Integer dtypes that quantizers pack low-bit weights into (GPTQ/AWQ: I32, bitsandbytes: U8).
-_PACKED_DTYPES = {"I32", "U32", "I16", "U16", "I8", "U8"}
 TEXT_GENERATION_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
-                "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 @dataclass(frozen=True)
 class ScreenPolicy:
     """What the watcher lets through to probing.
 
-    ``max_bytes``: budget for the weights (safetensors) of one model, from metadata.
+    ``max_bytes``: budget for the weights (safetensors) of one model, from metadata (no
+    default here: the job's budget is stated once, in ``indexer.app.defaults``).
     ``pipeline_tags``: accepted tasks. ``has_token``: whether gated models can be fetched.
     """
 
-    max_bytes: int = 4 * 1024**3
+    max_bytes: int
     pipeline_tags: tuple[str, ...] = ("text-generation",)
     has_token: bool = False
     # Pre-quantization methods the running backend can load, and "gguf" when it loads GGUF
     # files (see indexer.adapters.probers.base.quant_methods); others are deferred, "*" takes any.
     quant_methods: frozenset[str] = frozenset()
-
-
-def quantization_bits(config: dict) -> float | None:
-    """Bits per weight of a quantized checkpoint from its ``quantization_config`` (GPTQ / AWQ /
-    other ``bits``; bitsandbytes 4- or 8-bit), or None when it is not quantized."""
-    q = config.get("quantization_config")
-    if not isinstance(q, dict):
-        return None
-    bits = q.get("bits", q.get("w_bit"))
-    if isinstance(bits, (int, float)) and not isinstance(bits, bool) and 0 < bits <= 16:
-        return float(bits)
-    if q.get("load_in_4bit") is True or "bnb_4bit_quant_type" in q:
-        return 4.0
-    if q.get("load_in_8bit") is True:
-        return 8.0
-    return None
 
 
 DEFERRED_PREFIX = "needs a GPU backend: "
@@ -118,14 +100,12 @@ def choose_gguf(info: ModelInfo, max_bytes: int) -> tuple[str | None, str | None
     precise root-level file (by its type tag, ``GGUF_PRECISION``) whose size fits
     ``max_bytes``; without sizes, the Q8_0 file, else the Q4_K_M one. Split files
     (``-00001-of-00003``) and files of unknown type are not chosen."""
-    from indexer.adapters.hub.client import _file_size
-
     files = [s for s in _siblings(info) if s.rfilename.endswith(".gguf") and "/" not in s.rfilename
              and "-of-" not in s.rfilename and _gguf_type(s.rfilename) is not None]
     if not files:
         return None, "no single-file GGUF of a known type"
     ranked = sorted(files, key=lambda s: (GGUF_PRECISION.index(_gguf_type(s.rfilename)), s.rfilename))
-    sized = [(s, _file_size(s)) for s in ranked]
+    sized = [(s, file_size(s)) for s in ranked]
     if all(isinstance(n, int) for _, n in sized):
         fits = [s for s, n in sized if n <= max_bytes]
         if fits:
@@ -205,10 +185,8 @@ def weights_bytes(info: ModelInfo) -> int | None:
     their LFS sizes) when the Hub gave them (``blobs=true``), else ``safetensors.parameters``
     times bytes per parameter, where a quantized checkpoint's packed integer dtypes count
     ``bits/8`` bytes per (logical) parameter; None when the Hub gave neither."""
-    from indexer.adapters.hub.client import _file_size
-
     files = root_weight_files(info)
-    sizes = [_file_size(s) for s in files]
+    sizes = [file_size(s) for s in files]
     if sizes and all(isinstance(n, int) for n in sizes):
         return sum(sizes)  # type: ignore[arg-type]
     st = getattr(info, "safetensors", None)
@@ -219,7 +197,7 @@ def weights_bytes(info: ModelInfo) -> int | None:
             total = 0.0
             for dtype, n in params.items():
                 d = str(dtype).upper()
-                per = bits / 8 if bits is not None and d in _PACKED_DTYPES else _DTYPE_BYTES.get(d, 4)
+                per = bits / 8 if bits is not None and d in PACKED_DTYPES else DTYPE_BYTES.get(d, 4)
                 total += int(n) * per
             return int(math.ceil(total))
         except (TypeError, ValueError):
@@ -297,14 +275,7 @@ def _pipeline_tag(info: ModelInfo) -> str | None:
     return None
 
 
-def screen(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[bool, str | None]:
-    """Whether to probe a model, decided from Hub metadata before any download: (ok, reason).
-    See ``screen_status``; a deferred model is not ok."""
-    status, reason = screen_status(info, policy)
-    return status == ModelStatus.discovered, reason
-
-
-def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tuple[ModelStatus, str | None]:
+def screen_status(info: ModelInfo, policy: ScreenPolicy) -> tuple[ModelStatus, str | None]:
     """The status a model gets from Hub metadata before any download: ``discovered`` (to
     probe), ``skipped`` or ``deferred``, with the reason.
 
@@ -320,7 +291,7 @@ def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tup
     tag = _pipeline_tag(info)
     if tag not in policy.pipeline_tags:
         return skip, f"not {'/'.join(policy.pipeline_tags)} (pipeline_tag={tag})"
-    if _gated(getattr(info, "gated", None)) and not policy.has_token:
+    if is_gated(getattr(info, "gated", None)) and not policy.has_token:
         return skip, "gated"
     files = [s.rfilename for s in _siblings(info) if "/" not in s.rfilename]
     if remote_code(info):
@@ -332,9 +303,7 @@ def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tup
     if not has_safetensors and any(f.endswith(".gguf") for f in files):
         # GGUF is data (no code, no pickle): probed from one file chosen by a stated rule. The
         # budget needs sizes: without them the watcher asks for the files' metadata first.
-        from indexer.adapters.hub.client import _file_size
-
-        if any(_file_size(s) is None for s in _siblings(info) if s.rfilename.endswith(".gguf")):
+        if any(file_size(s) is None for s in _siblings(info) if s.rfilename.endswith(".gguf")):
             return skip, "size unknown before download"
         chosen, why = choose_gguf(info, policy.max_bytes)
         if not chosen:
@@ -361,16 +330,14 @@ def screen_status(info: ModelInfo, policy: ScreenPolicy = ScreenPolicy()) -> tup
 def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
               reason: str | None = None, max_bytes: int | None = None) -> ModelRecord:
     """The ``ModelRecord`` of a model's Hub metadata (fields read defensively). A GGUF-only
-    repository's record names the file to probe (``choose_gguf`` within ``max_bytes``) and
-    its size."""
-    from indexer.adapters.hub.client import _file_size
-
+    repository's record, when ``discovered``, names the file to probe (``choose_gguf`` within
+    ``max_bytes``; None: no file is chosen) and its size."""
     gguf = None
-    if not root_weight_files(info) and status == ModelStatus.discovered:
-        gguf = choose_gguf(info, max_bytes if max_bytes is not None else ScreenPolicy().max_bytes)[0]
+    if not root_weight_files(info) and status == ModelStatus.discovered and max_bytes is not None:
+        gguf = choose_gguf(info, max_bytes)[0]
     size = weights_bytes(info)
     if gguf is not None:
-        size = next((_file_size(s) for s in _siblings(info) if s.rfilename == gguf), None)
+        size = next((file_size(s) for s in _siblings(info) if s.rfilename == gguf), None)
     card = getattr(info, "card_data", None)
     card_get = (card.get if hasattr(card, "get") else (lambda k, d=None: d))
     base_models, relation = lineage(info)
@@ -392,14 +359,6 @@ def record_of(info: ModelInfo, status: ModelStatus = ModelStatus.discovered,
 
 def _counter(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def next_watermark(records: Iterable[ModelRecord], since: datetime | None) -> datetime | None:
-    """The watermark after a poll: the newest ``created_at`` seen, or ``since`` unchanged."""
-    times = [r.created_at for r in records if r.created_at is not None]
-    if since is not None:
-        times.append(since)
-    return max(times) if times else None
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -445,10 +404,10 @@ class Watcher:
     ``report`` describes the last poll.
     """
 
-    def __init__(self, client: HubClient, policy: ScreenPolicy | None = None, *, page_size: int | None = None,
+    def __init__(self, client: HubClient, policy: ScreenPolicy, *, page_size: int | None = None,
                  max_items: int = 10_000, max_pages: int = 1_000, resume_path: str | Path | None = None):
         self.client = client
-        self.policy = policy or ScreenPolicy(has_token=client.has_token)
+        self.policy = policy
         self.page_size = page_size
         self.max_items = max_items
         self.max_pages = max_pages
@@ -588,9 +547,9 @@ class Watcher:
         """One listing item -> a screened record; never raises."""
         try:
             info = ModelInfo(**dict(item))
-            record_of(info)  # the metadata must make a valid record
+            record_of(info, max_bytes=self.policy.max_bytes)  # the metadata must make a valid record
         except Exception as exc:
-            reason = self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300]
+            reason = self.client.scrub(f"malformed Hub metadata: {describe_error(exc)}")[:300]
             return ModelRecord(id=model_id, created_at=_created(item), status=ModelStatus.failed, reason=reason)
         if _created(item) is None:
             return record_of(info, ModelStatus.failed, "malformed Hub metadata: createdAt missing or invalid")
@@ -606,12 +565,12 @@ class Watcher:
                 return record_of(info, exc.status, exc.reason)
             except Exception as exc:
                 return record_of(info, ModelStatus.failed,
-                                 self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300])
+                                 self.client.scrub(f"malformed Hub metadata: {describe_error(exc)}")[:300])
         try:
             return record_of(info, status, reason, self.policy.max_bytes)
         except Exception as exc:
             return ModelRecord(id=model_id, status=ModelStatus.failed,
-                               reason=self.client.scrub(f"malformed Hub metadata: {_describe(exc)}")[:300])
+                               reason=self.client.scrub(f"malformed Hub metadata: {describe_error(exc)}")[:300])
 
     def fetch(self, record: ModelRecord, cache_dir: str | Path) -> tuple[ModelRecord, Path | None]:
         """Download a screened model at its listed revision; never raises.
@@ -626,7 +585,7 @@ class Watcher:
             return record.model_copy(update={"status": exc.status, "reason": exc.reason}), None
         except Exception as exc:  # a bug or an unforeseen library error: recorded, not raised
             return record.model_copy(update={"status": ModelStatus.failed,
-                                             "reason": self.client.scrub(f"download: {_describe(exc)}")[:300]}), None
+                                             "reason": self.client.scrub(f"download: {describe_error(exc)}")[:300]}), None
         return record, path
 
 

@@ -81,7 +81,15 @@ BACKENDS: dict[str, str] = {
 }
 
 
-AUTO = "auto"  # the default: vLLM where a GPU and vLLM are present, else transformers
+def gene_seed(seed: int, gene_index: int) -> int:
+    """Seed of one gene's request: distinct per gene, stable per probe seed (fits in 63 bits).
+    Shared by the backends that send each gene as its own request (vLLM on a GPU, an
+    OpenAI-compatible API), so that one probe seed means the same per-gene seeds in both."""
+    return (seed * 1_000_003 + gene_index) % (1 << 63)
+
+
+AUTO = "auto"  # vLLM where a GPU and vLLM are present, else FALLBACK_BACKEND
+FALLBACK_BACKEND = "transformers"  # runs anywhere torch does, CPU included
 
 
 def gpu_present() -> tuple[bool, str]:
@@ -119,14 +127,14 @@ def vllm_present() -> tuple[bool, str]:
 
 def resolve_backend(backend: str) -> tuple[str, str]:
     """The backend a name stands for, and why: ``auto`` is vLLM where a GPU and vLLM are
-    present, transformers otherwise; any other name is itself."""
+    present, ``FALLBACK_BACKEND`` (transformers) otherwise; any other name is itself."""
     if backend != AUTO:
         return backend, "chosen explicitly"
     gpu, why_gpu = gpu_present()
     vllm, why_vllm = vllm_present()
     if gpu and vllm:
         return "vllm", f"auto: {why_gpu} and {why_vllm}"
-    return "transformers", f"auto: {why_gpu if not gpu else why_vllm}"
+    return FALLBACK_BACKEND, f"auto: {why_gpu if not gpu else why_vllm}"
 
 
 # Pre-quantization methods (quantization_config.quant_method) each backend runs on a GPU.

@@ -37,8 +37,7 @@ from urllib.parse import urlsplit
 from indexer.core.alleles import allele_of
 from indexer.core.genomes import Genome
 from indexer.adapters.http_retry import retry_after_seconds
-from indexer.adapters.probers.base import ModelSource, Prober, ProbeError
-from indexer.adapters.probers.vllm_backend import gene_seed
+from indexer.adapters.probers.base import ModelSource, Prober, ProbeError, gene_seed
 from schemas.records import AlleleCounts, ProbeParams
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -14,7 +14,7 @@ holding vLLM and this project, as ``.ci/vllm-env.sh`` builds); the request and t
 cross the pipe as JSON. ``python -m indexer.adapters.probers.vllm_backend`` is that worker.
 
 Safety: the same repository policy as the transformers backend (safetensors only, no remote
-code; ``check_repository``), and the engine loads with ``trust_remote_code=False`` and
+code; ``checkpoint.check_repository``), and the engine loads with ``trust_remote_code=False`` and
 ``load_format="safetensors"``.
 
 Cost: engine start (about 30 s on CPU, model load and warm-up included) plus one batched
@@ -33,16 +33,12 @@ from typing import Any
 
 from indexer.core.alleles import count_alleles
 from indexer.core.genomes import Genome
-from indexer.adapters.probers.base import ModelSource, Prober, ProbeError
+from indexer.adapters.probers.base import ModelSource, Prober, ProbeError, gene_seed
+from indexer.adapters.probers.checkpoint import check_repository, resolve_dtype
 from schemas.records import AlleleCounts, ProbeParams
 
 PYTHON_ENV = "PHYLOLM_VLLM_PYTHON"
 _TAIL = 1500  # characters of a failed worker's stderr kept in the error
-
-
-def gene_seed(seed: int, gene_index: int) -> int:
-    """Seed of one gene's request: distinct per gene, stable per probe seed (fits in 63 bits)."""
-    return (seed * 1_000_003 + gene_index) % (1 << 63)
 
 
 class VLLMProber(Prober):
@@ -86,8 +82,6 @@ class VLLMProber(Prober):
         if model.path is None:
             raise ProbeError(f"{model.model_id}: the vllm backend probes local snapshots; "
                              "download the repository first (ModelSource.path)")
-        from indexer.adapters.probers.transformers_backend import check_repository
-
         check_repository(Path(model.path))
         request = {"model": str(Path(model.path).resolve()), "genes": list(genome.genes),
                    "params": params.model_dump(mode="json"), "engine": self.engine}
@@ -165,8 +159,9 @@ def _default_python() -> str:
 
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
-    # The worker must import this checkout's package, whichever environment runs it.
-    root = str(Path(__file__).resolve().parents[2])
+    # The worker must import this checkout's package, whichever environment runs it: the
+    # checkout's root is three folders up (indexer/adapters/probers/).
+    root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU: plenty for short genes
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -221,8 +216,6 @@ class VLLMServer:
     def __enter__(self) -> "VLLMServer":
         import tempfile
         import urllib.request
-
-        from indexer.adapters.probers.transformers_backend import check_repository
 
         check_repository(Path(self.model_path))
         self._log = tempfile.TemporaryFile(mode="w+b")
@@ -301,13 +294,11 @@ def cpu_engine_settings(engine: dict) -> dict:
     """``engine`` (``LLM(...)`` keyword arguments) as a CPU build runs it: eager mode (graph
     compilation costs minutes at engine start and gains little for 5-token generations; eager
     starts in about 30 s) and fp32 where bf16 would be emulated (many times slower)."""
-    from indexer.adapters.probers.transformers_backend import _resolve_dtype
-
     engine = dict(engine)
     engine.setdefault("enforce_eager", True)
     engine.pop("gpu_memory_utilization", None)
     if engine.get("dtype", "auto") == "auto":
-        engine["dtype"] = _resolve_dtype("auto", "cpu")
+        engine["dtype"] = resolve_dtype("auto", "cpu")
     return engine
 
 

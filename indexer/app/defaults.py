@@ -1,0 +1,34 @@
+"""The job's defaults, each stated once.
+
+``Settings`` (what a user gets without a config file, variable or option) and ``JobConfig``
+(what a job built in code gets) both read them from here, the CLI's help texts quote them,
+and the adapters take the values as arguments (``ScreenPolicy.max_bytes``,
+``HubClient(timeout=...)``) rather than keeping defaults of their own that could drift. The
+sampling parameters' defaults are the paper's, stated with ``schemas.records.ProbeParams``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from indexer.adapters.probers.base import AUTO, FALLBACK_BACKEND
+from indexer.cache import default_cache_dir
+
+CATALOG = Path("phylolm.duckdb")
+# The prober: vLLM where a GPU and vLLM are present, else transformers (see resolve_backend).
+BACKEND = AUTO
+# The backend of a JobConfig that names none: what `auto` resolves to without a GPU (a
+# JobConfig holds the backend that runs, never `auto`).
+JOB_BACKEND = FALLBACK_BACKEND
+GENOME = "math"
+CACHE_DIR = default_cache_dir()  # downloads, probes, listing cursors, the zoo (indexer.cache)
+MAX_WEIGHTS_GB = 16.0  # models whose weights exceed this (from metadata) are skipped
+HUB_TIMEOUT = 10.0  # seconds per Hub request
+INTERVAL = 300.0  # seconds between polls of `watch`
+FIRST_WINDOW_HOURS = 24.0  # with no watermark yet, how far back the first watch poll looks
+QUEUE_ORDER = "rank"  # which queued models a cycle takes first (indexer.app.probe_queue)
+PRIORITY = "downloads=1,likes=2,related=2,size=-0.5"  # the queue's priority terms
+
+
+def max_bytes(weights_gb: float) -> int:
+    """The weights budget in bytes for a budget in GB (10^9 bytes, as the Hub counts)."""
+    return int(weights_gb * 1e9)

@@ -1,0 +1,65 @@
+"""The index commands through the real `phylolm` entry point: simulate, bench index, tree, nearest."""
+import json
+
+from indexer.adapters.catalog import Catalog
+from indexer.core.phylo_index import PhyloIndex
+from indexer.core.simulate import simulate
+from indexer.core.tree import parse_newick
+
+
+def test_simulate_writes_a_hub_and_the_truth(cli, tmp_path):
+    r = cli("simulate", "--models", "15", "--genes", "8", "--seed", "2", "--out", "hub", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    hub = tmp_path / "hub"
+    truth = parse_newick((hub / "truth.nwk").read_text())
+    assert info["models"] == 15 and truth.n_leaves == 15
+    for model_id in truth.leaf_node:
+        assert (hub / model_id / "alleles.json").is_file() and (hub / model_id / ".hub.json").is_file()
+    bad = cli("simulate", "--models", "5", "--shape", "spiral", "--out", "x")
+    assert bad.returncode == 2 and "shape" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_index_reports_its_figures(cli):
+    r = cli("bench", "index", "--models", "40", "--genes", "16", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert (res["models"], res["genes"]) == (40, 16)  # the run asked for
+    for key in ("insert_ms_median", "insert_ms_p95", "amortised_rebuild_ms_per_insert", "nj_seconds_at_n",
+                "nj_over_insert_median", "nrf_incremental_truth", "nrf_nj_truth"):
+        assert isinstance(res[key], (int, float)) and res[key] >= 0, (key, res.get(key))
+    assert 0 <= res["nrf_incremental_truth"] <= 1 and 0 <= res["nrf_nj_truth"] <= 1
+    assert res["insert_ms_p95"] >= res["insert_ms_median"] > 0
+    two = json.loads(cli("bench", "index", "--models", "20", "--genes", "8", "--seeds", "2", "--json").stdout)
+    assert two["seeds"] == [0, 1] and "mean_nrf_nj_truth" in two
+
+
+def _leaf_names(node: dict) -> list[str]:
+    """The leaves of a tree in the JSON form (``{"name"}`` leaves, ``{"children"}`` inside)."""
+    return [node["name"]] if "children" not in node else [n for c in node["children"] for n in _leaf_names(c)]
+
+
+def test_tree_and_nearest_read_the_catalog(cli, tmp_path):
+    eco = simulate(12, seed=5, n_genes=16)
+    index = PhyloIndex("g" * 64, 32)
+    path = tmp_path / "cat.duckdb"
+    with Catalog(path, create=True) as cat:
+        for i, m in enumerate(eco.ids):
+            r = index.insert(m, eco.sample_counts(i, 32))
+            cat.add_distances("g" * 64, m, eco.ids[:i], r.similarity, r.distance)
+        cat.add_tree_snapshot("g" * 64, index.newick(), "incremental", "insert", len(eco.ids), eco.ids[-1])
+    target = eco.ids[4]
+    near = cli("nearest", target, "-k", "3", "--catalog", str(path), "--json")
+    assert near.returncode == 0, near.stderr
+    got = [row["model_id"] for row in json.loads(near.stdout)]
+    assert got == [m for m, _ in index.nearest(target, 3)]
+    tree = cli("tree", "--catalog", str(path))
+    assert tree.returncode == 0, tree.stderr
+    assert set(parse_newick(tree.stdout.strip()).leaf_node) == set(eco.ids)
+    nj = cli("tree", "--method", "nj", "--format", "json", "--catalog", str(path))
+    assert nj.returncode == 0, nj.stderr
+    assert sorted(_leaf_names(json.loads(nj.stdout))) == sorted(eco.ids)
+    ascii_ = cli("tree", "--format", "ascii", "--catalog", str(path))
+    assert ascii_.returncode == 0 and all(m in ascii_.stdout for m in eco.ids)
+    missing = cli("nearest", "nobody/none", "--catalog", str(path))
+    assert missing.returncode == 2 and "no distances" in missing.stderr

