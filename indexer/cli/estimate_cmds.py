@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
              port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).")] = 8765) -> None:
         """Serve a publish folder read-only on the loopback interface and print the explorer's
         URL; runs until interrupted (Ctrl-C)."""
-        from indexer.adapters.publish.serve import make_server, page_url
+        from indexer.adapters.publish import make_server, page_url
 
         server = make_server(directory, port)
         out.print(f"serving {directory} read-only at {page_url(server)}  (Ctrl-C stops)")

@@ -15,7 +15,7 @@ import pytest
 from indexer.adapters.publish.explorer import explorer_data, render_explorer
 from indexer.adapters.publish.serve import page_url, serve_in_thread
 from indexer.core.tree.newick import parse_newick
-from tests.adapters.explorer_world import DECLARED, IDS, UNSCORED, publish_world
+from tests.helpers.publish_world import DECLARED, IDS, UNSCORED, publish_world
 
 
 @pytest.fixture(scope="module")

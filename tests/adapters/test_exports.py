@@ -16,7 +16,7 @@ import pytest
 from indexer.adapters.publish.auspice import auspice_json, taxonium_jsonl
 from indexer.adapters.publish.explorer import explorer_data
 from indexer.core.tree.newick import parse_newick
-from tests.adapters.explorer_world import IDS, UNSCORED, publish_world
+from tests.helpers.publish_world import IDS, UNSCORED, publish_world
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "auspice"
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from indexer.bench.explorer import build_simulated_page, find_chromium, load_in_chromium
-from tests.adapters.explorer_world import IDS, publish_world
+from tests.helpers import ROOT
+from tests.helpers.publish_world import IDS, publish_world
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(find_chromium() is None, reason="no chromium binary (apt-get install chromium)")]
+pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no chromium binary (apt-get install chromium)")
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+ARTIFACTS = ROOT / "artifacts"
 
 
 def _shot(name: str) -> Path:

@@ -41,6 +41,7 @@ import numpy as np
 
 from indexer.adapters.publish.auspice import auspice_json, taxonium_jsonl
 from indexer.adapters.publish.explorer import DEFAULT_HUB_URL, explorer_data, render_explorer
+from indexer.adapters.publish.serve import make_server, page_url, serve_in_thread  # noqa: F401  (`phylolm view`)
 from indexer.adapters.publish.plots import (distance_by_relation, estimated_vs_measured, interval_coverage,
                                             relation_distances)
 from indexer.core.families import declared_families
