@@ -108,6 +108,7 @@ def load_in_chromium(page: str | Path, *, search: str | None = None, screenshot:
     return {"ready": attrs.get("data-explorer") == "ready", "leaves": int(attrs.get("data-leaves", -1)),
             "load_ms": float(attrs.get("data-load-ms", "nan")), "script_ms": float(attrs.get("data-script-ms", "nan")),
             "draw_ms": float(attrs.get("data-draw-ms", "nan")),
+            "full_draw_ms": float(attrs.get("data-full-draw-ms", "nan")),
             "heap_bytes": int(attrs.get("data-heap-bytes", -1)), "card": attrs.get("data-card"),
             "chromium_wall_s": wall, "screenshot_s": shot_s, "dom": r.stdout}
 
