@@ -41,12 +41,21 @@ _ESTIMATES_SQL = ("select model_id, benchmark, estimate, low, high, method, snap
 class CatalogQueries:
     """Named read queries over ``self.con``; ``self.path`` names the catalog in messages.
 
-    A subclass provides the connection. ``_execute`` is the one place a query runs, so the
+    A subclass provides the connection (closed by ``close`` or at the end of a ``with``). ``_execute`` is the one place a query runs, so the
     read-only view can turn DuckDB's errors into one-line ``PhylolmError``s.
     """
 
     con: duckdb.DuckDBPyConnection
     path: Path
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _execute(self, sql: str, args: Sequence = ()) -> duckdb.DuckDBPyConnection:
         return self.con.execute(sql, list(args))

@@ -84,15 +84,6 @@ class CatalogReader(CatalogQueries):
         cols = [d[0] for d in cur.description] if cur.description else []
         return cols, cur.fetchall()
 
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> "CatalogReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def open_read_only(path: str | Path) -> CatalogReader:
     """A read-only view of the catalog at ``path`` (or of its published snapshot)."""

@@ -143,15 +143,6 @@ class Catalog(CatalogQueries):
             self._depth = 0
         self.con.execute("commit")
 
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> "Catalog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # ---- meta -------------------------------------------------------------------------
     def set_meta(self, key: str, value: str) -> None:
         self.con.execute("insert or replace into meta values (?, ?)", [key, value])
