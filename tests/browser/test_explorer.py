@@ -8,6 +8,7 @@ The 100,000-model page runs under ``-m slow``; its load time and memory are repo
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -77,3 +78,11 @@ def test_explorer_of_a_simulated_ecosystem(tmp_path):
 def test_explorer_of_100k_simulated_models(tmp_path):
     r = _simulated(tmp_path, 100_000)
     print(f"100k page: load {r['load_ms']:.0f} ms, script {r['script_ms']:.0f} ms, heap {r['heap_bytes']} B")
+
+
+def test_bench_explorer_reports_load_time_and_memory(cli):
+    r = cli("bench", "explorer", "--models", "400", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["ready"] and out["leaves"] == 400 and out["card"] == out["first_id"]
+    assert out["load_ms"] > 0 and out["heap_bytes"] > 0 and out["full_draw_ms"] >= 0 and out["page_bytes"] > 0
