@@ -1,4 +1,4 @@
-"""Estimate, lineage and publishing commands: `estimate`, `lineage`, `export`,
+"""Estimate, lineage and publishing commands: `estimate`, `lineage`, `export`, `view`,
 and `bench estimates` (leave-one-family-out validation on the packaged paper data)."""
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def export(directory: Annotated[Path, typer.Argument(help="Folder to write the published files into.")],
                catalog: CatalogOpt = DEFAULT_CATALOG, json: JsonOpt = False) -> None:
-        """Write tree.nwk, distances/estimates/models parquet, estimates.csv and report.html."""
+        """Write the publish folder: index.html (the explorer), report.html, auspice.json,
+        tree.jsonl.gz (Taxonium), tree.nwk, parquet tables, estimates.csv and plots/*.svg."""
         from indexer.adapters.catalog import open_read_only
         from indexer.adapters.publish import export as do_export
 
@@ -85,6 +86,44 @@ def register(app: typer.Typer) -> None:
             print_json({k: str(v) for k, v in written.items()})
         else:
             out.print(f"wrote {', '.join(sorted(written))} to {directory}")
+
+    @app.command()
+    def view(directory: Annotated[Path, typer.Argument(help="A publish folder (written by `phylolm export`).")],
+             port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).")] = 8765) -> None:
+        """Serve a publish folder read-only on the loopback interface and print the explorer's
+        URL; runs until interrupted (Ctrl-C)."""
+        from indexer.adapters.publish import make_server, page_url
+
+        server = make_server(directory, port)
+        out.print(f"serving {directory} read-only at {page_url(server)}  (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            out.print("stopped")
+        finally:
+            server.server_close()
+
+    @bench_app.command("explorer")
+    def bench_explorer_cmd(models: Annotated[int, typer.Option("--models", help="Simulated models (leaves).")] = 100_000,
+                           seed: Annotated[int, typer.Option("--seed")] = 0,
+                           keep: Annotated[Path | None, typer.Option(
+                               "--keep", help="Folder to keep the page in (default: a temporary one).")] = None,
+                           json: JsonOpt = False) -> None:
+        """The explorer page of a simulated ecosystem of MODELS models, loaded in headless
+        Chromium with one model searched: build time, page size, load time, JS heap."""
+        from indexer.bench.explorer import bench_explorer
+
+        if models < 2:
+            raise PhylolmError("--models: at least 2")
+        r = bench_explorer(models, seed, keep)
+        if json:
+            print_json(r)
+        else:
+            out.print(f"{r['models']} models: page {r['page_bytes'] / 1e6:.1f} MB built in {r['page_build_s']:.1f} s "
+                      f"(simulation {r['simulate_s']:.1f} s; auspice.json {r['auspice_bytes'] / 1e6:.1f} MB in "
+                      f"{r['auspice_build_s']:.1f} s); Chromium: ready={r['ready']}, loaded in {r['load_ms']:.0f} ms "
+                      f"(script {r['script_ms']:.0f} ms), redraw {r['full_draw_ms']:.0f} ms whole tree, {r['draw_ms']:.0f} ms zoomed, JS heap {r['heap_bytes'] / 1e6:.0f} MB, card {r['card']}, "
+                      f"whole run {r['chromium_wall_s']:.1f} s")
 
     @bench_app.command("estimates")
     def bench_estimates_cmd(json: JsonOpt = False,

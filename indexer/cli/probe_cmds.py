@@ -1,4 +1,5 @@
-"""Zoo and probe-benchmark commands: ``phylolm zoo build DIR``, ``phylolm bench probe``."""
+"""Zoo and probe-benchmark commands: ``phylolm zoo build DIR``, ``phylolm zoo scores DIR``,
+``phylolm bench probe``."""
 from __future__ import annotations
 
 import json
@@ -47,6 +48,39 @@ def zoo_build(
     for m in build.models:
         note = f"  [planted: {m['planted']}]" if m["planted"] else ""
         out.print(f"  {m['id']:<36} {m['make']:<9} parents: {', '.join(m['true_parents']) or '-'}{note}")
+
+
+@zoo_app.command("scores")
+def zoo_scores_cmd(
+    directory: Annotated[Path, typer.Argument(help="A built zoo (from `phylolm zoo build DIR`).")],
+    csv: Annotated[Path | None, typer.Option(
+        "--csv", help="Also write the scores as CSV for `phylolm scores import`.")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Cache folder [default: $PHYLOLM_CACHE or ~/.cache/phylolm].")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure every zoo model's bits per byte on held-out text of each domain (poetry,
+    recipes, chess, shanties, math); the stored score is 2^-bpb. Cached per zoo recipe."""
+    import csv as csv_lib
+
+    from indexer.testbed.zoo_scores import DOMAINS, score_zoo
+
+    try:
+        rows = score_zoo(directory, cache=cache, log=lambda s: err.print(s) if not as_json else None)
+    except ModuleNotFoundError as e:
+        raise PhylolmError(f"the zoo scores need the CPU extras (pip install '.[cpu]'): {e.name} is missing") from None
+    if csv is not None:
+        with csv.open("w", newline="") as f:
+            w = csv_lib.writer(f)
+            w.writerow(["model_id", "benchmark", "value", "source"])
+            w.writerows((r["model_id"], r["benchmark"], r["value"], r["source"]) for r in rows)
+    if as_json:
+        print_json(rows)
+        return
+    out.print(f"{'bits per byte':42s}" + "".join(f"{d:>10s}" for d in DOMAINS))
+    for mid in dict.fromkeys(r["model_id"] for r in rows):
+        vals = {r["domain"]: r["bits_per_byte"] for r in rows if r["model_id"] == mid}
+        out.print(f"{mid:42s}" + "".join(f"{vals.get(d, float('nan')):10.3f}" for d in DOMAINS))
 
 
 @bench_app.command("probe")

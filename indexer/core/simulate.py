@@ -141,6 +141,8 @@ def _topology(n: int, shape: str, rng: np.random.Generator) -> tuple[list[int], 
     leaves = [1, 2]
     edges = [1, 2]  # nodes with an edge above them
     queue = [1, 2]  # for balanced
+    leaf_set = {1, 2}  # membership in O(1): the list keeps the order the draws index
+    k = -1
     while len(leaves) < n:
         if shape == "yule":
             k = int(rng.integers(len(leaves)))
@@ -151,11 +153,16 @@ def _topology(n: int, shape: str, rng: np.random.Generator) -> tuple[list[int], 
             target = queue.pop(0)
         else:  # uniform: split a random edge
             target = edges[int(rng.integers(len(edges)))]
-        if target in leaves and shape != "uniform":
+        if target in leaf_set and shape != "uniform":
             # the leaf becomes internal with two new leaf children
             a, b = len(parent), len(parent) + 1
             parent += [target, target]
-            leaves.remove(target)
+            if shape == "yule":
+                del leaves[k]  # leaves[k] is target: no search
+            else:
+                leaves.remove(target)
+            leaf_set.discard(target)
+            leaf_set.update((a, b))
             leaves += [a, b]
             edges += [a, b]
             queue += [a, b]
@@ -165,6 +172,7 @@ def _topology(n: int, shape: str, rng: np.random.Generator) -> tuple[list[int], 
             parent += [parent[target], m]
             parent[target] = m
             leaves.append(q)
+            leaf_set.add(q)
             edges += [m, q]
     # renumber so parents precede children (edge splitting breaks that)
     children: list[list[int]] = [[] for _ in parent]

@@ -4,10 +4,14 @@ It builds the zoo (cached), serves an initially empty folder as a Hub on loopbac
 the streaming ``phylolm watch`` against it as a separate process, and "uploads" the zoo's
 models into that folder one at a time, oldest first, waiting for each to be indexed, so the
 tree grows leaf by leaf. Then it stops the watch and prints the tree, each model's nearest
-relatives, the lineage check and estimates, and writes the export and report.
+relatives and the lineage check; measures the zoo's scores (``zoo_scores``: bits per byte on
+held-out text of each domain), imports them except one hidden model's, estimates that model
+from its relatives and prints estimate, interval and measured value side by side; writes the
+export (explorer, report, plots) last.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -52,9 +56,14 @@ def _same_fs(a: Path, b: Path) -> bool:
         return False
 
 
+HIDDEN = "zoo/smollm2-ft-poetry-shanties"  # the model whose scores the demo hides and estimates
+
+
 def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval: float,
-             timeout_per_model: float, zoo_dir: Path | None = None) -> dict:
-    from indexer.adapters.publish import lineage_from_catalog
+             timeout_per_model: float, zoo_dir: Path | None = None, scores: bool = True,
+             hide: str = HIDDEN) -> dict:
+    from indexer.adapters.catalog import Catalog
+    from indexer.adapters.publish import export, lineage_from_catalog
     from indexer.testbed import zoo as zoo_lib
     from indexer.testbed.hub import HubServer
     from indexer.core.tree import parse_newick
@@ -142,24 +151,65 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
         for f in lineage:
             _say(f"   [{f['kind']}] {f['model_id']}: {f['detail']}")
 
-        _say("\n== 6. estimates ==")
-        est = reader.estimates()
-    if est:
-        for e in est:
-            _say(f"   {e['model_id']:42s} {e['benchmark']:11s} {e['estimate']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-                 f"  ({e['method']})")
+    side_by_side: list[dict] = []
+    if scores:
+        side_by_side = _scores_and_estimates(catalog, build.directory, hide, ids)
     else:
-        _say("   none: no zoo model has a measured benchmark score, and estimates are learned from\n"
-             "   scored relatives. `phylolm scores import FILE.csv` adds scores; `phylolm bench estimates`\n"
-             "   shows the predictor on the paper's 127 models with Open LLM Leaderboard scores.")
+        _say("\n== 6. estimates: skipped (--no-scores) ==")
+    heldout = [{"model_id": hide, **r} for r in side_by_side]
+    with Catalog(catalog) as cat:
+        export(cat, publish, lineage=lineage, heldout=heldout)
 
-    _say("\n== 7. published ==")
+    _say("\n== 8. published (open index.html: the explorer; `phylolm view` serves it) ==")
     for f in sorted(publish.iterdir()):
         _say(f"   {f}")
     wall = time.perf_counter() - t_start
     _say(f"\ndemo finished in {wall:.0f} s; catalog {catalog} (query it: phylolm sql \"...\" --catalog {catalog})")
     return {"catalog": str(catalog), "models": ids, "newick": newick, "lineage": lineage,
+            "hidden": hide if scores else None, "estimates_vs_measured": side_by_side,
             "publish": str(publish), "seconds": wall}
+
+
+def _scores_and_estimates(catalog: Path, zoo_dir: Path, hide: str, ids: list[str]) -> list[dict]:
+    """Measure the zoo scores, import all but ``hide``'s, estimate ``hide`` from its
+    relatives; print and return estimate, interval and measured value per benchmark."""
+    from indexer.adapters.catalog import Catalog
+    from indexer.adapters.publish import estimates_from_catalog
+    from indexer.testbed.zoo_scores import score_zoo
+    from schemas.records import Score
+
+    if hide not in ids:
+        raise PhylolmError(f"--hide: {hide!r} is not an indexed zoo model; choose one of {', '.join(ids)}")
+    _say("\n== 6. zoo scores: bits per byte on held-out text (indexer/data/zoo_heldout) ==")
+    t0 = time.perf_counter()
+    rows = score_zoo(zoo_dir, log=lambda s: _say(f"   {s}"))
+    domains = list(dict.fromkeys(r["domain"] for r in rows))
+    _say(f"   measured in {time.perf_counter() - t0:.0f} s; stored score = 2^-bpb (per-byte likelihood, "
+         "higher is better)")
+    _say("   " + f"{'model (bits per byte)':42s}" + "".join(f"{d:>9s}" for d in domains))
+    for mid in dict.fromkeys(r["model_id"] for r in rows):
+        vals = {r["domain"]: r["bits_per_byte"] for r in rows if r["model_id"] == mid}
+        _say(f"   {mid:42s}" + "".join(f"{vals[d]:9.3f}" for d in domains) + ("   <- hidden" if mid == hide else ""))
+    with Catalog(catalog) as cat:
+        cat.import_scores([Score(model_id=r["model_id"], benchmark=r["benchmark"], value=r["value"], source=r["source"])
+                           for r in rows if r["model_id"] != hide])
+        estimates = estimates_from_catalog(cat)
+        cat.replace_estimates(estimates)
+    _say(f"\n== 7. {hide}'s scores hidden, estimated from its relatives (90% intervals) ==")
+    measured = {r["benchmark"]: r for r in rows if r["model_id"] == hide}
+    out = []
+    _say(f"   {'benchmark':14s} {'estimate':>9s} {'interval':>17s} {'measured':>9s}  inside  (bits/byte: est, measured)")
+    for e in sorted((e for e in estimates if e.model_id == hide), key=lambda e: e.benchmark):
+        m = measured[e.benchmark]
+        inside = e.low <= m["value"] <= e.high
+        _say(f"   {e.benchmark:14s} {e.estimate:9.3f}   [{e.low:.3f}, {e.high:.3f}] {m['value']:9.3f}  "
+             f"{'yes' if inside else 'no ':6s}  ({-math.log2(max(e.estimate, 1e-9)):.3f}, {m['bits_per_byte']:.3f})")
+        out.append({"benchmark": e.benchmark, "estimate": e.estimate, "low": e.low, "high": e.high,
+                    "measured": m["value"], "measured_bits_per_byte": m["bits_per_byte"], "inside": inside,
+                    "method": e.method})
+    _say(f"   ({sum(o['inside'] for o in out)} of {len(out)} measured values inside their interval; method "
+         f"{out[0]['method'] if out else '-'})")
+    return out
 
 
 def _hours_since_oldest_upload() -> int:

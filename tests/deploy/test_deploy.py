@@ -378,7 +378,7 @@ def test_k8s_publish_is_served_read_only():
     assert mount["readOnly"] is True and volume["persistentVolumeClaim"]["readOnly"] is True
     assert _container(server)["securityContext"]["readOnlyRootFilesystem"] is True
     conf = k8s_find("ConfigMap", "phylolm-publish-nginx")["data"]["default.conf"]
-    assert f"root {mount['mountPath']};" in conf and "index report.html;" in conf
+    assert f"root {mount['mountPath']};" in conf and "index index.html report.html;" in conf
     port = _container(server)["ports"][0]["containerPort"]
     assert f"listen {port};" in conf
     svc = k8s_find("Service", "phylolm-publish")

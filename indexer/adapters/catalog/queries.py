@@ -124,6 +124,12 @@ class CatalogQueries:
         return self._dicts("""select id, author, base_models, created_at, status, copy_of, weight_hashes
                               from models order by created_at nulls last, id""")
 
+    def explorer_models(self) -> list[dict]:
+        """Every model's fields the explorer page shows (id, author, base_models,
+        base_model_relation, created_at, status, license, downloads, likes), oldest first."""
+        return self._dicts("""select id, author, base_models, base_model_relation, created_at, status, license,
+                                     downloads, likes from models order by created_at nulls last, id""")
+
     def models_by_status(self) -> dict[str, int]:
         return dict(self._all("select status, count(*) from models group by status order by status"))
 
@@ -313,6 +319,10 @@ class CatalogQueries:
 
     def scores(self) -> list[dict]:
         return self._dicts("select model_id, benchmark, value, source from scores order by model_id, benchmark")
+
+    def scores_table(self) -> pa.Table:
+        """Every measured score (model_id, benchmark, value, source) as Arrow."""
+        return self._arrow("select model_id, benchmark, value, source from scores order by model_id, benchmark, source")
 
     def cv_groups(self, ids: Sequence[str]) -> dict[str, str]:
         """The estimators' cross-validation group of each of ``ids`` (``core.families.cv_groups``)."""

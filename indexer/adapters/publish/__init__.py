@@ -6,11 +6,19 @@
 * ``distances.parquet`` -- (model_a, model_b, similarity, distance), both directions;
 * ``estimates.parquet`` and ``estimates.csv`` -- every estimate with its interval;
 * ``models.parquet`` -- the models table;
+* ``scores.parquet`` and ``lineage.parquet`` -- the measured scores, the lineage findings;
+* ``index.html`` -- the explorer (``explorer``): the tree on a canvas with search,
+  colour-bys, a card per model, a timeline and the plots; self-contained, no network;
+* ``auspice.json`` -- the tree as a Nextstrain Auspice v2 dataset (``auspice``);
+* ``tree.jsonl.gz`` -- the tree in Taxonium's JSONL format (``auspice.taxonium_jsonl``);
+* ``plots/*.svg`` -- estimated vs measured (leave one family out), interval coverage and
+  distance per relation kind (``plots``), the images the pages show;
 * ``report.html`` -- one self-contained page (inline CSS, JS and SVG, no network): the tree
   drawn as a rectangular phylogram with leaves coloured by declared family (the root of
   the declared base-model chain) or else author, split support at internal nodes and
   branch lengths on hover with a distance scale bar; a sortable table of estimates with
-  intervals; each model's nearest relatives; the lineage check's findings.
+  intervals; each model's nearest relatives; the lineage check's findings; the plots. Above
+``REPORT_TREE_MAX_LEAVES`` leaves the static SVG tree is left out (the explorer draws it).
 
 The page runs a small self-check after load (the table sorts both ways, the tree has one
 label per leaf) and records the outcome in ``<body data-selfcheck="...">`` so a headless
@@ -21,6 +29,8 @@ read-only view, or its writer); this module writes no SQL and imports no other a
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import html
 import json
 import os
@@ -30,14 +40,23 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from indexer.adapters.publish.auspice import auspice_json, taxonium_jsonl
+from indexer.adapters.publish.explorer import DEFAULT_HUB_URL, explorer_data, render_explorer
+from indexer.adapters.publish.serve import make_server, page_url, serve_in_thread  # noqa: F401  (`phylolm view`)
+from indexer.adapters.publish.plots import (distance_by_relation, estimated_vs_measured, interval_coverage,
+                                            relation_distances)
 from indexer.core.families import declared_families
 from indexer.core.tree.core import Tree
 from indexer.core.tree.newick import parse_newick
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39", "#7b4173")
+PLOT_FILES = ("plots/estimated-vs-measured.svg", "plots/interval-coverage.svg",
+              "plots/distance-by-relation.svg")
 EXPORT_FILES = ("tree.nwk", "distances.parquet", "estimates.parquet", "estimates.csv",
-                "models.parquet", "report.html")
+                "models.parquet", "scores.parquet", "lineage.parquet", "report.html", "index.html",
+                "auspice.json", "tree.jsonl.gz", *PLOT_FILES)
+REPORT_TREE_MAX_LEAVES = 2000
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,18 +177,21 @@ def _fmt(x: object) -> str:
 def render_report(*, newick: str | None, snapshot: int | None, models: Sequence[Mapping],
                   estimates: Sequence[Mapping], scores: Sequence[Mapping],
                   nearest: Mapping[str, Sequence[tuple[str, float]]],
-                  lineage: Sequence[Mapping] = (), generated_at: datetime | None = None) -> str:
-    """The report page as one self-contained HTML string (no external resources)."""
-    tree = parse_newick(newick) if newick and newick.strip() not in ("", ";") else None
-    if tree is not None:  # the index's trees are unrooted: draw from the midpoint root
-        from indexer.core.tree.rooting import midpoint_root
-
-        tree = midpoint_root(tree)
+                  lineage: Sequence[Mapping] = (), generated_at: datetime | None = None,
+                  plots: Mapping[str, str] | None = None, heldout: Sequence[Mapping] = ()) -> str:
+    """The report page as one self-contained HTML string (no external resources);
+    ``plots``: caption -> inline SVG, shown after the tables; ``heldout``: a held-out
+    check's rows (model_id, benchmark, estimate, low, high, measured)."""
+    tree = _rooted(newick)  # the index's trees are unrooted: draw from the midpoint root
     groups = declared_families(models)
     palette = colour_map(groups)
     colours = {m: palette[g] for m, g in groups.items()}
+    if tree is not None and tree.n_leaves > REPORT_TREE_MAX_LEAVES:
+        tree = None  # thousands of SVG labels: the explorer (index.html) draws this tree
     n_leaves = len(tree.leaf_names) if tree is not None else 0
     svg = tree_svg(tree, colours) if tree is not None else tree_svg(Tree())
+    figures = "".join(f'<figure><figcaption>{html.escape(c)}</figcaption>{p}</figure>'
+                      for c, p in (plots or {}).items())
     legend = "".join(f'<span><i class="swatch" style="background:{c}"></i>{html.escape(g)}</span>'
                      for g, c in palette.items())
     est_rows = "".join(
@@ -192,13 +214,22 @@ def render_report(*, newick: str | None, snapshot: int | None, models: Sequence[
         f"<td>{_fmt(f['other_id'])}</td><td class=num>{_fmt(f.get('distance'))}</td>"
         f"<td class=num>{_fmt(f.get('rank'))}</td><td>{_fmt(f.get('detail'))}</td></tr>"
         for f in lineage)
+    held_rows = "".join(
+        f"<tr><td>{_fmt(h['model_id'])}</td><td>{_fmt(h['benchmark'])}</td>"
+        f"<td class=num>{h['estimate']:.3f}</td><td class=num>{h['low']:.3f} &ndash; {h['high']:.3f}</td>"
+        f"<td class=num>{h['measured']:.3f}</td><td>{'yes' if h['low'] <= h['measured'] <= h['high'] else 'no'}</td></tr>"
+        for h in heldout)
+    held = ("" if not heldout else
+            "<h2>Held-out check: estimates next to measured scores the estimators did not see</h2>"
+            "<table id=\"heldout\" class=\"sortable\"><thead><tr><th>model</th><th>benchmark</th><th>estimate</th>"
+            f"<th>90% interval</th><th>measured</th><th>inside</th></tr></thead><tbody>{held_rows}</tbody></table>")
     when = (generated_at or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>phylolm index report</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>
 <body data-selfcheck="pending">
 <h1>PhyloLM index</h1>
-<p class="meta">{len(models)} models &middot; tree snapshot {snapshot if snapshot is not None else "none"}
+<p class="meta"><a href="index.html">explorer</a> &middot; {len(models)} models &middot; tree snapshot {snapshot if snapshot is not None else "none"}
  &middot; {len(estimates)} estimates &middot; generated {when}</p>
 <h2>Tree</h2>
 <p class="meta">Leaves coloured by declared family (root of the declared base-model chain) or author;
@@ -209,6 +240,7 @@ numbers at internal nodes are split support; hover a branch for its length.</p>
 <p class="meta">Click a column header to sort.</p>
 <table id="estimates" class="sortable"><thead><tr><th>model</th><th>benchmark</th><th>estimate</th>
 <th>low</th><th>high</th><th>method</th><th>snapshot</th></tr></thead><tbody>{est_rows}</tbody></table>
+{held}
 <h2>Measured scores</h2>
 <table id="scores" class="sortable"><thead><tr><th>model</th><th>benchmark</th><th>value</th><th>source</th>
 </tr></thead><tbody>{score_rows}</tbody></table>
@@ -218,6 +250,8 @@ numbers at internal nodes are split support; hover a branch for its length.</p>
 <h2>Lineage check</h2>
 <table id="lineage" class="sortable"><thead><tr><th>finding</th><th>model</th><th>declared / relative</th>
 <th>distance</th><th>rank</th><th>why</th></tr></thead><tbody>{lin_rows}</tbody></table>
+<h2>Plots</h2>
+<div id="plots">{figures}</div>
 <script>{_JS}</script>
 </body></html>
 """
@@ -236,6 +270,8 @@ class CatalogView(Protocol):
     def estimates(self) -> list[dict]: ...
     def scores(self) -> list[dict]: ...
     def model_rows(self) -> list[dict]: ...
+    def explorer_models(self) -> list[dict]: ...
+    def scores_table(self): ...
     def nearest_by_model(self, k: int, genome_hash: str | None = None) -> dict[str, list[tuple[str, float]]]: ...
     def complete_matrix(self) -> tuple[int | None, list[str], np.ndarray]: ...
     def mean_scores(self) -> dict[tuple[str, str], float]: ...
@@ -264,11 +300,14 @@ def _write_table(table, path: Path, fmt: str) -> None:
 
 
 def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
-           lineage: Sequence[Mapping] | None = None, generated_at: datetime | None = None) -> dict[str, Path]:
+           lineage: Sequence[Mapping] | None = None, generated_at: datetime | None = None,
+           hub_url: str = DEFAULT_HUB_URL, heldout: Sequence[Mapping] = ()) -> dict[str, Path]:
     """Write the publish files into ``out_dir`` (created if needed); returns name -> path.
 
     ``catalog`` is a view of a catalog (see ``CatalogView``). ``lineage`` findings (dicts) may
     be passed in; when None they are computed from the catalog's declared base models.
+    ``hub_url`` is where the explorer's cards link a model's Hub page. ``heldout``: rows of
+    a held-out check (model_id, benchmark, estimate, low, high, measured), shown in both pages.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,18 +328,132 @@ def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
 
     _write_table(catalog.models_table(), out / "models.parquet", "parquet")
     written["models.parquet"] = out / "models.parquet"
+    _write_table(catalog.scores_table(), out / "scores.parquet", "parquet")
+    written["scores.parquet"] = out / "scores.parquet"
 
     if lineage is None:
         lineage = lineage_from_catalog(catalog)
+    _write_table(_lineage_table(lineage), out / "lineage.parquet", "parquet")
+    written["lineage.parquet"] = out / "lineage.parquet"
+
+    estimates, scores = catalog.estimates(), catalog.scores()
+    nearest = catalog.nearest_by_model(k_nearest, genome_hash)
+    plots = plots_from_catalog(catalog)
+    (out / "plots").mkdir(exist_ok=True)
+    for name, (_, svg) in zip(PLOT_FILES, plots.items()):
+        _atomic_write_text(out / name, svg + "\n")
+        written[name] = out / name
+    captions = {caption: svg for caption, svg in plots.items()}
+
     page = render_report(newick=newick, snapshot=snapshot, models=catalog.model_rows(),
-                         estimates=catalog.estimates(), scores=catalog.scores(),
-                         nearest=catalog.nearest_by_model(k_nearest, genome_hash), lineage=lineage,
-                         generated_at=generated_at)
+                         estimates=estimates, scores=scores, nearest=nearest, lineage=lineage,
+                         generated_at=generated_at, plots=captions, heldout=heldout)
     _atomic_write_text(out / "report.html", page)
     written["report.html"] = out / "report.html"
+
+    data = explorer_data(_rooted(newick), catalog.explorer_models(), nearest=nearest, estimates=estimates,
+                         scores=scores, lineage=lineage, snapshot=snapshot, hub_url=hub_url,
+                         generated_at=generated_at or datetime.now(timezone.utc), heldout=heldout)
+    _atomic_write_text(out / "index.html", render_explorer(data, plots=captions))
+    written["index.html"] = out / "index.html"
+    _atomic_write_text(out / "auspice.json", auspice_json(data))
+    written["auspice.json"] = out / "auspice.json"
+    _atomic_write_gzip(out / "tree.jsonl.gz", taxonium_jsonl(data))
+    written["tree.jsonl.gz"] = out / "tree.jsonl.gz"
+
     _atomic_write_text(out / "manifest.json", json.dumps(
         {"snapshot": snapshot, "genome_hash": genome_hash, "files": sorted(written)}, indent=2) + "\n")
     return written
+
+
+def _rooted(newick: str | None) -> Tree | None:
+    """The snapshot's tree rooted at its midpoint (the index's trees are unrooted), or None."""
+    if not newick or newick.strip() in ("", ";"):
+        return None
+    from indexer.core.tree.rooting import midpoint_root
+
+    return midpoint_root(parse_newick(newick))
+
+
+def _lineage_table(lineage: Sequence[Mapping]):
+    import pyarrow as pa
+
+    schema = pa.schema([("kind", pa.string()), ("model_id", pa.string()), ("other_id", pa.string()),
+                        ("distance", pa.float64()), ("rank", pa.int64()), ("nearest_id", pa.string()),
+                        ("nearest_distance", pa.float64()), ("detail", pa.string())])
+    return pa.Table.from_pylist([{k: f.get(k) for k in schema.names} for f in lineage], schema=schema)
+
+
+def _atomic_write_gzip(path: Path, lines) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+
+
+_HELDOUT_MEMO: dict[str, list[dict]] = {}  # one entry: the last (scores, distances) seen by this process
+
+
+def heldout_estimates(catalog: CatalogView, *, method: str | None = None) -> list[dict]:
+    """Leave-one-family-out estimates of every measured score (the families are the
+    estimators' CV groups): each family's scores hidden in turn and predicted from the
+    other scored models, as ``indexer.core.predict.validation`` evaluates (on the scored
+    models' distance matrix, as the paper's protocol). Rows: model_id, benchmark, truth,
+    estimate, low, high. Empty when fewer than two families have scores.
+
+    It depends only on the scored models (their distances, scores and groups), so an export
+    after an unscored insert reuses the last result of this process (``_HELDOUT_MEMO``): a
+    streaming job refits it when scores change, not on every publish."""
+    from indexer.core.predict import DEFAULT_METHOD
+
+    _, ids, d = catalog.complete_matrix()
+    mean = catalog.mean_scores()
+    scored = sorted({m for (m, _) in mean} & set(ids))
+    benches = sorted({b for (m, b) in mean if m in set(scored)})
+    if not benches or len(scored) < 3:
+        return []
+    at = {m: i for i, m in enumerate(ids)}
+    sub = d[np.ix_([at[m] for m in scored], [at[m] for m in scored])]
+    groups = catalog.cv_groups(scored)
+    fam = [groups[m] for m in scored]
+    y = np.array([[mean.get((m, b), np.nan) for b in benches] for m in scored])
+    if len(set(fam)) < 2:
+        return []
+    method = method or DEFAULT_METHOD
+    key = hashlib.sha256(json.dumps([method, scored, benches, fam]).encode() + sub.tobytes()
+                         + np.nan_to_num(y, nan=-1.0).tobytes()).hexdigest()
+    if key not in _HELDOUT_MEMO:
+        _HELDOUT_MEMO.clear()
+        _HELDOUT_MEMO[key] = _heldout(scored, sub, y, fam, benches, method)
+    return [dict(r) for r in _HELDOUT_MEMO[key]]
+
+
+def _heldout(ids: list[str], d: np.ndarray, y: np.ndarray, fam: list[str], benches: list[str],
+             method: str) -> list[dict]:
+    from indexer.core.predict.registry import get_predictor
+    from indexer.core.predict.validation import leave_one_family_out, leave_one_family_out_joint
+
+    predictor = get_predictor(method)
+    if getattr(predictor, "joint", False):
+        results = leave_one_family_out_joint(d, y, fam, predictor)
+    else:
+        results = [leave_one_family_out(d, y[:, j], fam, predictor) for j in range(len(benches))]
+    rows = []
+    for b, res in zip(benches, results):
+        for i, t, e, lo, hi in zip(res["index"], res["truth"], res["estimate"], res["low"], res["high"]):
+            rows.append({"model_id": ids[int(i)], "benchmark": b, "truth": float(t), "estimate": float(e),
+                         "low": float(lo), "high": float(hi)})
+    return rows
+
+
+def plots_from_catalog(catalog: CatalogView) -> dict[str, str]:
+    """caption -> SVG of the three plots (``plots``), in the order of ``PLOT_FILES``."""
+    rows = heldout_estimates(catalog)
+    _, ids, d = catalog.complete_matrix()
+    groups = relation_distances(ids, d, catalog.explorer_models())
+    return {"Estimated vs measured, leave one family out": estimated_vs_measured(rows),
+            "Coverage of the 90% intervals": interval_coverage(rows),
+            "Distance to the declared base model, per relation kind": distance_by_relation(groups)}
 
 
 def estimates_from_catalog(catalog: CatalogView, *, method: str | None = None, changed: set[str] | None = None,
