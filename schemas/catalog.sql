@@ -1,4 +1,4 @@
--- The catalog's schema, version 5. Table and column names are a contract (DESIGN section 3):
+-- The catalog's schema, version 6. Table and column names are a contract (DESIGN section 3):
 -- columns may grow, names do not change. Older catalogs are upgraded by the forward
 -- migrations in schemas/migrations.py.
 
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS models (
     priority            DOUBLE,  -- rank score: a queued model with a higher one is probed sooner
     weight_hashes       VARCHAR[],  -- sorted LFS sha256 of the root-level weight files (from the Hub)
     copy_of             VARCHAR,  -- the indexed model whose weight files are identical (an exact copy)
-    gguf_file           VARCHAR  -- a GGUF-only repository: the file chosen to probe
+    gguf_file           VARCHAR,  -- a GGUF-only repository: the file chosen to probe
+    adapter_of          VARCHAR  -- a PEFT/LoRA adapter: the base it was probed on (id@commit)
 );
 
 -- The models waiting for a cycle's probe budget, best first: `rank` orders by priority (the

@@ -6,7 +6,7 @@ newer version is refused (this build does not know its tables).
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # version reached -> statements that take a catalog from (version - 1) to it.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -37,5 +37,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS copy_of VARCHAR",
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",
         "ALTER TABLE IF EXISTS probes ADD COLUMN IF NOT EXISTS gguf_file VARCHAR",  # absent: the schema creates it
+    ),
+    # v6: PEFT/LoRA adapters are probed on their base: which base model (id@commit) was used.
+    6: (
+        "ALTER TABLE models ADD COLUMN IF NOT EXISTS adapter_of VARCHAR",
     ),
 }

@@ -66,6 +66,7 @@ class ModelRecord(Frozen):
     weight_hashes: tuple[str, ...] = ()
     copy_of: str | None = None  # an indexed model with identical weight files (see README)
     gguf_file: str | None = None  # a GGUF-only repository: the file chosen to probe
+    adapter_of: str | None = None  # a PEFT/LoRA adapter: the base it was probed on ("id@commit")
 
     @field_validator("id")
     @classmethod

@@ -1,4 +1,14 @@
 """The probe step: download (safetensors and metadata only) and probe one model.
+
+A PEFT/LoRA adapter (its snapshot has ``adapter_config.json`` and no ``config.json``) is
+probed as base + adapter: the base is the one its ``adapter_config.json`` names
+(``base_model_name_or_path``, what peft itself would load), else the one the Hub's lineage
+records for it (relation ``adapter``); it is screened and downloaded like any model
+(``Watcher.fetch_base``) within the budget the adapter's own weights leave, and a base that
+is missing, gated, too large or unsupported makes the adapter ``skipped`` with that reason.
+The record names the base used (``adapter_of``: "id@commit"), the probe's backend version
+says "adapter on id@commit", and the declared base joins the model's ``base_models`` so the
+lineage check takes it as the declared parent.
 """
 from __future__ import annotations
 
@@ -8,6 +18,7 @@ from pathlib import Path
 from indexer.errors import PhylolmError
 from indexer.adapters.probers.base import ModelSource, Prober, ProbeError, get_prober
 from indexer.adapters.probers.cache import ProbeCache
+from indexer.adapters.probers.checkpoint import adapter_base, check_adapter, is_adapter
 from schemas.records import ModelRecord, ModelStatus
 from indexer.app.job import JobConfig, ProbeOutcome, probe_id_for, with_status as _with
 
@@ -67,6 +78,9 @@ class ProbeStep:
             return ProbeOutcome(model)  # an exact copy: the writer reuses its twin's alleles
         cached = self.cache.get(probe_id_for(model, self.config, self.genome.hash))
         if cached is not None:
+            _, on, base = cached.backend_version.partition(ADAPTER_MARK)
+            if on and base:  # an adapter's probe: its record names the base it was probed on
+                model = _as_adapter(model, base.split("@")[0], base)
             return ProbeOutcome(_with(model, ModelStatus.probed, None), cached)
         prober = self._engine()
         try:
@@ -78,6 +92,10 @@ class ProbeStep:
             if path is not None and not model.weight_hashes:
                 model = model.model_copy(update={"weight_hashes": snapshot_weight_hashes(Path(path))})
             source = ModelSource(model.id, model.revision, Path(path) if path else None, model.gguf_file)
+            if path is not None and is_adapter(Path(path)):
+                model, source = self._on_base(model, Path(path))
+                if source is None:
+                    return ProbeOutcome(model)
             record = prober.probe(source, self.genome, self.config.params)
         except ProbeError as e:
             status = ModelStatus.skipped if e.skip else ModelStatus.failed
@@ -91,10 +109,43 @@ class ProbeStep:
         self.cache.put(record)
         return ProbeOutcome(_with(model, ModelStatus.probed, None), record)
 
+    def _on_base(self, model: ModelRecord, adapter: Path) -> tuple[ModelRecord, ModelSource | None]:
+        """An adapter's record and the source that probes it on its base; (record skipped or
+        failed with the reason, None) when its base cannot be had. Raises ``ProbeError(skip)``
+        for an adapter that cannot be applied safely (``check_adapter``)."""
+        config = check_adapter(adapter)
+        named = adapter_base(config)
+        hub = model.base_models if model.base_model_relation in (None, "adapter") else ()
+        base = named or (hub[0] if hub else None)
+        if base is None:
+            return _with(model, ModelStatus.skipped, "adapter names no base model (base_model_name_or_path) "
+                         "and the Hub records none"), None
+        if hub and named and named not in hub:
+            log.info("%s: adapter_config.json names %s, the Hub records %s; probing on %s",
+                     model.id, named, ", ".join(hub), named)
+        own = sum(f.stat().st_size for f in adapter.glob("*.safetensors"))
+        found = self.watcher.fetch_base(base, self.config.cache_dir / "models", self.config.max_bytes - own)
+        if found.path is None:
+            return _with(_as_adapter(model, base, None), found.status or ModelStatus.skipped, found.reason), None
+        pinned = f"{base}@{found.revision}"
+        model = _as_adapter(model, base, pinned)
+        return model, ModelSource(model.id, model.revision, found.path, adapter=adapter, base=pinned)
+
     def close(self) -> None:
         if self._prober is not None:
             self._prober.close()
             self._prober = None
+
+
+ADAPTER_MARK = "; adapter on "  # what Prober.probe appends to an adapter probe's backend version
+
+
+def _as_adapter(model: ModelRecord, base: str, pinned: str | None) -> ModelRecord:
+    """``model`` as an adapter of ``base``: its declared bases include it (the lineage check's
+    declared parent), its relation is ``adapter``, ``adapter_of`` the base probed on."""
+    bases = model.base_models if base in model.base_models else (*model.base_models, base)
+    return model.model_copy(update={"base_models": bases, "adapter_of": pinned,
+                                    "base_model_relation": model.base_model_relation or "adapter"})
 
 
 def snapshot_weight_hashes(folder: Path) -> tuple[str, ...]:

@@ -102,7 +102,7 @@ def test_v4_catalog_gains_weight_hashes_and_copy_of(tmp_path):
     path = tmp_path / "v4.duckdb"
     Catalog(path, create=True).close()
     con = duckdb.connect(str(path))
-    for col in ("weight_hashes", "copy_of", "gguf_file"):
+    for col in ("weight_hashes", "copy_of", "gguf_file", "adapter_of"):
         con.execute(f"alter table models drop column {col}")
     con.execute("alter table probes drop column gguf_file")
     con.execute("update meta set value = '4' where key = 'schema_version'")
@@ -110,7 +110,7 @@ def test_v4_catalog_gains_weight_hashes_and_copy_of(tmp_path):
     con.close()
     sha = "ab" * 32
     with Catalog(path) as cat:
-        assert cat.schema_version() == SCHEMA_VERSION == 5
+        assert cat.schema_version() == SCHEMA_VERSION >= 5
         assert cat.con.execute("select status, likes, weight_hashes, copy_of from models").fetchall() == [
             ("indexed", 7, None, None)]
         cat.upsert_models([ModelRecord(id="new/copy", revision="r2", status=ModelStatus.indexed,
@@ -119,6 +119,28 @@ def test_v4_catalog_gains_weight_hashes_and_copy_of(tmp_path):
         got = cat.get_model("new/copy")
         assert got.weight_hashes == (sha,) and got.copy_of == "old/model"
         assert "gguf_file" in {r[0] for r in cat.con.execute("describe probes").fetchall()}
+
+
+def test_v5_catalog_gains_adapter_of(tmp_path):
+    """v5 -> v6: models gain adapter_of (the base a PEFT adapter was probed on); existing rows
+    keep their values and read back with none."""
+    from schemas.records import ModelRecord, ModelStatus
+
+    path = tmp_path / "v5.duckdb"
+    Catalog(path, create=True).close()
+    con = duckdb.connect(str(path))
+    con.execute("alter table models drop column adapter_of")
+    con.execute("update meta set value = '5' where key = 'schema_version'")
+    con.execute("insert into models (id, revision, status, gguf_file) values ('old/model', 'r1', 'indexed', 'm.gguf')")
+    con.close()
+    with Catalog(path) as cat:
+        assert cat.schema_version() == SCHEMA_VERSION == 6
+        old = cat.get_model("old/model")
+        assert (old.status, old.gguf_file, old.adapter_of) == (ModelStatus.indexed, "m.gguf", None)
+        cat.upsert_models([ModelRecord(id="new/lora", revision="r2", status=ModelStatus.indexed,
+                                       base_models=("old/model",), base_model_relation="adapter",
+                                       adapter_of="old/model@r1")])
+        assert cat.get_model("new/lora").adapter_of == "old/model@r1"
 
 
 def test_newer_catalog_is_refused(tmp_path):

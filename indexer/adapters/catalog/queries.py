@@ -33,7 +33,7 @@ SIZED_TABLES = ("probes", "alleles", "distance_pairs", "tree_snapshots", "scores
 
 _MODEL_COLUMNS = """id, revision, created_at, author, base_models, base_model_relation, license,
                     pipeline_tag, size_bytes, status, reason, downloads, likes, priority, weight_hashes,
-                    copy_of, gguf_file"""
+                    copy_of, gguf_file, adapter_of"""
 _ESTIMATES_SQL = ("select model_id, benchmark, estimate, low, high, method, snapshot, updated_at "
                   "from estimates order by model_id, benchmark, method")
 

@@ -172,6 +172,7 @@ class Catalog(CatalogQueries):
             "weight_hashes": pa.array([list(r.weight_hashes) or None for r in records], pa.list_(pa.string())),
             "copy_of": pa.array([r.copy_of for r in records], pa.string()),
             "gguf_file": pa.array([r.gguf_file for r in records], pa.string()),
+            "adapter_of": pa.array([r.adapter_of for r in records], pa.string()),
         })
         self.con.register("_models_batch", batch)
         try:
@@ -179,7 +180,7 @@ class Catalog(CatalogQueries):
             self.con.execute("""
                 insert or replace into models (id, revision, created_at, author, base_models,
                     base_model_relation, license, pipeline_tag, size_bytes, status, reason, attempts,
-                    updated_at, downloads, likes, priority, weight_hashes, copy_of, gguf_file)
+                    updated_at, downloads, likes, priority, weight_hashes, copy_of, gguf_file, adapter_of)
                 select b.id, b.revision, b.created_at, b.author, b.base_models, b.base_model_relation,
                     b.license, b.pipeline_tag, b.size_bytes, b.status, b.reason,
                     coalesce(case when m.revision = b.revision then m.attempts end, 0)
@@ -187,7 +188,7 @@ class Catalog(CatalogQueries):
                     b.updated_at, b.downloads, b.likes, b.priority,
                     -- hashes read once for a revision are kept when a later record lacks them
                     coalesce(b.weight_hashes, case when m.revision = b.revision then m.weight_hashes end),
-                    b.copy_of, b.gguf_file
+                    b.copy_of, b.gguf_file, b.adapter_of
                 from _models_batch b left join models m on m.id = b.id""")
         finally:
             self.con.unregister("_models_batch")

@@ -134,10 +134,12 @@ class HubError(Exception):
     """A Hub operation that failed for one model. ``status`` is what the model's record says
     (skipped: refused by policy; failed: an error), ``reason`` a scrubbed one-line reason."""
 
-    def __init__(self, reason: str, *, status: ModelStatus = ModelStatus.failed, transient: bool = False):
+    def __init__(self, reason: str, *, status: ModelStatus = ModelStatus.failed, transient: bool = False,
+                 missing: bool = False):
         self.reason = scrub(reason)
         self.status = status
         self.transient = transient
+        self.missing = missing  # the Hub answered that the repository does not exist (401/404)
         super().__init__(self.reason)
 
 
@@ -445,7 +447,8 @@ class HubClient:
             status = _status_of(exc)
             if isinstance(exc, RepositoryNotFoundError) or status in (401, 404):
                 raise HubError(f"{model_id}: repository not found ({status or 404}: deleted, private"
-                               + (", or gated and no token)" if status == 401 and not self.has_token else ")")) from None
+                               + (", or gated and no token)" if status == 401 and not self.has_token else ")"),
+                               missing=True) from None
             if status == 400:
                 raise HubError(f"model info {model_id}: the Hub refused the request: {describe_error(exc)}") from None
             raise HubError(f"model info {model_id}: {describe_error(exc)}") from None

@@ -22,6 +22,15 @@ falling back to the card; remote code from ``auto_map`` in ``config.json`` or
 ``Watcher.fetch(record, cache_dir)`` downloads a screened model (safetensors only, pinned to
 the listed commit) and never raises either: it returns the record, updated to ``failed`` or
 ``skipped`` with the reason when the download cannot be done.
+
+PEFT/LoRA adapters (``adapter_config.json`` and no ``config.json``) pass the screen on their
+own (small) safetensors; they are probed on their base. ``adapter_bases(info)`` is the Hub's
+side of which base that is (``base_model:adapter:<id>`` tags, ``baseModels`` with relation
+adapter, the card); ``Watcher.fetch_base(base_id, cache_dir, max_bytes)`` screens the base
+with the same policy (gated, remote code, formats, quantization, size within what is left of
+the budget after the adapter) and downloads it the same way, or says why not: a base that is
+missing, gated, too large or itself unsupported (another adapter, GGUF-only, deferred) is a
+``skipped`` reason, never retried.
 """
 from __future__ import annotations
 
@@ -252,6 +261,35 @@ def lineage(info: ModelInfo) -> tuple[tuple[str, ...], str | None]:
     bases = [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []
     relation = card_get("base_model_relation", None)
     return tuple(valid(bases)), relation if isinstance(relation, str) else None
+
+
+ADAPTER_FILE = "adapter_config.json"
+
+
+def is_adapter_repo(info: ModelInfo) -> bool:
+    """A PEFT adapter repository: ``adapter_config.json`` at the root and no ``config.json``."""
+    files = {s.rfilename for s in _siblings(info)}
+    return ADAPTER_FILE in files and "config.json" not in files
+
+
+def adapter_bases(info: ModelInfo) -> tuple[str, ...]:
+    """The bases the Hub records for an adapter (``lineage``: relation ``adapter``, or a
+    repository that is an adapter by its files and names bases without a relation)."""
+    bases, relation = lineage(info)
+    return bases if relation == "adapter" or (relation is None and is_adapter_repo(info)) else ()
+
+
+@dataclass(frozen=True)
+class BaseFetch:
+    """What ``Watcher.fetch_base`` found: the base's snapshot and commit, or the status
+    (skipped/failed) and reason of the adapter whose base it is."""
+
+    base_id: str
+    path: Path | None = None
+    revision: str | None = None
+    size_bytes: int | None = None
+    status: ModelStatus | None = None
+    reason: str | None = None
 
 
 def _siblings(info: ModelInfo) -> list:
@@ -587,6 +625,54 @@ class Watcher:
             return record.model_copy(update={"status": ModelStatus.failed,
                                              "reason": self.client.scrub(f"download: {describe_error(exc)}")[:300]}), None
         return record, path
+
+
+    def fetch_base(self, base_id: str, cache_dir: str | Path, max_bytes: int) -> BaseFetch:
+        """Screen and download ``base_id`` (its newest commit), the base of an adapter, within
+        ``max_bytes`` (the budget left after the adapter's own weights); never raises.
+
+        The base passes the same screen as any listed model (``screen_status``, bar the task:
+        a base need not be tagged text-generation when it has a causal-LM config) and must be a
+        full safetensors checkpoint; anything else is ``skipped`` with "base <id>: <reason>".
+        The download is the same as ``fetch``'s (pinned commit, safetensors and metadata only,
+        verified), into the same cache, so a base already fetched for its own probe is reused.
+        """
+        def refused(reason: str, status: ModelStatus = ModelStatus.skipped) -> BaseFetch:
+            return BaseFetch(base_id, status=status, reason=self.client.scrub(f"base {base_id}: {reason}")[:400])
+
+        try:
+            info = self.client.model_info(base_id, None, files_metadata=True)
+        except HubError as exc:
+            if exc.missing:
+                return refused("not found on the Hub")
+            return refused(exc.reason.removeprefix(f"{base_id}: "), exc.status)
+        except Exception as exc:
+            return refused(f"malformed Hub metadata: {describe_error(exc)}", ModelStatus.failed)
+        if is_adapter_repo(info):
+            return refused("is itself an adapter (adapters of adapters are not probed)")
+        if not root_weight_files(info):
+            files = [s.rfilename for s in _siblings(info) if "/" not in s.rfilename]
+            what = "GGUF-only" if any(f.endswith(".gguf") for f in files) else "without safetensors weights"
+            return refused(f"is {what} (an adapter is applied to a safetensors checkpoint)")
+        if "config.json" not in {s.rfilename for s in _siblings(info)}:
+            return refused("has no config.json")
+        policy = ScreenPolicy(max_bytes=max(0, max_bytes), pipeline_tags=(_pipeline_tag(info),),
+                              has_token=self.policy.has_token, quant_methods=self.policy.quant_methods)
+        status, reason = screen_status(info, policy)
+        if status != ModelStatus.discovered:
+            if reason and reason.startswith("too large"):
+                reason = (f"too large: {weights_bytes(info)} bytes of base weights > the {max(0, max_bytes)} "
+                          "bytes the budget leaves after the adapter")
+            return refused(reason or status.value)
+        sha = info.sha if isinstance(info.sha, str) and info.sha else "main"
+        try:
+            path = self.client.download(base_id, sha, cache_dir, max_bytes=max(0, max_bytes))
+        except HubError as exc:
+            return refused(exc.reason.removeprefix(f"{base_id}: "),
+                           ModelStatus.skipped if exc.missing else exc.status)
+        except Exception as exc:
+            return refused(f"download: {describe_error(exc)}", ModelStatus.failed)
+        return BaseFetch(base_id, path=Path(path), revision=sha, size_bytes=weights_bytes(info))
 
 
 def _created(item: Any) -> datetime | None:

@@ -36,6 +36,10 @@ class ModelSource:
     revision: str = "main"
     path: Path | None = None
     gguf_file: str | None = None  # a GGUF-only repository: the file in ``path`` to load
+    # A PEFT/LoRA adapter: ``path`` is its base's snapshot, ``adapter`` the adapter's folder
+    # (adapter_config.json, adapter_model.safetensors), ``base`` the base's "id@commit".
+    adapter: Path | None = None
+    base: str | None = None
 
 
 class Prober(abc.ABC):
@@ -55,10 +59,11 @@ class Prober(abc.ABC):
         t0 = time.perf_counter()
         alleles = self.generate(model, genome, params)
         seconds = time.perf_counter() - t0
+        version = self.version() + (f"; adapter on {model.base}" if model.adapter is not None else "")
         return ProbeRecord(
             probe_id=probe_key(model.model_id, model.revision, genome.hash, params, self.backend),
             model_id=model.model_id, revision=model.revision, genome_hash=genome.hash,
-            backend=self.backend, backend_version=self.version(), params=params,
+            backend=self.backend, backend_version=version, params=params,
             alleles=alleles, seconds=seconds, started_at=started, gguf_file=model.gguf_file,
         )
 

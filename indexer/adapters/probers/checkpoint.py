@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.adapters.probers.base import ProbeError
+from schemas.records import check_model_id
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _MAX_CONFIG_BYTES = 10 << 20
@@ -61,6 +62,68 @@ def check_repository(path: Path) -> dict[str, Any]:
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ProbeError(f"model_type {model_type!r} has no causal language model class", skip=True)
     return config
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# PEFT methods applied here: LoRA and its variants that keep LoRA's layout and loader.
+ADAPTER_TYPES = ("LORA",)
+ADAPTER_TASKS = (None, "CAUSAL_LM")
+
+
+def is_adapter(path: Path) -> bool:
+    """A PEFT adapter snapshot: ``adapter_config.json`` and no ``config.json`` of its own."""
+    return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+
+
+def check_adapter(path: Path) -> dict[str, Any]:
+    """Refuse, by policy, a PEFT adapter snapshot that cannot be applied safely; return its
+    ``adapter_config.json``.
+
+    Raises ``ProbeError(skip=True)`` for: no or invalid ``adapter_config.json``; weights not in
+    ``adapter_model.safetensors`` (``adapter_model.bin`` is pickle); a PEFT method other than
+    LoRA (``peft_type``) or a task other than causal LM; a LoRA rank that is not a positive
+    integer; ``auto_map`` or a tokenizer asking for remote code. Reads JSON only. O(files).
+    """
+    cfg_path = path / ADAPTER_CONFIG
+    if not cfg_path.is_file():
+        raise ProbeError("no adapter_config.json in the adapter", skip=True)
+    if cfg_path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ProbeError("adapter_config.json is unreasonably large", skip=True)
+    try:
+        config = json.loads(cfg_path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProbeError(f"adapter_config.json is not valid JSON ({e})", skip=True) from None
+    if not isinstance(config, dict):
+        raise ProbeError("adapter_config.json is not a JSON object", skip=True)
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise ProbeError(f"pickle-only adapter ({', '.join(pickles[:3])}); only safetensors are loaded",
+                             skip=True)
+        raise ProbeError(f"no {ADAPTER_WEIGHTS} in the adapter", skip=True)
+    if "auto_map" in config:
+        raise ProbeError("adapter config needs remote code (auto_map); trust_remote_code stays off", skip=True)
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type not in ADAPTER_TYPES:
+        raise ProbeError(f"PEFT method {config.get('peft_type')!r} is not applied here (LoRA only)", skip=True)
+    if config.get("task_type") not in ADAPTER_TASKS:
+        raise ProbeError(f"adapter task {config.get('task_type')!r} is not causal language modelling", skip=True)
+    rank = config.get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ProbeError(f"adapter rank r={rank!r} is not a positive integer", skip=True)
+    _refuse_remote_tokenizer(path)
+    return config
+
+
+def adapter_base(config: dict[str, Any]) -> str | None:
+    """The base model an adapter names (``base_model_name_or_path``), when it is a Hub id
+    (a local path on the uploader's machine names nothing here)."""
+    name = config.get("base_model_name_or_path")
+    try:
+        return check_model_id(name) if isinstance(name, str) else None
+    except ValueError:
+        return None
 
 
 def check_gguf(path: Path, name: str) -> None:

@@ -26,6 +26,11 @@ Safety: only local snapshots are loaded (``local_files_only``), weights from saf
 (``use_safetensors``), never code shipped with a model (``trust_remote_code=False``); a
 repository that is pickle-only or whose config asks for remote code is refused with
 ``ProbeError(skip=True)`` before transformers is asked to load anything.
+
+A PEFT/LoRA adapter (``ModelSource.adapter``) is probed as its base (``ModelSource.path``,
+checked like any checkpoint) with the adapter applied by ``peft`` from
+``adapter_model.safetensors`` (``checkpoint.check_adapter``) and merged into the weights, so
+sampling costs what the base's does.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from typing import Any
 from indexer.core.alleles import ALLELE_LENGTH, allele_of
 from indexer.core.genomes import Genome
 from indexer.adapters.probers.base import ModelSource, Prober, ProbeError
-from indexer.adapters.probers.checkpoint import check_gguf, check_repository, resolve_dtype
+from indexer.adapters.probers.checkpoint import check_adapter, check_gguf, check_repository, resolve_dtype
 from schemas.records import AlleleCounts, ProbeParams
 
 log = logging.getLogger(__name__)
@@ -72,7 +77,7 @@ class TransformersProber(Prober):
         self.genes_per_batch = genes_per_batch
         if threads:
             torch.set_num_threads(threads)
-        self._loaded: tuple[Path, Any, Any] | None = None
+        self._loaded: tuple[tuple[Path, Path | None], Any, Any] | None = None
 
     def version(self) -> str:
         import torch
@@ -87,7 +92,8 @@ class TransformersProber(Prober):
             raise ProbeError(f"{model.model_id}: the transformers backend probes local snapshots; "
                              "download the repository first (ModelSource.path)")
         path = Path(model.path)
-        if self._loaded and self._loaded[0] == path:
+        key = (path, Path(model.adapter) if model.adapter is not None else None)
+        if self._loaded and self._loaded[0] == key:
             return self._loaded[1], self._loaded[2]
         self.close()
         import torch
@@ -104,6 +110,8 @@ class TransformersProber(Prober):
         else:
             check_repository(path)
             tok_kw, weights_kw = {}, dict(use_safetensors=True)
+        if model.adapter is not None:
+            check_adapter(Path(model.adapter))
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), **tok_kw, **common)
             lm, info = AutoModelForCausalLM.from_pretrained(
@@ -116,8 +124,10 @@ class TransformersProber(Prober):
         if missing:
             raise ProbeError(f"{model.model_id}: checkpoint lacks {len(missing)} tensor(s) "
                              f"({', '.join(missing[:3])})")
+        if model.adapter is not None:
+            lm = _apply_adapter(lm, Path(model.adapter), model.model_id)
         lm.to(self.device).eval()
-        self._loaded = (path, lm, tokenizer)
+        self._loaded = (key, lm, tokenizer)
         return lm, tokenizer
 
     def close(self) -> None:
@@ -149,6 +159,31 @@ class TransformersProber(Prober):
             for i, c in zip(batch, found):
                 counts[i] = c
         return AlleleCounts(genome_hash=genome.hash, n_samples=params.n_samples, counts=tuple(counts))
+
+
+def _apply_adapter(lm, adapter: Path, model_id: str):
+    """``lm`` with the LoRA adapter in ``adapter`` applied by peft (from safetensors only) and
+    merged into its weights. An adapter whose tensors do not fit the base (another
+    architecture, other shapes) or name no module of it is refused, as a missing tensor is."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ProbeError(f"{model_id}: PEFT adapters need the peft package (the cpu extra)", skip=True) from None
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            peft_model = PeftModel.from_pretrained(lm, str(adapter), is_trainable=False)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise ProbeError(f"{model_id}: the adapter does not apply to its base "
+                             f"({' '.join(str(e).split())[:300]})", skip=True) from None
+    unexpected = [str(w.message) for w in caught if "unexpected" in str(w.message).lower()
+                  or "missing adapter keys" in str(w.message).lower()]
+    if unexpected:
+        raise ProbeError(f"{model_id}: the adapter does not fit its base ({' '.join(unexpected[0].split())[:300]})",
+                         skip=True)
+    return peft_model.merge_and_unload()
 
 
 def sample_alleles(lm, tokenizer, encoded: list[list[int]], params: ProbeParams, generator,

@@ -19,6 +19,14 @@ code; ``checkpoint.check_repository``), and the engine loads with ``trust_remote
 
 Cost: engine start (about 30 s on CPU, model load and warm-up included) plus one batched
 generation of G*N sequences of ``max_tokens`` tokens.
+
+A PEFT/LoRA adapter (``ModelSource.adapter``) is served by its base's engine: the engine
+starts on the base with ``enable_lora=True`` and ``max_lora_rank`` the smallest rank vLLM
+accepts that holds the adapter's ``r`` (``lora_rank``), and every gene's request carries a
+``LoRARequest`` for the adapter folder (safetensors; ``checkpoint.check_adapter``). One worker
+per probe still means one engine start per adapter: keeping a base's engine for all its
+adapters is the many-models-per-engine step (issue #14, point 6), not done here. Run on the
+vLLM CPU build (tests/adapters/probers/test_vllm.py), not yet on a GPU.
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ from typing import Any
 from indexer.core.alleles import count_alleles
 from indexer.core.genomes import Genome
 from indexer.adapters.probers.base import ModelSource, Prober, ProbeError, gene_seed
-from indexer.adapters.probers.checkpoint import check_repository, resolve_dtype
+from indexer.adapters.probers.checkpoint import check_adapter, check_repository, resolve_dtype
 from schemas.records import AlleleCounts, ProbeParams
 
 PYTHON_ENV = "PHYLOLM_VLLM_PYTHON"
@@ -85,6 +93,10 @@ class VLLMProber(Prober):
         check_repository(Path(model.path))
         request = {"model": str(Path(model.path).resolve()), "genes": list(genome.genes),
                    "params": params.model_dump(mode="json"), "engine": self.engine}
+        if model.adapter is not None:
+            config = check_adapter(Path(model.adapter))
+            request["lora"] = {"name": model.model_id, "path": str(Path(model.adapter).resolve()),
+                               "rank": lora_rank(int(config["r"]))}
         try:
             done = _run_worker_group([self.python, "-m", "indexer.adapters.probers.vllm_backend"], json.dumps(request),
                                      self.timeout)
@@ -302,6 +314,19 @@ def cpu_engine_settings(engine: dict) -> dict:
     return engine
 
 
+# The values vLLM's LoRAConfig accepts for max_lora_rank (its ``MaxLoRARanks``).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank(r: int) -> int:
+    """The ``max_lora_rank`` an engine needs for an adapter of rank ``r``: the smallest value
+    vLLM accepts that is at least ``r``; ``ProbeError(skip)`` above vLLM's largest."""
+    for allowed in VLLM_LORA_RANKS:
+        if r <= allowed:
+            return allowed
+    raise ProbeError(f"LoRA rank {r} exceeds vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]})", skip=True)
+
+
 # -- the worker (runs in the vLLM interpreter) ------------------------------------------------
 def run_worker(request: dict) -> dict:
     """Load one model, sample every gene, return allele counts per gene (as JSON)."""
@@ -314,6 +339,13 @@ def run_worker(request: dict) -> dict:
     engine = dict(request.get("engine") or {})
     if not torch.cuda.is_available():
         engine = cpu_engine_settings(engine)
+    lora = request.get("lora")
+    lora_request = None
+    if lora:  # the base's engine serves the adapter (vLLM loads adapter_model.safetensors)
+        from vllm.lora.request import LoRARequest
+
+        engine.update(enable_lora=True, max_lora_rank=int(lora["rank"]), max_loras=1)
+        lora_request = LoRARequest(str(lora["name"]), 1, str(lora["path"]))
     t0 = time.perf_counter()
     llm = LLM(model=request["model"], trust_remote_code=False, load_format="safetensors",
               seed=params.seed, **engine)
@@ -326,7 +358,7 @@ def run_worker(request: dict) -> dict:
                                seed=gene_seed(params.seed, g) if per_gene_seed else None,
                                skip_special_tokens=True)
                 for g in range(len(genes))]
-    outputs = llm.generate(genes, sampling, use_tqdm=False)
+    outputs = llm.generate(genes, sampling, use_tqdm=False, lora_request=lora_request)
     t2 = time.perf_counter()
     by_prompt = [count_alleles(c.text for c in out.outputs) for out in outputs]
     return {"version": f"vllm {vllm.__version__}; torch {torch.__version__}", "counts": by_prompt,

@@ -169,3 +169,29 @@ def test_openai_backend_against_a_real_vllm_server(zoo_dir, reference):
         # an unknown model name is the server's 404, reported, not retried
         with pytest.raises(ProbeError, match="404"):
             prober.probe(ModelSource("nobody/none"), genome.subset(1), PARAMS)
+
+
+@needs_vllm
+@pytest.mark.vllm
+def test_vllm_serves_a_lora_adapter_on_its_base_engine(zoo_dir, tmp_path):
+    """The LoRA path of the worker on the CPU build: the base's engine with enable_lora and
+    max_lora_rank from the adapter's r, every gene sent with a LoRARequest. Its alleles agree
+    with the transformers backend's probe of the same adapter (peft, merged) far more than
+    with another fine-tune's. (Base and adapter are too close to tell apart at 16 genes.)"""
+    pytest.importorskip("peft")
+    from tests.helpers.lora import BASE, lora_adapter
+
+    adapter = lora_adapter(zoo_dir, tmp_path / "lora-org" / "a")
+    genome = builtin("math").subset(GENES)
+    rev = zoo_revision(zoo_dir)
+    source = ModelSource("lora-org/a", rev, zoo_dir / BASE, adapter=adapter, base=f"{BASE}@{rev}")
+    on_vllm = VLLMProber(python=VLLM_PYTHON).probe(source, genome, PARAMS)
+    assert on_vllm.backend_version.startswith("vllm ") and on_vllm.backend_version.endswith(f"adapter on {BASE}@{rev}")
+    with TransformersProber(device="cpu", dtype="float32") as prober:
+        peft = prober.probe(source, genome, PARAMS).alleles.counts
+        poetry = prober.probe(ModelSource("zoo/smollm2-ft-poetry", rev, zoo_dir / "zoo/smollm2-ft-poetry"),
+                              genome, PARAMS).alleles.counts
+    same = nei_similarity(on_vllm.alleles.counts, peft, PARAMS.n_samples)
+    other = nei_similarity(on_vllm.alleles.counts, poetry, PARAMS.n_samples)
+    print(f"vLLM LoRA vs peft: {same:.3f}; vs the poetry fine-tune: {other:.3f}")
+    assert same > 0.6 and same > other + 0.2, (same, other)
