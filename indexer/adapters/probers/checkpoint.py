@@ -41,14 +41,7 @@ def check_repository(path: Path) -> dict[str, Any]:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ProbeError("no config.json in the repository", skip=True)
-    if config_path.stat().st_size > _MAX_CONFIG_BYTES:
-        raise ProbeError("config.json is unreasonably large", skip=True)
-    try:
-        config = json.loads(config_path.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProbeError(f"config.json is not valid JSON ({e})", skip=True) from None
-    if not isinstance(config, dict):
-        raise ProbeError("config.json is not a JSON object", skip=True)
+    config = _read_config(config_path)
     if "auto_map" in config:
         raise ProbeError("config needs remote code (auto_map); trust_remote_code stays off", skip=True)
     _refuse_remote_tokenizer(path)
@@ -61,6 +54,20 @@ def check_repository(path: Path) -> dict[str, Any]:
                          "(it would need remote code)", skip=True)
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ProbeError(f"model_type {model_type!r} has no causal language model class", skip=True)
+    return config
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A repository's JSON config file (``config.json``, ``adapter_config.json``) as a dict,
+    refused by policy (``ProbeError(skip=True)``) when too large, not JSON or not an object."""
+    if path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ProbeError(f"{path.name} is unreasonably large", skip=True)
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProbeError(f"{path.name} is not valid JSON ({e})", skip=True) from None
+    if not isinstance(config, dict):
+        raise ProbeError(f"{path.name} is not a JSON object", skip=True)
     return config
 
 
@@ -88,14 +95,7 @@ def check_adapter(path: Path) -> dict[str, Any]:
     cfg_path = path / ADAPTER_CONFIG
     if not cfg_path.is_file():
         raise ProbeError("no adapter_config.json in the adapter", skip=True)
-    if cfg_path.stat().st_size > _MAX_CONFIG_BYTES:
-        raise ProbeError("adapter_config.json is unreasonably large", skip=True)
-    try:
-        config = json.loads(cfg_path.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProbeError(f"adapter_config.json is not valid JSON ({e})", skip=True) from None
-    if not isinstance(config, dict):
-        raise ProbeError("adapter_config.json is not a JSON object", skip=True)
+    config = _read_config(cfg_path)
     if not (path / ADAPTER_WEIGHTS).is_file():
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
