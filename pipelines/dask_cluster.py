@@ -163,6 +163,7 @@ def report(summaries: Sequence) -> None:
         if s.probed_by and s.status == "indexed":
             probed[s.probed_by] = probed.get(s.probed_by, 0) + 1
     writers = sorted({s.written_by for s in summaries if s.written_by})
-    print(f"dask: {len(summaries)} update(s) by {len(writers)} writer process(es) "
-          f"({', '.join(writers) or '-'}); models indexed from probes in {len(probed)} worker process(es)",
+    where = ", ".join(f"{w} ({n})" for w, n in sorted(probed.items())) or "-"
+    print(f"dask: {len(summaries)} update(s) by {len(writers)} writer process(es) ({', '.join(writers) or '-'}); "
+          f"{sum(probed.values())} model(s) indexed from probes in {len(probed)} worker process(es): {where}",
           flush=True)
