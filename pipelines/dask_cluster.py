@@ -108,10 +108,10 @@ def cluster(args: Sequence[str], *, workers: int | None = None, scheduler: str |
     given = _has(out, _ADDRESS)
     if scheduler is not None and given:
         raise PhylolmError("--dask-scheduler and --dask_client_address/--dask_scheduler_file name two clusters")
+    if workers is not None and (scheduler is not None or given):
+        raise PhylolmError("--dask-workers starts a local cluster; a running cluster (--dask-scheduler, "
+                           "--dask_client_address, --dask_scheduler_file) has the workers it has")
     if scheduler is not None:
-        if workers is not None:
-            raise PhylolmError("--dask-workers starts a local cluster; with --dask-scheduler the cluster "
-                               "has the workers it has")
         out.append(f"--dask_client_address={scheduler}")
     if scheduler is not None or given:
         yield out
