@@ -3,7 +3,8 @@
 Locally they run on Beam's in-process runner (``FnApiRunner``); the default DirectRunner
 would first try to download the Prism runner, which fails offline. Any ``--runner`` and
 pipeline options given by the user pass through unchanged (Flink, Spark, Dataflow, or
-``--direct_num_workers N --direct_running_mode multi_processing``).
+``--direct_num_workers N --direct_running_mode multi_processing``). A backfill also runs on
+Beam's DaskRunner over a ``dask.distributed`` cluster (``--runner dask``; ``pipelines.dask_cluster``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from indexer.app.job import JobConfig
+from indexer.errors import PhylolmError
 from indexer.app.listing import ListStep
+from pipelines import dask_cluster
 from pipelines.transforms import WRITER_KEY, IndexNewModels, ProbeAndIndex, ReportProgress, TickEveryFn
 
 MAX_TIMESTAMP = 2**62 / 1e6  # "forever" in seconds, well inside Beam's timestamp range
@@ -52,6 +55,9 @@ def run_watch(config: JobConfig, *, interval: float, once: bool = False, duratio
     with backoff within half an interval; ``once`` does not (the scheduler runs it again) and
     returns the poll's id, whose row in the ``polls`` table says whether the listing completed.
     """
+    if dask_cluster.wanted(runner_args):
+        raise PhylolmError("the dask runner runs `phylolm backfill` only: Beam's DaskRunner has no keyed state "
+                           "and no unbounded input, which `watch` needs")
     opts = pipeline_options(runner_args)
     if not once and not _in_process(opts):
         opts.view_as(StandardOptions).streaming = True
@@ -72,17 +78,39 @@ def run_watch(config: JobConfig, *, interval: float, once: bool = False, duratio
     return f"{started:.6f}" if once else None
 
 
-def run_backfill(config: JobConfig, *, runner_args: Sequence[str] = (), publish_every: float = 10.0) -> int:
+def run_backfill(config: JobConfig, *, runner_args: Sequence[str] = (), publish_every: float = 10.0,
+                 dask_workers: int | None = None, dask_scheduler: str | None = None) -> int:
     """List the models to backfill now (upload order), then probe and insert each one.
 
-    Returns how many models were listed. Progress is printed as ``[k/N]`` per model.
+    Returns how many models were listed. Progress is printed as ``[k/N]`` per model by the
+    writer. ``dask_workers`` / ``dask_scheduler`` (or ``--runner dask`` among the runner
+    arguments) run it on Beam's DaskRunner: the probes as dask tasks on the cluster's worker
+    processes, the writer as one task (see ``pipelines.dask_cluster``).
     """
+    args = list(runner_args)
+    on_dask = dask_cluster.wanted(args, dask_workers, dask_scheduler)
     models = ListStep(config)()
     print(f"backfill: {len(models)} model(s) to index", flush=True)
     if not models:
         return 0
-    with beam.Pipeline(options=pipeline_options(runner_args)) as p:
-        listed = p | "Listed" >> beam.Create(models, reshuffle=False)
-        _report(listed | "ProbeAndIndex" >> ProbeAndIndex(config, publish_every=publish_every,
-                                                          in_upload_order=True), len(models))
+    if on_dask:
+        with dask_cluster.cluster(args, workers=dask_workers, scheduler=dask_scheduler, n_items=len(models)) as dargs:
+            summaries = _run(config, models, dargs, publish_every)
+        dask_cluster.report(summaries)
+    else:
+        _run(config, models, args, publish_every)
     return len(models)
+
+
+def _run(config: JobConfig, models, runner_args: Sequence[str], publish_every: float) -> list:
+    """The backfill pipeline; returns the writer's summaries where the runner hands them back
+    (the DaskRunner does: its last step's output), else an empty list."""
+    p = beam.Pipeline(options=pipeline_options(runner_args))
+    listed = p | "Listed" >> beam.Create(models, reshuffle=False)
+    _ = listed | "ProbeAndIndex" >> ProbeAndIndex(config, publish_every=publish_every, in_upload_order=True)
+    result = p.run()
+    try:
+        result.wait_until_finish()
+        return dask_cluster.results(result)
+    finally:
+        dask_cluster.close(result)

@@ -11,6 +11,7 @@ key, and it takes the catalog's write lock for each bundle).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import datetime, timezone
@@ -21,7 +22,8 @@ from apache_beam.transforms import userstate
 
 from indexer.adapters.catalog import writer_turn
 from indexer.app.writer import IndexWriter
-from indexer.app.job import JobConfig, PollReport, ProbeOutcome
+from indexer.app.failpoints import failpoint
+from indexer.app.job import JobConfig, PollReport, ProbeOutcome, UpdateSummary, this_process
 from indexer.app.listing import ListStep
 from indexer.app.probing import ProbeStep
 from schemas.records import ModelRecord, ModelStatus
@@ -119,7 +121,8 @@ class ProbeModelsFn(beam.DoFn):
         if isinstance(record, PollReport):
             yield WRITER_KEY, record
             return
-        yield WRITER_KEY, self.step(record)
+        failpoint("probe")  # the fault suite kills a probing worker here
+        yield WRITER_KEY, dataclasses.replace(self.step(record), worker=this_process())
 
     def teardown(self) -> None:
         step = getattr(self, "step", None)
@@ -127,21 +130,14 @@ class ProbeModelsFn(beam.DoFn):
             step.close()
 
 
-class UpdateIndexFn(beam.DoFn):
-    """The single writer: applies each outcome in one catalog transaction, then publishes.
+class _CatalogWriterFn(beam.DoFn):
+    """What both writers share: each outcome applied in one catalog transaction, then
+    published; the catalog opened per bundle under an exclusive file lock (``writer_turn``),
+    so two workers of a multi-process or cluster runner never write at once; between bundles
+    a worker keeps only its in-memory index, reused when no other worker wrote meanwhile
+    (``IndexWriter.reopen``). Publishing (snapshot, export, report) is throttled to once per
+    ``publish_every`` seconds within a bundle and always done at its end."""
 
-    The catalog is opened per bundle under an exclusive file lock, so two workers of a
-    multi-process or cluster runner never write at once; between bundles a worker keeps only
-    its in-memory index, reused when no other worker wrote meanwhile (``IndexWriter.reopen``).
-    Publishing (snapshot, export, report) is throttled to once per ``publish_every`` seconds
-    within a bundle and always done at its end.
-    """
-
-    # Keyed state makes this a stateful DoFn: a runner then processes the elements of one key
-    # (all of them carry WRITER_KEY) one at a time, in one place, which is what makes the
-    # update the single writer. The value, the key of the last outcome applied, is only a
-    # trace; removing the state would let a cluster runner apply outcomes in parallel.
-    APPLIED = userstate.ReadModifyWriteStateSpec("last", StrUtf8Coder())
     QUEUED_BATCH = 5000
 
     def __init__(self, config: JobConfig, publish_every: float = 0.0):
@@ -197,8 +193,8 @@ class UpdateIndexFn(beam.DoFn):
             self._lock.__exit__(None, None, None)
             self._lock = None
 
-    def process(self, keyed, last=beam.DoFn.StateParam(APPLIED)):
-        _, outcome = keyed
+    def _update(self, outcome):
+        """Apply one outcome (or poll report); yields the summaries of what was written."""
         if (not isinstance(outcome, PollReport) and outcome.probe is None
                 and outcome.model.status == ModelStatus.queued):
             self._queued.append(outcome.model)
@@ -225,15 +221,11 @@ class UpdateIndexFn(beam.DoFn):
         except BaseException:
             self._abandon()
             raise
-        last.write(outcome.key)
         yield summary
 
-    def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.windowed_value import WindowedValue
-
-        for summary in self._flush_queued():
-            yield WindowedValue(summary, 0, [GlobalWindow()])
+    def _end_bundle(self) -> list[UpdateSummary]:
+        """Write what is buffered, publish if anything changed, let the catalog go."""
+        summaries = self._flush_queued()
         if self._lock is not None and self._writer is not None:
             try:
                 if self._dirty:
@@ -243,25 +235,90 @@ class UpdateIndexFn(beam.DoFn):
                 self._abandon()
                 raise
             self._release()
+        return summaries
 
     def teardown(self) -> None:
         if self._writer is not None:
             self._writer.close()
 
 
-def _upload_order(keyed_outcomes):
-    key, outcomes = keyed_outcomes
+class UpdateIndexFn(_CatalogWriterFn):
+    """The streaming single writer: outcomes arrive one by one, all keyed ``WRITER_KEY``."""
+
+    # Keyed state makes this a stateful DoFn: a runner then processes the elements of one key
+    # (all of them carry WRITER_KEY) one at a time, in one place, which is what makes the
+    # update the single writer. The value, the key of the last outcome applied, is only a
+    # trace; removing the state would let a cluster runner apply outcomes in parallel.
+    APPLIED = userstate.ReadModifyWriteStateSpec("last", StrUtf8Coder())
+
+    def process(self, keyed, last=beam.DoFn.StateParam(APPLIED)):
+        _, outcome = keyed
+        wrote = False
+        for summary in self._update(outcome):
+            wrote = True
+            yield summary
+        if wrote and not isinstance(outcome, PollReport) and outcome.model.status != ModelStatus.queued:
+            last.write(outcome.key)
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for summary in self._end_bundle():
+            yield WindowedValue(summary, 0, [GlobalWindow()])
+
+
+def _oldest_first(outcomes) -> list:
     far = datetime.max.replace(tzinfo=timezone.utc)
-    for o in sorted(outcomes, key=lambda o: (o.model.created_at or far, o.model.id)):
-        yield key, o
+    return sorted(outcomes, key=lambda o: (o.model.created_at or far, o.model.id))
+
+
+class IndexGatheredFn(_CatalogWriterFn):
+    """The backfill's single writer: one element, every outcome gathered under ``WRITER_KEY``
+    by a GroupByKey, applied oldest upload first within one ``process`` call.
+
+    One element means one call, so the writer is single by construction on any runner, with
+    or without keyed state (Beam's DaskRunner has none); everything, the last summaries
+    included, is written and yielded inside that call (the DaskRunner drops what a
+    ``finish_bundle`` yields). A runner that retries the call after losing its worker finds
+    the models already written and leaves them ``unchanged`` (``IndexWriter.apply``). It
+    prints the ``[k/N]`` progress lines itself, then one line saying where the probes ran.
+    """
+
+    def process(self, keyed):
+        _, outcomes = keyed
+        outcomes = _oldest_first(outcomes)
+        here, done, probed_by = this_process(), 0, {}
+        self.start_bundle()  # a retried call starts clean, whatever the runner did before
+        try:
+            for outcome in outcomes:
+                for summary in self._update(outcome):
+                    summary = dataclasses.replace(summary, probed_by=outcome.worker, written_by=here)
+                    if summary.status != "queued":
+                        done += 1
+                        print(progress_line(summary, done, len(outcomes)), flush=True)
+                    if outcome.probe is not None and outcome.worker:
+                        probed_by[outcome.worker] = probed_by.get(outcome.worker, 0) + 1
+                    yield summary
+            for summary in self._end_bundle():
+                yield dataclasses.replace(summary, written_by=here)
+        except BaseException:
+            self._abandon()
+            raise
+        if probed_by:
+            print(f"probes of {sum(probed_by.values())} model(s) ran in {len(probed_by)} process(es): "
+                  + ", ".join(f"{w} ({n})" for w, n in sorted(probed_by.items()))
+                  + f"; one writer, {here}", flush=True)
 
 
 class ProbeAndIndex(beam.PTransform):
     """Listed models → probes (fanned out over workers) → single-writer index updates.
 
     With ``in_upload_order`` (bounded input only: a backfill) the probes are spread over
-    workers by a reshuffle and gathered again before the writer, which inserts them oldest
-    upload first; a probe finished before a crash is not lost, it sits in the probe cache.
+    workers by a reshuffle and gathered again onto one key by a GroupByKey; the writer
+    (``IndexGatheredFn``) takes that one element and inserts them oldest upload first, so it
+    needs no keyed state to be single. A probe finished before a crash is not lost, it sits
+    in the probe cache.
     """
 
     def __init__(self, config: JobConfig, *, publish_every: float = 0.0, in_upload_order: bool = False):
@@ -275,9 +332,9 @@ class ProbeAndIndex(beam.PTransform):
             models = models | "SpreadOverWorkers" >> beam.Reshuffle()
         outcomes = models | "Probe" >> beam.ParDo(ProbeModelsFn(self.config))
         if self.in_upload_order:
-            outcomes = (outcomes
-                        | "Gather" >> beam.GroupByKey()
-                        | "OldestFirst" >> beam.FlatMap(_upload_order))
+            return (outcomes
+                    | "Gather" >> beam.GroupByKey()
+                    | "UpdateIndex" >> beam.ParDo(IndexGatheredFn(self.config, self.publish_every)))
         return outcomes | "UpdateIndex" >> beam.ParDo(UpdateIndexFn(self.config, self.publish_every))
 
 
@@ -314,16 +371,21 @@ class ReportProgress(beam.DoFn):
             return
         done = int(count.read() or 0) + 1
         count.write(str(done))
-        near = ", ".join(f"{m} {d:.3f}" for m, d in summary.nearest[:3])
-        prefix = f"[{done}/{self.total}] " if self.total else ""
-        line = f"{prefix}{summary.status:9s} {summary.model_id}"
-        if summary.snapshot is not None:
-            line += f"  (tree #{summary.snapshot}, {summary.n_models} models; nearest: {near or '-'})"
-        elif summary.reason:
-            line += f"  ({summary.reason})"
-        print(line, flush=True)
+        print(progress_line(summary, done, self.total), flush=True)
         yield summary
 
 
+def progress_line(summary: UpdateSummary, done: int, total: int | None = None) -> str:
+    """``[k/N] status model  (tree #s, n models; nearest: ...)``: one update, as the job logs it."""
+    near = ", ".join(f"{m} {d:.3f}" for m, d in summary.nearest[:3])
+    prefix = f"[{done}/{total}] " if total else ""
+    line = f"{prefix}{summary.status:9s} {summary.model_id}"
+    if summary.snapshot is not None:
+        line += f"  (tree #{summary.snapshot}, {summary.n_models} models; nearest: {near or '-'})"
+    elif summary.reason:
+        line += f"  ({summary.reason})"
+    return line
+
+
 __all__ = ["TickEveryFn", "IndexNewModels", "ProbeAndIndex", "ReportProgress", "ListNewModelsFn", "ProbeModelsFn", "UpdateIndexFn",
-           "FirstSightFn", "ProbeOutcome", "WRITER_KEY"]
+           "IndexGatheredFn", "FirstSightFn", "ProbeOutcome", "WRITER_KEY", "progress_line"]

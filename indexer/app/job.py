@@ -62,6 +62,7 @@ class ProbeOutcome:
 
     model: ModelRecord
     probe: ProbeRecord | None = None
+    worker: str | None = None  # "host:pid" of the process whose probe step handled it
 
     @property
     def key(self) -> str:
@@ -101,6 +102,16 @@ class UpdateSummary:
     nearest: tuple[tuple[str, float], ...] = ()
     timings_ms: tuple[tuple[str, float], ...] = ()
     rebuilt: bool = False
+    probed_by: str | None = None  # "host:pid" of the probe step's process (ProbeOutcome.worker)
+    written_by: str | None = None  # "host:pid" of the writer's process
+
+
+def this_process() -> str:
+    """``host:pid`` of the calling process: where a step ran, as outcomes and summaries record it."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def probe_id_for(model: ModelRecord, config: JobConfig, genome_hash: str) -> str:

@@ -17,6 +17,8 @@ from schemas.records import ProbeParams, check_model_id
 
 RUNNER_HELP = ("Any other --option is passed to Beam as a pipeline option, e.g. --runner=FlinkRunner "
                "or --direct_num_workers 2 --direct_running_mode multi_processing.")
+BACKFILL_RUNNER_HELP = (RUNNER_HELP + " --runner dask (Beam's DaskRunner, with --dask-workers or "
+                        "--dask-scheduler) runs it on a dask.distributed cluster; Beam's --dask_* options pass through.")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file (TOML).")]
 GenesOpt = Annotated[int | None, typer.Option("--genes", help="Use only the first G genes of the genome.")]
 SamplesOpt = Annotated[int | None, typer.Option("--samples", help=f"Samples per gene (paper: {ProbeParams().n_samples}).")]
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
         if once:
             _exit_for_poll(s.catalog.resolve(), poll_id)
 
-    @app.command(context_settings=extra, epilog=RUNNER_HELP)
+    @app.command(context_settings=extra, epilog=BACKFILL_RUNNER_HELP)
     def backfill(ctx: typer.Context,
                  model_ids: Annotated[list[str] | None, typer.Argument(help="Model ids (default: every model listed).")] = None,
                  catalog: CatalogOpt = DEFAULT_CATALOG, hub: HubOpt = None, backend: BackendOpt = None,
@@ -105,8 +107,22 @@ def register(app: typer.Typer) -> None:
                  publish_dir: PublishOpt = None, config: ConfigOpt = None,
                  author: Annotated[str | None, typer.Option("--author", help="Only this author's models.")] = None,
                  since: Annotated[str | None, typer.Option("--since", help="Only models created on/after (YYYY-MM-DD).")] = None,
-                 limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N models (oldest first).")] = None) -> None:
-        """Index existing models, oldest upload first, each inserted incrementally (bounded job)."""
+                 limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N models (oldest first).")] = None,
+                 dask_workers: Annotated[int | None, typer.Option(
+                     "--dask-workers", min=1, help="Run on Beam's DaskRunner over a local dask cluster of N worker "
+                                                   "processes (one thread each), started for this job "
+                                                   "[default with --runner dask: one per CPU core].")] = None,
+                 dask_scheduler: Annotated[str | None, typer.Option(
+                     "--dask-scheduler", help="Run on Beam's DaskRunner over the running dask cluster whose "
+                                              "scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786); its workers "
+                                              "need phylolm installed and the catalog and cache paths.")] = None) -> None:
+        """Index existing models, oldest upload first, each inserted incrementally (bounded job).
+
+        The probes fan out over the runner's workers; one writer inserts them. On a dask cluster
+        (--runner dask, --dask-workers N or --dask-scheduler ADDRESS) each model is probed as one
+        dask task in a worker process, and the writer is one task that takes every outcome at
+        once; see deploy/CLUSTER.md.
+        """
         # Unknown --options land among the positional ids: everything from the first one on
         # is a Beam pipeline option (model ids never start with '-').
         given = list(model_ids or ())
@@ -119,7 +135,8 @@ def register(app: typer.Typer) -> None:
         with job(s) as url:
             from pipelines.run import run_backfill  # after validation and the lock (see watch)
 
-            run_backfill(job_config(s, url, since=since_dt, limit=limit, model_ids=ids), runner_args=runner_args)
+            run_backfill(job_config(s, url, since=since_dt, limit=limit, model_ids=ids), runner_args=runner_args,
+                         dask_workers=dask_workers, dask_scheduler=dask_scheduler)
 
     @app.command()
     def probe(model_id: Annotated[str, typer.Argument(help="The model to probe now.")],

@@ -740,7 +740,10 @@ def test_cluster_commands_parse(caplog):
         ids = list(ctx.params.get("model_ids") or [])
         cut = next((i for i, a in enumerate(ids) if a.startswith("-")), len(ids))
         beam_args = ids[cut:] + list(ctx.args)
-        assert beam_args and not ids[:cut], argv
+        # a runner is chosen by Beam options, or by phylolm's own dask options (--dask-workers,
+        # --dask-scheduler: Beam's DaskRunner, whose options the command builds)
+        dask = ctx.params.get("dask_workers") or ctx.params.get("dask_scheduler")
+        assert (beam_args or dask) and not ids[:cut], argv
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             PipelineOptions(beam_args).get_all_options()
