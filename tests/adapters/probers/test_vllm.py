@@ -134,6 +134,24 @@ def test_a_dropped_worker_is_ended_with_its_group(tmp_path):
     assert not _alive(engine_pid)
 
 
+def test_reuse_engine_setting_reaches_the_vllm_prober(monkeypatch, tmp_path):
+    """``reuse_engine`` (default on) is passed to the vllm prober only; the environment turns
+    it off (a fresh engine per model), and the prober reads it as text too."""
+    from indexer.app.settings import job_config, load_settings
+
+    monkeypatch.chdir(tmp_path)  # no ./phylolm.toml
+    s = load_settings({"backend": "vllm"})[0]
+    assert dict(job_config(s, None).backend_options) == {"reuse_engine": True}
+    assert job_config(load_settings({"backend": "transformers"})[0], None).backend_options == ()
+    monkeypatch.setenv("PHYLOLM_REUSE_ENGINE", "false")
+    off = dict(job_config(load_settings({"backend": "vllm"})[0], None).backend_options)
+    assert off == {"reuse_engine": False}
+    assert VLLMProber(python="python3", **off).reuse_engine is False
+    assert VLLMProber(python="python3", reuse_engine="off").reuse_engine is False
+    with pytest.raises(ValueError, match="reuse_engine"):
+        VLLMProber(python="python3", reuse_engine="maybe")
+
+
 def test_engine_key_matches_fine_tunes_of_one_base_only(zoo_dir, tmp_path):
     """The key that decides a weight swap: the zoo's SmolLM2 fine-tunes share their base's
     (their tokenizer_config.json differs only in ``local_files_only``, a loader flag), gemma
