@@ -45,10 +45,10 @@ Safety: the same repository policy as the transformers backend (safetensors only
 code; ``checkpoint.check_repository``), and the engine loads with ``trust_remote_code=False`` and
 ``load_format="safetensors"``; an adapter must pass ``checkpoint.check_adapter``.
 
-Cost: a fresh engine is about 10 s on CPU in the worker's process (model load included; the
-interpreter's start and vLLM's import about 20 s more); a weight swap of a 135M model about
-2 s; then one batched generation of G*N sequences of ``max_tokens`` tokens. Measured on the
-vLLM CPU build only (``phylolm bench probe``); not yet on a GPU.
+Cost: a fresh worker and engine is 25-60 s on CPU (interpreter start, vLLM's import, model
+load); a weight swap of a 135M model about 2 s; then one batched generation of G*N sequences of
+``max_tokens`` tokens. Measured on the vLLM CPU build only (``phylolm bench probe --by-kind``,
+docs/vllm.md); not on a GPU.
 """
 from __future__ import annotations
 
