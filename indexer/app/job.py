@@ -24,7 +24,7 @@ class JobConfig:
     catalog: Path
     hub: str | None = None  # endpoint URL (a folder is served by indexer.app.hub.open_hub first)
     backend: str = defaults.JOB_BACKEND  # the backend that runs (``auto`` is resolved before)
-    backend_options: tuple[tuple[str, str], ...] = ()
+    backend_options: tuple[tuple[str, object], ...] = ()  # keyword arguments of the prober
     genome: str = defaults.GENOME
     n_genes: int | None = None
     params: ProbeParams = field(default_factory=ProbeParams)

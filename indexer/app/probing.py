@@ -78,7 +78,7 @@ class ProbeStep:
             return ProbeOutcome(model)  # an exact copy: the writer reuses its twin's alleles
         cached = self.cache.get(probe_id_for(model, self.config, self.genome.hash))
         if cached is not None:
-            _, on, base = cached.backend_version.partition(ADAPTER_MARK)
+            _, on, base = cached.backend_version.rpartition(ADAPTER_MARK)  # the mark comes last
             if on and base:  # an adapter's probe: its record names the base it was probed on
                 model = _as_adapter(model, base.split("@")[0], base)
             return ProbeOutcome(_with(model, ModelStatus.probed, None), cached)

@@ -47,6 +47,9 @@ class Settings(BaseModel):
     interval: float = Field(defaults.INTERVAL, gt=0, description="seconds between Hub polls in `watch`")
     author: str | None = Field(None, description="watch only this author's uploads")
     device: str | None = Field(None, description="torch device for the transformers backend (cpu, cuda)")
+    reuse_engine: bool = Field(True, description="vllm backend: keep one engine across models, reloading a "
+                                                 "fine-tune's weights in place and serving adapters on their "
+                                                 "base's engine (false: a fresh engine per model)")
     first_window_hours: float = Field(defaults.FIRST_WINDOW_HOURS, gt=0,
                                       description="with no watermark yet, how far back the first "
                                                   "`watch` poll looks (older models: `backfill`)")
@@ -142,7 +145,11 @@ def job_config(s: Settings, hub_url: str | None, **extra: Any):
     backend, why = resolve_backend(s.backend)
     if s.backend != backend:
         logging.getLogger("phylolm").info("backend %s (%s)", backend, why)
-    options = (("device", s.device),) if s.device and backend == "transformers" else ()
+    options: tuple = ()
+    if s.device and backend == "transformers":
+        options = (("device", s.device),)
+    elif backend == "vllm":
+        options = (("reuse_engine", s.reuse_engine),)
     return JobConfig(catalog=s.catalog.resolve(), hub=hub_url, backend=backend, backend_options=options,
                      genome=s.genome, n_genes=s.genes, params=params, cache_dir=s.cache_dir.expanduser(),
                      publish_dir=s.publish_dir.resolve() if s.publish_dir else None,

