@@ -280,6 +280,7 @@ def test_vllm_serves_a_lora_adapter_on_its_base_engine(zoo_dir, tmp_path):
 
 @needs_vllm
 @pytest.mark.vllm
+@pytest.mark.slow  # about 13 min on 2 CPU cores (5 probes, 2 engine starts): run with -m vllm
 def test_one_engine_serves_a_base_its_fine_tune_and_an_adapter(zoo_dir, tmp_path):
     """Many models per engine, on the CPU build: with one prober, SmolLM2, then its poetry
     fine-tune (same engine key: weights reloaded in place, no new engine), then a LoRA adapter
