@@ -3,7 +3,8 @@
 It builds the zoo (cached), serves an initially empty folder as a Hub on loopback, starts
 the streaming ``phylolm watch`` against it as a separate process, and "uploads" the zoo's
 models into that folder one at a time, oldest first, waiting for each to be indexed, so the
-tree grows leaf by leaf. Then it stops the watch and prints the tree, each model's nearest
+tree grows leaf by leaf; each upload's line says how it was placed (probed; an adapter on
+its base; a GGUF re-upload from its file; an exact copy recognised, not downloaded). Then it stops the watch and prints the tree, each model's nearest
 relatives and the lineage check; measures the zoo's scores (``zoo_scores``: bits per byte on
 held-out text of each domain), imports them except one hidden model's, estimates that model
 from its relatives and prints estimate, interval and measured value side by side; writes the

@@ -86,8 +86,12 @@ def test_the_zoos_adapter_gguf_reupload_and_exact_copy_land_beside_their_parents
     assert rows[copy.id][:3] == ("indexed", f"identical weights to {copy.parents[0]}", copy.parents[0])
     assert rows[copy.id][5:] == ([], None)  # its card declares nothing
     assert not [d for d in downloads if d[0] == copy.id], downloads
-    probed = {m for (m,) in query(catalog, "select model_id from probes")}
-    assert probed == {*parents, adapter.id, gguf.id}  # five probes; the copy has none of its own
+    probes = {m: (v, s) for m, v, s in query(catalog, "select model_id, backend_version, seconds from probes")}
+    assert set(probes) == {*parents, adapter.id, gguf.id, copy.id}
+    # the copy's probe row is its twin's alleles, not a probe run: no time, and says whose
+    version, seconds = probes[copy.id]
+    assert seconds == 0 and version.endswith(f"(alleles of {copy.parents[0]}: identical weights)"), probes[copy.id]
+    assert probes[adapter.id][0].endswith(f"; adapter on {adapter_of}")
 
     near = {m.id: _nearest(catalog, m.id, tmp_path) for m in (adapter, gguf, copy)}
     print("nearest:", json.dumps(near, indent=1))
