@@ -18,10 +18,10 @@ Relations (names are stable; tests and docs refer to them):
 * ``copy-pairs-with-original:<id>`` -- an undeclared copy (the int8 one, the exact one) and
   its original are each other's nearest.
 * ``beside-true-parent:<id>`` -- an upload of the mix (adapter, GGUF re-upload, exact copy)
-  is placed beside its true parent: its nearest is the parent, the parent's other copies and
-  its descendants set aside (a copy of X is as near X's children as X is, and X's other
-  copies are X). ``nearest-is-true-parent:<id>`` is the same without setting anything
-  aside: reported (docs/zoo.md), not asserted where the parent has a near derivative.
+  is placed beside its true parent: its nearest is the parent, the parent's copies set aside
+  (X's int8 copy is X) and, for a copy, the parent's descendants too (a copy of X is as near
+  X's children as X is). ``nearest-is-true-parent:<id>`` is the same without setting anything
+  aside: reported (docs/zoo.md), not asserted where the parent has a near copy or derivative.
 * ``nearer-parent-than-grandparent:<id>`` -- a fine-tune of a fine-tune.
 * ``outgroup-farther-than-root`` -- every model of the family is nearer the family's root
   than the out-group (so rooting on the out-group puts the root where it belongs).
@@ -161,8 +161,9 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
         if m.make not in MIX_MAKES or m.id not in pos:
             continue
         parent = m.parents[0]
-        twins = {x for x, o in alias.items() if o == parent and x != m.id}
-        aside = twins | descendants(parent) | {parent}
+        aside = {parent} | {x for x, o in alias.items() if o == parent}
+        if m.id in alias:  # a copy is as near its original's children as the original is
+            aside |= descendants(parent)
         near_other = min(others(m.id, tuple(aside)), key=lambda b: d(m.id, b))
         margin = d(m.id, near_other) - d(m.id, parent)
         out.append(Relation(f"beside-true-parent:{m.id}", margin > 0, margin,
