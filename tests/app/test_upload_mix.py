@@ -107,3 +107,9 @@ def test_the_zoos_adapter_gguf_reupload_and_exact_copy_land_beside_their_parents
         assert d2 - d1 >= 0.2, (m.id, near[m.id])
     (first, d1), (_, d2) = near[copy.id][:2]
     assert first == copy.parents[0] and abs(d1) < 1e-9 and d2 > 0.2, near[copy.id]
+    # The lineage check confirms the two declared bases and names the undeclared copy.
+    lineage = run_cli("lineage", "--catalog", str(catalog), "--json", cwd=tmp_path)
+    assert lineage.returncode == 0, lineage.stderr[-2000:]
+    found = {(f["kind"], f["model_id"], f["other_id"]) for f in json.loads(lineage.stdout)}
+    assert {("confirmed", adapter.id, SMOLLM2), ("confirmed", gguf.id, gguf.parents[0]),
+            ("exact_copy", copy.id, copy.parents[0])} <= found, sorted(found)
