@@ -27,7 +27,7 @@ Relations (names are stable; tests and docs refer to them):
   than the out-group (so rooting on the out-group puts the root where it belongs).
 * ``declared-base-confirmed:<id>:<base>`` -- the lineage check's ``confirmed`` rule for a true
   declaration: the declared base is among the model's 3 nearest, the base's own declared
-  lineage and the model's other declared bases set aside.
+  lineage, the model's other declared bases and its exact copies set aside.
 * ``false-claim-flagged:<id>`` -- the lineage check's ``suspicious`` rule for the planted
   false claim: the declared base is at least ``ratio`` times the distance to the nearest.
 * ``undeclared-copy-found:<id>`` -- an undeclared copy is within the lineage check's close
@@ -79,6 +79,17 @@ def copies() -> dict[str, str]:
 def undeclared_copies() -> dict[str, str]:
     """The copies whose card declares nothing (the lineage check must name their original)."""
     return {c: o for c, o in copies().items() if not _spec(c).declared_base}
+
+
+def exact_copies() -> dict[str, str]:
+    """{exact copy: original}: what the index knows from the Hub's hashes (check_lineage's
+    ``copies``)."""
+    return {m.id: m.parents[0] for m in ZOO if m.make == "copy"}
+
+
+def exact_twins(model_id: str) -> set[str]:
+    pairs = exact_copies().items()
+    return {c for c, o in pairs if o == model_id} | {o for c, o in pairs if c == model_id}
 
 
 def descendants(model_id: str) -> set[str]:
@@ -166,9 +177,10 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
             aside |= descendants(parent)
         near_other = min(others(m.id, tuple(aside)), key=lambda b: d(m.id, b))
         margin = d(m.id, near_other) - d(m.id, parent)
+        what = "copies and descendants" if m.id in alias else "copies"
         out.append(Relation(f"beside-true-parent:{m.id}", margin > 0, margin,
-                            f"parent {parent} at {d(m.id, parent):.3f}, nearest other (the parent's copies and "
-                            f"descendants aside) {near_other} at {d(m.id, near_other):.3f}"))
+                            f"parent {parent} at {d(m.id, parent):.3f}, nearest other (the parent's {what} "
+                            f"aside) {near_other} at {d(m.id, near_other):.3f}"))
         strict = min(others(m.id, (parent,)), key=lambda b: d(m.id, b))
         margin = d(m.id, strict) - d(m.id, parent)
         out.append(Relation(f"nearest-is-true-parent:{m.id}", margin > 0, margin,
@@ -194,9 +206,9 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
     for m in ZOO:
         for base in m.declared_base:
             if base in m.parents:
-                # as check_lineage ranks it: the base's declared lineage and the child's
-                # other declared bases set aside
-                aside = lineage_of.get(base, set()) | set(m.declared_base)
+                # as check_lineage ranks it: the base's declared lineage, the child's other
+                # declared bases and the child's exact copies set aside
+                aside = lineage_of.get(base, set()) | set(m.declared_base) | exact_twins(m.id)
                 rest = sorted(d(m.id, b) for b in others(m.id, tuple(aside)))
                 edge = rest[CONFIRM_RANK - 1] if len(rest) >= CONFIRM_RANK else np.inf
                 margin = edge - d(m.id, base)

@@ -146,14 +146,19 @@ def test_the_lineage_checker_gives_the_verdicts_the_relations_promise(zoo_index)
     ids = zoo_index.ids
     declared = {m.id: m.declared_base for m in ZOO}
     created = {m.id: m.created_at for m in ZOO}
-    findings = check_lineage(zoo_index.distance_matrix(), ids, declared, created)
+    from indexer.testbed.zoo_relations import exact_copies
+
+    # the exact copy as the index knows it: from the Hub's hashes
+    findings = check_lineage(zoo_index.distance_matrix(), ids, declared, created, copies=exact_copies())
     kinds = {(f.kind, f.model_id, f.other_id) for f in findings}
     for m in ZOO:
         for base in m.declared_base:
             want = "confirmed" if base in m.parents else "suspicious"
             assert (want, m.id, base) in kinds, f"{m.id} -> {base}: expected {want}, got {sorted(kinds)}"
-    for copy in (m for m in ZOO if m.make in ("quantize", "copy")):  # the copies that declare nothing
-        assert ("undeclared", copy.id, copy.parents[0]) in kinds, copy.id
+    near_copy = next(m for m in ZOO if m.make == "quantize")
+    assert ("undeclared", near_copy.id, near_copy.parents[0]) in kinds
+    for copy, twin in exact_copies().items():  # named as a copy (not again as undeclared)
+        assert ("exact_copy", copy, twin) in kinds and ("undeclared", copy, twin) not in kinds
     liar = next(m for m in ZOO if m.planted and m.declared_base)
     assert ("undeclared", liar.id, liar.parents[0]) in kinds  # its true parent, named
 
