@@ -28,8 +28,9 @@ def zoo_build(
     """Build the zoo (once; later builds reuse the cache) and lay it out in DIR.
 
     Deterministic: SmolLM2-135M-Instruct and gemma-3-270m from the GGUF files of their PyPI
-    packages, fine-tunes, a fine-tune of a fine-tune, a merge, and an int8 re-upload, each a
-    Hub-style repository whose card declares its lineage (two cards lie, on purpose).
+    packages, fine-tunes, a fine-tune of a fine-tune, a merge, an int8 re-upload, and the
+    upload mix (a LoRA adapter, a Q8_0 GGUF re-upload, a byte-identical copy), each a
+    Hub-style repository whose card declares its lineage (three cards mislead, on purpose).
     """
     from indexer.testbed.zoo import build_zoo  # torch is imported only for this command
 

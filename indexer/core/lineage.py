@@ -11,8 +11,9 @@ Rules (every finding carries the distances that support it):
   or its nearest ``confirm_fraction`` of the index, counting only models outside the
   parent's declared lineage: fine-tunes of one base often sit closer to each other than to
   the base (and a far fine-tune sees all of them at about the same distance), so models
-  that declare the parent as an ancestor, directly or through their own declared bases, and
-  the child's other declared bases are set aside when the parent's rank is taken.
+  that declare the parent as an ancestor, directly or through their own declared bases, the
+  child's other declared bases and the child's exact copies (``copies``: they are the child)
+  are set aside when the parent's rank is taken.
 * ``suspicious`` -- the declared parent is farther than ``suspicious_fraction`` of the
   index *and* at least ``ratio`` times the distance to the child's nearest model (the
   second guard keeps an index where everything is equidistant from raising alarms).
@@ -127,9 +128,10 @@ def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious
                                                "declared base model is not in the index"))
                 continue
             d = float(D[i, pos[parent]])
-            # the parent's own declared lineage and the child's other declared bases do not
-            # compete with it for a rank
-            aside = (descendants.get(parent, set()) | set(declared.get(child, ()))) - {parent, child}
+            # the parent's own declared lineage, the child's other declared bases and the
+            # child's exact copies (they are the child) do not compete with it for a rank
+            twins = {c for c, t in copies.items() if t == child} | {t for c, t in copies.items() if c == child}
+            aside = (descendants.get(parent, set()) | set(declared.get(child, ())) | twins) - {parent, child}
             row = masked[i].copy()
             row[[pos[m] for m in aside if m in pos]] = np.inf
             rank = 1 + int(np.sum(row < d))  # models strictly closer than the parent

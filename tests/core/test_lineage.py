@@ -63,6 +63,27 @@ def test_siblings_nearer_each_other_than_the_base_do_not_hide_it():
     assert f.rank == 4 and f.kind != "confirmed"
 
 
+def test_a_childs_exact_copy_does_not_push_its_declared_base_out():
+    """A re-upload of the child's weights (known from the Hub's hashes) sits at 0 from it:
+    it is the child, so it takes no rank from the child's declared base; unknown as a copy,
+    it would (with two other models nearer than the base)."""
+    ids = ["A/base", "o/child", "m/child-copy", "u/x", "u/y", "u/z"]
+    d = np.array([[0.0, 1.0, 1.0, 2.0, 2.0, 2.0],
+                  [1.0, 0.0, 0.0, 0.9, 0.95, 2.0],
+                  [1.0, 0.0, 0.0, 0.9, 0.95, 2.0],
+                  [2.0, 0.9, 0.9, 0.0, 2.0, 2.0],
+                  [2.0, 0.95, 0.95, 2.0, 0.0, 2.0],
+                  [2.0, 2.0, 2.0, 2.0, 2.0, 0.0]])
+    declared = {"o/child": ["A/base"]}
+    blind = {(x.kind, x.model_id, x.other_id): x for x in check_lineage(d, ids, declared)}
+    assert ("confirmed", "o/child", "A/base") not in blind  # rank 4 of 5: the copy counted
+    known = {(x.kind, x.model_id, x.other_id): x
+             for x in check_lineage(d, ids, declared, copies={"m/child-copy": "o/child"})}
+    f = known[("confirmed", "o/child", "A/base")]
+    assert f.rank == 3
+    assert ("exact_copy", "m/child-copy", "o/child") in known
+
+
 def test_equidistant_index_raises_no_alarm():
     ids = [f"o/m{i}" for i in range(6)]
     d = np.ones((6, 6)) - np.eye(6)

@@ -73,7 +73,10 @@ def library_name(state: RepoState) -> str | None:
     lib = state.card.get("library_name")
     if isinstance(lib, str):
         return lib
-    return "transformers" if "config.json" in state.files else None
+    if "config.json" in state.files:
+        return "transformers"
+    # The Hub files a repository of GGUF files under the "gguf" library (models?library=gguf).
+    return "gguf" if any(r.endswith(".gguf") for r in state.files) else None
 
 
 def tags(state: RepoState, aliases: dict[str, str] | None = None) -> list[str]:
@@ -86,6 +89,8 @@ def tags(state: RepoState, aliases: dict[str, str] | None = None) -> list[str]:
     add(library_name(state))
     if any(r.endswith(".safetensors") for r in state.files):
         add("safetensors")
+    if any(r.endswith(".gguf") for r in state.files):
+        add("gguf")
     add(state.config.get("model_type"))
     add(pipeline_tag(state))
     card_tags = state.card.get("tags")

@@ -122,7 +122,7 @@ def test_draw_follows_the_tempered_distribution_and_nucleus():
 @pytest.fixture(scope="module")
 def smol(zoo_dir):
     prober = TransformersProber(device="cpu", dtype="float32")
-    source = ModelSource(SMOL, zoo_revision(zoo_dir), zoo_dir / SMOL)
+    source = ModelSource(SMOL, zoo_revision(zoo_dir, SMOL), zoo_dir / SMOL)
     lm, tok = prober.load(source)
     yield prober, source, lm, tok
     prober.close()

@@ -198,9 +198,8 @@ def _similarity(a, b) -> float:
 def reference(zoo_dir):
     """Transformers-backend alleles of SmolLM2 and gemma on the same genes."""
     genome = builtin("math").subset(GENES)
-    rev = zoo_revision(zoo_dir)
     with TransformersProber(device="cpu", dtype="float32") as prober:
-        return {m: prober.probe(ModelSource(m, rev, zoo_dir / m), genome, PARAMS).alleles.counts
+        return {m: prober.probe(ModelSource(m, zoo_revision(zoo_dir, m), zoo_dir / m), genome, PARAMS).alleles.counts
                 for m in (SMOLLM2, GEMMA)}
 
 
@@ -209,7 +208,7 @@ def reference(zoo_dir):
 def test_vllm_probes_real_models_one_engine_each(zoo_dir, reference):
     genome = builtin("math").subset(GENES)
     prober = VLLMProber(python=VLLM_PYTHON)
-    rev = zoo_revision(zoo_dir)
+    rev = zoo_revision(zoo_dir, SMOLLM2)
     smol = prober.probe(ModelSource(SMOLLM2, rev, zoo_dir / SMOLLM2), genome, PARAMS)
     assert smol.backend == "vllm" and smol.backend_version.startswith("vllm ")
     assert prober.last_timings["generate_seconds"] > 0
@@ -222,7 +221,7 @@ def test_vllm_probes_real_models_one_engine_each(zoo_dir, reference):
     # a second model of another architecture in the same prober: a fresh worker (the first
     # one's memory is gone). gemma's 262k-token vocabulary is slow on CPU: 8 genes x 8 samples.
     small = ProbeParams(n_samples=8)
-    gemma = prober.probe(ModelSource(GEMMA, rev, zoo_dir / GEMMA), genome.subset(8), small)
+    gemma = prober.probe(ModelSource(GEMMA, zoo_revision(zoo_dir, GEMMA), zoo_dir / GEMMA), genome.subset(8), small)
     assert prober.last_engine == FRESH and prober.engine_starts == 2
     prober.close()
     g_same = _similarity(gemma.alleles.counts, reference[GEMMA][:8])
@@ -264,14 +263,14 @@ def test_vllm_serves_a_lora_adapter_on_its_base_engine(zoo_dir, tmp_path):
 
     adapter = lora_adapter(zoo_dir, tmp_path / "lora-org" / "a")
     genome = builtin("math").subset(GENES)
-    rev = zoo_revision(zoo_dir)
+    rev = zoo_revision(zoo_dir, BASE)
     source = ModelSource("lora-org/a", rev, zoo_dir / BASE, adapter=adapter, base=f"{BASE}@{rev}")
     on_vllm = VLLMProber(python=VLLM_PYTHON).probe(source, genome, PARAMS)
     assert on_vllm.backend_version.startswith("vllm ") and on_vllm.backend_version.endswith(f"adapter on {BASE}@{rev}")
     with TransformersProber(device="cpu", dtype="float32") as prober:
         peft = prober.probe(source, genome, PARAMS).alleles.counts
-        poetry = prober.probe(ModelSource("zoo/smollm2-ft-poetry", rev, zoo_dir / "zoo/smollm2-ft-poetry"),
-                              genome, PARAMS).alleles.counts
+        ft = "zoo/smollm2-ft-poetry"
+        poetry = prober.probe(ModelSource(ft, zoo_revision(zoo_dir, ft), zoo_dir / ft), genome, PARAMS).alleles.counts
     same = nei_similarity(on_vllm.alleles.counts, peft, PARAMS.n_samples)
     other = nei_similarity(on_vllm.alleles.counts, poetry, PARAMS.n_samples)
     print(f"vLLM LoRA vs peft: {same:.3f}; vs the poetry fine-tune: {other:.3f}")
@@ -295,9 +294,9 @@ def test_one_engine_serves_a_base_its_fine_tune_and_an_adapter(zoo_dir, tmp_path
 
     adapter = lora_adapter(zoo_dir, tmp_path / "lora-org" / "a")
     genome = builtin("math").subset(GENES)
-    rev = zoo_revision(zoo_dir)
+    rev = zoo_revision(zoo_dir, SMOLLM2)
     ft = "zoo/smollm2-ft-poetry"
-    base_src, ft_src = ModelSource(SMOLLM2, rev, zoo_dir / SMOLLM2), ModelSource(ft, rev, zoo_dir / ft)
+    base_src, ft_src = ModelSource(SMOLLM2, rev, zoo_dir / SMOLLM2), ModelSource(ft, zoo_revision(zoo_dir, ft), zoo_dir / ft)
     lora_src = ModelSource("lora-org/a", rev, zoo_dir / BASE, adapter=adapter, base=f"{BASE}@{rev}")
     with VLLMProber(python=VLLM_PYTHON) as prober:
         base = prober.probe(base_src, genome, PARAMS)
