@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 MIN_SIMILARITY = 1e-10
+DENSE_BLOCK_ROWS = 512  # up to this many rows in all, similarity_block multiplies dense rows
 
 
 def check_matrix(D, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -214,9 +215,23 @@ class AlleleIndex:
     def similarity_block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
         """Similarities between the indexed models at ``rows_a`` and at ``rows_b`` (a block
         of the full matrix, computed on demand): O(nnz of the rows x models per column)."""
-        s = np.asarray((self.submatrix(rows_a) @ self.submatrix(rows_b).T).todense(), dtype=np.float64)
+        rows_a = np.asarray(rows_a, dtype=np.int64)
+        rows_b = np.asarray(rows_b, dtype=np.int64)
+        if rows_a.size + rows_b.size <= DENSE_BLOCK_ROWS:
+            # few rows, thousands of alleles each: a dense product (BLAS) beats sparse x sparse
+            xa = self._dense_rows(rows_a)
+            xb = xa if rows_b is rows_a or np.array_equal(rows_a, rows_b) else self._dense_rows(rows_b)
+            s = xa @ xb.T
+        else:
+            s = np.asarray((self.submatrix(rows_a) @ self.submatrix(rows_b).T).todense(), dtype=np.float64)
         np.clip(s, 0.0, 1.0, out=s)
         return s
+
+    def _dense_rows(self, rows: np.ndarray) -> np.ndarray:
+        pos, lens = self._gather(rows)
+        out = np.zeros((rows.shape[0], max(self.n_columns, 1)))
+        out[np.repeat(np.arange(rows.shape[0]), lens), self._indices[pos]] = self._data[pos]
+        return out
 
     def gene_of_column(self) -> np.ndarray:
         """Gene index of every column (for gene resampling)."""
