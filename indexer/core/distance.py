@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 MIN_SIMILARITY = 1e-10
-DENSE_BLOCK_ROWS = 512  # up to this many rows in all, similarity_block multiplies dense rows
+DENSE_BLOCK_BYTES = 1 << 30  # similarity_block multiplies dense rows while they fit in this
 
 
 def check_matrix(D, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -217,10 +217,12 @@ class AlleleIndex:
         of the full matrix, computed on demand): O(nnz of the rows x models per column)."""
         rows_a = np.asarray(rows_a, dtype=np.int64)
         rows_b = np.asarray(rows_b, dtype=np.int64)
-        if rows_a.size + rows_b.size <= DENSE_BLOCK_ROWS:
-            # few rows, thousands of alleles each: a dense product (BLAS) beats sparse x sparse
+        same = rows_a is rows_b or np.array_equal(rows_a, rows_b)
+        if (rows_a.size + (0 if same else rows_b.size)) * max(self.n_columns, 1) * 8 <= DENSE_BLOCK_BYTES:
+            # rows of thousands of alleles, each column shared by a large share of the rows:
+            # a dense product (BLAS) beats sparse x sparse by far
             xa = self._dense_rows(rows_a)
-            xb = xa if rows_b is rows_a or np.array_equal(rows_a, rows_b) else self._dense_rows(rows_b)
+            xb = xa if same else self._dense_rows(rows_b)
             s = xa @ xb.T
         else:
             s = np.asarray((self.submatrix(rows_a) @ self.submatrix(rows_b).T).todense(), dtype=np.float64)

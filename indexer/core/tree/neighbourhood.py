@@ -126,7 +126,7 @@ class NeighbourhoodTree:
     """
 
     def __init__(self, block: Block, policy: RebuildPolicy | None = None, weighting: str = "fm",
-                 nni_radius: int = 2, nni_sample: int = 16, rebuild_max_models: int = 2000):
+                 nni_radius: int = 2, nni_sample: int = 8, rebuild_max_models: int = 2000):
         self.block = block
         self.policy = policy or RebuildPolicy()
         self.weighting = weighting
