@@ -121,12 +121,21 @@ def bench_index_cmd(
     shape: Annotated[str, typer.Option(help="Tree shape: yule | uniform | caterpillar | balanced.")] = "yule",
     growth: Annotated[float, typer.Option(help="Rebuild policy: full NJ once the index grew by this fraction "
                                                 "(0 = never rebuild).")] = 0.5,
+    stream: Annotated[bool, typer.Option("--stream", help="The Hub-scale streaming run: real-like allele diversity "
+                                                         "(~17 distinct alleles per gene), latency percentiles over n, "
+                                                         "peak RSS, recall@10 against brute force, nRF to the truth.")] = False,
+    mode: Annotated[str, typer.Option(help="With --stream: sparse (k nearest, no n x n matrix) | exact.")] = "sparse",
+    k: Annotated[int, typer.Option("-k", help="With --stream: neighbours kept per model.")] = 32,
+    candidates: Annotated[int, typer.Option(help="With --stream: candidates re-scored exactly per insert.")] = 64,
+    backend: Annotated[str, typer.Option(help="With --stream: candidate search, hnsw | exact.")] = "hnsw",
+    recall_queries: Annotated[int, typer.Option(help="With --stream: sampled models for recall@10.")] = 200,
+    nj_max: Annotated[int, typer.Option(help="With --stream: compare with full NJ up to this many models.")] = 5000,
     json: JsonOpt = False,
 ) -> None:
     """Index benchmark on a simulated ecosystem: insert latency (distance row + placement +
     local NNI), amortised rebuild cost, full NJ time at the same n, tree quality (nRF) of
-    the incremental tree and of NJ against the true tree."""
-    from indexer.bench.index import MIN_MODELS, bench_index
+    the incremental tree and of NJ against the true tree. ``--stream``: the Hub-scale run."""
+    from indexer.bench.index import MIN_MODELS, bench_index, bench_stream
     from indexer.core.simulate import SHAPES
 
     if models < MIN_MODELS:
@@ -135,7 +144,13 @@ def bench_index_cmd(
         raise PhylolmError(f"--shape must be one of {', '.join(SHAPES)}")
     if seeds < 1 or genes < 1 or samples < 1 or growth < 0:
         raise PhylolmError("--seeds, --genes and --samples must be positive and --growth non-negative")
-    result = bench_index(models, seed, seeds, genes, samples, shape, growth)
+    if stream:
+        if mode not in ("sparse", "exact") or backend not in ("hnsw", "exact") or k < 1 or candidates < k:
+            raise PhylolmError("--mode sparse|exact, --backend hnsw|exact, and -k <= --candidates")
+        result = bench_stream(models, seed, genes, samples, shape, mode, k, candidates, backend, recall_queries,
+                              nj_max, growth or None)
+    else:
+        result = bench_index(models, seed, seeds, genes, samples, shape, growth)
     if json:
         print_json(result)
     else:

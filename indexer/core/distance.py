@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 MIN_SIMILARITY = 1e-10
+DENSE_BLOCK_BYTES = 1 << 30  # similarity_block multiplies dense rows while they fit in this
 
 
 def check_matrix(D, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -128,6 +129,7 @@ class AlleleIndex:
         self.n_genes = n_genes
         self.n_samples = n_samples
         self._columns: dict[tuple[int, str], int] = {}
+        self._keys: list[tuple[int, str]] = []  # column -> (gene, allele)
         self._ids: list[str] = []
         self._row_of: dict[str, int] = {}
         self._indptr = np.zeros(1024, dtype=np.int64)
@@ -171,6 +173,68 @@ class AlleleIndex:
     def distance_matrix(self) -> np.ndarray:
         return distance_from_similarity(self.similarity_matrix())
 
+    def column_key(self, column: int) -> tuple[int, str]:
+        """The (gene, allele) pair of a column."""
+        return self._keys[column]
+
+    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in the CSR buffers of the stored entries of ``rows``, and their lengths.
+        O(nnz of those rows): no scipy matrix is built (its constructor scans every index)."""
+        start = self._indptr[rows]
+        lens = self._indptr[rows + 1] - start
+        total = int(lens.sum())
+        offs = np.repeat(start - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        return offs + np.arange(total), lens
+
+    def similarity_to(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """Similarity of an encoded model (``encode_new``) to the indexed models at ``rows``
+        only: O(nnz of those rows), whatever the size of the index."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty(0, dtype=np.float64)
+        dense = np.zeros(max(self.n_columns, 1), dtype=np.float64)
+        known = cols < dense.shape[0]
+        dense[cols[known]] = vals[known]
+        ip, data, indices = self._indptr, self._data, self._indices
+        out = np.empty(rows.shape[0])
+        # one short dot per row on views of the buffers: cheaper than gathering all rows first
+        for i, r in enumerate(rows.tolist()):
+            lo, hi = ip[r], ip[r + 1]
+            out[i] = data[lo:hi] @ dense[indices[lo:hi]]
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
+    def submatrix(self, rows: np.ndarray) -> sp.csr_matrix:
+        """The stored rows ``rows`` as a small CSR matrix (a copy), O(nnz of those rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pos, lens = self._gather(rows)
+        indptr = np.concatenate([[0], np.cumsum(lens)])
+        return sp.csr_matrix((self._data[pos], self._indices[pos], indptr),
+                             shape=(rows.shape[0], max(self.n_columns, 1)))
+
+    def similarity_block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        """Similarities between the indexed models at ``rows_a`` and at ``rows_b`` (a block
+        of the full matrix, computed on demand): O(nnz of the rows x models per column)."""
+        rows_a = np.asarray(rows_a, dtype=np.int64)
+        rows_b = np.asarray(rows_b, dtype=np.int64)
+        same = rows_a is rows_b or np.array_equal(rows_a, rows_b)
+        if (rows_a.size + (0 if same else rows_b.size)) * max(self.n_columns, 1) * 8 <= DENSE_BLOCK_BYTES:
+            # rows of thousands of alleles, each column shared by a large share of the rows:
+            # a dense product (BLAS) beats sparse x sparse by far
+            xa = self._dense_rows(rows_a)
+            xb = xa if same else self._dense_rows(rows_b)
+            s = xa @ xb.T
+        else:
+            s = np.asarray((self.submatrix(rows_a) @ self.submatrix(rows_b).T).todense(), dtype=np.float64)
+        np.clip(s, 0.0, 1.0, out=s)
+        return s
+
+    def _dense_rows(self, rows: np.ndarray) -> np.ndarray:
+        pos, lens = self._gather(rows)
+        out = np.zeros((rows.shape[0], max(self.n_columns, 1)))
+        out[np.repeat(np.arange(rows.shape[0]), lens), self._indices[pos]] = self._data[pos]
+        return out
+
     def gene_of_column(self) -> np.ndarray:
         """Gene index of every column (for gene resampling)."""
         genes = np.empty(self.n_columns, dtype=np.int64)
@@ -211,6 +275,15 @@ class AlleleIndex:
         """Add one model without computing its row (bulk loading; see ``similarity_matrix``)."""
         self._append(model_id, *self._encode_new(model_id, counts, n_samples))
 
+    def encode_new(self, model_id: str, counts: Sequence[dict[str, int]], n_samples: int | None = None):
+        """Validate a model about to be added; its sorted columns and normalised frequencies
+        (new (gene, allele) pairs get columns now). ``append`` then stores it."""
+        return self._encode_new(model_id, counts, n_samples)
+
+    def append(self, model_id: str, cols: np.ndarray, vals: np.ndarray) -> None:
+        """Store a model encoded by ``encode_new`` (no similarity row is computed)."""
+        self._append(model_id, cols, vals)
+
     def _encode_new(self, model_id: str, counts: Sequence[dict[str, int]], n_samples: int | None):
         """Validate a model about to be added and encode its allele frequencies."""
         n_samples = self.n_samples if n_samples is None else n_samples
@@ -235,28 +308,29 @@ class AlleleIndex:
         With ``grow=False`` alleles unseen by the index get no column (they add nothing to
         any dot product) but still count in the norm.
         """
-        cols: list[int] = []
-        vals: list[float] = []
-        sq_norm = 0.0
-        for g, per_gene in enumerate(counts):
-            for allele, c in per_gene.items():
-                if c <= 0:
-                    continue
-                p = c / n_samples
-                sq_norm += p * p
-                key = (g, allele)
-                col = self._columns.get(key)
-                if col is None:
-                    if not grow:
-                        continue
-                    col = self._columns[key] = len(self._columns)
-                cols.append(col)
-                vals.append(p)
+        # comprehensions, not a loop with appends: a real probe has ~2,200 alleles (128 genes)
+        keys = [(g, a) for g, per_gene in enumerate(counts) for a, c in per_gene.items() if c > 0]
+        p = np.fromiter((c for per_gene in counts for c in per_gene.values() if c > 0),
+                        dtype=np.float64, count=len(keys)) / n_samples
+        sq_norm = float(p @ p)
         if sq_norm == 0.0:
             raise ValueError("a model with no alleles cannot be compared")
-        order = np.argsort(cols, kind="stable")
-        return (np.asarray(cols, dtype=np.int64)[order],
-                np.asarray(vals, dtype=np.float64)[order] / np.sqrt(sq_norm))
+        get = self._columns.get
+        cols = [get(k) for k in keys]
+        if None in cols:
+            for i, col in enumerate(cols):
+                if col is None:
+                    if grow:
+                        col = cols[i] = self._columns[keys[i]] = len(self._keys)
+                        self._keys.append(keys[i])
+                    else:
+                        cols[i] = -1
+        c = np.asarray(cols, dtype=np.int64)
+        if not grow:
+            p = p[c >= 0]
+            c = c[c >= 0]
+        order = np.argsort(c, kind="stable")
+        return c[order], p[order] / np.sqrt(sq_norm)
 
     def _similarity_row(self, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
         n = len(self._ids)

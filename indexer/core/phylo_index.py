@@ -5,6 +5,12 @@ product (``AlleleIndex``); (2) least-squares placement of the new leaf on the cu
 O(n); (3) NNI around the insertion; (4) a full neighbour joining when the ``RebuildPolicy``
 says so (steps 2-4: ``IncrementalTree``). Pure: no I/O; the catalog stores what this
 computes and ``from_state`` resumes from it.
+
+``mode="sparse"`` is the Hub-scale variant, with nothing O(n^2) on the insert path and no
+n x n matrix in memory: (1) the model's k nearest from the ``NeighbourGraph`` (candidates
+from HNSW, re-scored exactly); (2) placement on the subtree spanned by those neighbours
+and NNI on sampled group averages (``NeighbourhoodTree``); (3) NJ rebuilds only while the
+index is small. Full rows and the full matrix are computed on demand only.
 """
 from __future__ import annotations
 
@@ -15,9 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.core.distance import AlleleIndex, distance_from_similarity, nearest_k
+from indexer.core.neighbours import NeighbourGraph
 from indexer.core.tree.bootstrap import gene_bootstrap
 from indexer.core.tree.core import Tree
 from indexer.core.tree.incremental import IncrementalTree
+from indexer.core.tree.neighbourhood import NeighbourhoodTree
 from indexer.core.tree.newick import parse_newick, to_newick
 from indexer.core.tree.nj import neighbor_joining
 from indexer.core.tree.placement import Placement
@@ -36,6 +44,7 @@ class InsertResult:
     nni_moves: int
     rebuilt: bool
     timings_ms: dict[str, float] = field(default_factory=dict)  # distance, placement, nni, rebuild
+    rows: np.ndarray | None = None  # sparse mode: the rows similarity/distance refer to (k nearest)
 
     @property
     def insert_ms(self) -> float:
@@ -55,12 +64,30 @@ class PhyloIndex:
     """Models, their distance matrix and their tree, updated one model at a time."""
 
     def __init__(self, genome_hash: str = "", n_samples: int = 32, policy: RebuildPolicy | None = None,
-                 weighting: str = "fm", nni_radius: int = 2, n_neighbours: int = 5):
+                 weighting: str = "fm", nni_radius: int = 2, n_neighbours: int = 5, mode: str = "exact",
+                 k: int = 32, candidates: int = 64, backend: str = "hnsw", rebuild_max_models: int = 2000):
+        """``mode``: ``"exact"`` (full rows, dense matrix, the default) or ``"sparse"`` (the
+        ``k`` nearest only; ``candidates``, ``backend``: see ``NeighbourGraph``)."""
+        if mode not in ("exact", "sparse"):
+            raise ValueError(f"unknown mode {mode!r} (exact or sparse)")
         self.genome_hash = genome_hash
         self.n_samples = n_samples
         self.n_neighbours = n_neighbours
+        self.mode = mode
         self.alleles = AlleleIndex(n_samples=n_samples)
-        self.incremental = IncrementalTree(policy, weighting, nni_radius)
+        self.graph: NeighbourGraph | None = None
+        if mode == "exact":
+            self.incremental = IncrementalTree(policy, weighting, nni_radius)
+        else:
+            self.graph = NeighbourGraph(self.alleles, k=k, candidates=candidates, backend=backend)
+            self.incremental = NeighbourhoodTree(self._distance_block, policy, weighting, nni_radius,
+                                                 rebuild_max_models=rebuild_max_models)
+
+    def _distance_block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        d = distance_from_similarity(self.alleles.similarity_block(rows_a, rows_b))
+        same = np.asarray(rows_a)[:, None] == np.asarray(rows_b)[None, :]
+        d[same] = 0.0  # a model's own similarity is 1 exactly, not 1 - rounding
+        return d
 
     # -- reading -----------------------------------------------------------------
     @property
@@ -87,6 +114,10 @@ class PhyloIndex:
         return self.incremental.rebuild_seconds_total
 
     def distance_matrix(self) -> np.ndarray:
+        """The full matrix: kept (exact mode) or computed now, O(n^2) (sparse mode)."""
+        if self.mode == "sparse":
+            everyone = np.arange(len(self))
+            return self._distance_block(everyone, everyone)
         return self.incremental.distance_matrix()
 
     def newick(self, support: bool = True) -> str:
@@ -94,14 +125,26 @@ class PhyloIndex:
 
     def nearest(self, model_id: str, k: int = 5) -> list[tuple[str, float]]:
         """The k nearest models to an indexed one, by distance (ties: by id, see ``nearest_k``)."""
-        row = self.incremental.distance_row(model_id)
-        row[self.alleles.row_of(model_id)] = np.inf
+        r = self.alleles.row_of(model_id)
+        if self.mode == "sparse":
+            if k <= self.graph.k:
+                nb = self.graph.neighbours(r)
+                ids = self.ids
+                best = sorted(zip(nb.distance.tolist(), (ids[j] for j in nb.rows.tolist())))[:k]
+                return [(m, d) for d, m in best]
+            row = self.graph.exact_row(r)
+        else:
+            row = self.incremental.distance_row(model_id)
+        row[r] = np.inf
         ids = self.ids
         return [(ids[j], float(row[j])) for j in nearest_k(row, k, ids)]
 
     # -- writing -----------------------------------------------------------------
     def insert(self, model_id: str, counts: Sequence[dict[str, int]]) -> InsertResult:
-        """Add one model: distance row, placement, local NNI, rebuild if due."""
+        """Add one model: distance row (sparse mode: its k nearest), placement, local NNI,
+        rebuild if due."""
+        if self.mode == "sparse":
+            return self._insert_sparse(model_id, counts)
         t0 = time.perf_counter()
         sim = self.alleles.add(model_id, counts, self.n_samples)
         drow = distance_from_similarity(sim) if sim.size else np.empty(0)
@@ -112,6 +155,17 @@ class PhyloIndex:
         return InsertResult(model_id, sim, drow, [ids[j] for j in order], [float(drow[j]) for j in order],
                             upd.placement, upd.sister, upd.nni_moves, upd.rebuilt,
                             {"distance": distance_ms, **upd.timings_ms})
+
+    def _insert_sparse(self, model_id: str, counts: Sequence[dict[str, int]]) -> InsertResult:
+        t0 = time.perf_counter()
+        found = self.graph.insert(model_id, counts, self.n_samples)
+        distance_ms = (time.perf_counter() - t0) * 1e3
+        upd = self.incremental.insert(model_id, found.rows, found.distance)
+        ids = self.ids
+        near = found.rows[: self.n_neighbours].tolist()
+        return InsertResult(model_id, found.similarity, found.distance, [ids[j] for j in near],
+                            found.distance[: len(near)].tolist(), upd.placement, upd.sister, upd.nni_moves,
+                            upd.rebuilt, {"distance": distance_ms, **upd.timings_ms}, rows=found.rows)
 
     def rebuild(self) -> Tree:
         """Replace the tree by a neighbour-joining tree of the current matrix."""
@@ -151,6 +205,8 @@ class PhyloIndex:
         NJ builds one."""
         if len(ids) != len(counts_list):
             raise ValueError("ids and counts_list differ in length")
+        if options.get("mode", "exact") != "exact":
+            raise ValueError("from_state resumes the exact mode only")
         index = cls(genome_hash, n_samples, policy, **options)
         tree = parse_newick(newick) if newick and newick.strip() != ";" else None
         in_tree = set(tree.leaf_node) if tree is not None else set()

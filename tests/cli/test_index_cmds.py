@@ -34,6 +34,22 @@ def test_bench_index_reports_its_figures(cli):
     assert two["seeds"] == [0, 1] and "mean_nrf_nj_truth" in two
 
 
+def test_bench_index_stream_reports_recall_rss_and_quality(cli):
+    # backend exact: the default install has no hnswlib; the figures are the same fields
+    r = cli("bench", "index", "--stream", "--models", "60", "--genes", "16", "-k", "10", "--candidates", "10",
+            "--backend", "exact", "--recall-queries", "20", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert (res["models"], res["mode"], res["k"]) == (60, "sparse", 10)
+    assert res["recall_at_10_lists"] == 1.0 and res["recall_at_10_search"] == 1.0  # exact by construction
+    assert res["insert_ms_p95"] >= res["insert_ms_median"] > 0 and res["peak_rss_mib"] > 0
+    assert 0 <= res["nrf_incremental_truth"] <= 1 and 0 <= res["nrf_nj_truth"] <= 1
+    assert 10 <= res["distinct_alleles_per_gene"] <= 20
+    assert res["insert_ms_by_stretch"][-1]["n_to"] == 60
+    bad = cli("bench", "index", "--stream", "--models", "50", "-k", "9", "--candidates", "4")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
 def _leaf_names(node: dict) -> list[str]:
     """The leaves of a tree in the JSON form (``{"name"}`` leaves, ``{"children"}`` inside)."""
     return [node["name"]] if "children" not in node else [n for c in node["children"] for n in _leaf_names(c)]

@@ -97,3 +97,78 @@ def test_gene_bootstrap_support_is_stored_and_written(eco_counts):
     # a new insertion invalidates supports of the old tree
     index.insert(eco.ids[30], counts[30])
     assert not index.tree.support
+
+
+def _sparse_backend():
+    try:
+        import hnswlib  # noqa: F401
+        return "hnsw"
+    except ImportError:
+        return "exact"
+
+
+def _arrays(obj, seen=None):
+    """Every numpy array reachable from an object's attributes (and lists/dicts of them)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _arrays(x, seen)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _arrays(x, seen)
+    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("indexer"):
+        for x in vars(obj).values():
+            yield from _arrays(x, seen)
+
+
+def test_sparse_mode_keeps_no_square_matrix(eco_counts):
+    eco, counts = eco_counts
+    index = PhyloIndex("genome", 32, RebuildPolicy(), mode="sparse", k=8, candidates=16,
+                       backend=_sparse_backend(), rebuild_max_models=40)
+    results = [index.insert(m, counts[i]) for i, m in enumerate(eco.ids)]
+    n = len(index)
+    for a in _arrays(index):
+        assert a.ndim < 2 or min(a.shape) < n // 4, a.shape  # lists are n x k, never n x n
+    # the neighbours given at insert are the k nearest by the exact row, exact distances
+    full = index.distance_matrix()
+    assert full.shape == (n, n)  # on demand, not kept
+    for i in range(9, n, 17):
+        r = results[i]
+        assert r.rows is not None and r.rows.shape == (8,)
+        assert np.allclose(r.distance, full[i, r.rows], atol=1e-12)
+    index.tree.check()
+    assert set(index.tree.leaf_node) == set(index.ids)
+    # rebuilds stop once the index outgrows rebuild_max_models
+    assert index.incremental.rebuilds_skipped >= 1
+    assert not any(r.rebuilt for r in results[41:])
+
+
+def test_sparse_mode_tree_is_about_as_good_as_nj(eco_counts):
+    eco, counts = eco_counts
+    index = PhyloIndex("genome", 32, RebuildPolicy.never(), mode="sparse", k=16, candidates=32,
+                       backend=_sparse_backend())
+    for i, m in enumerate(eco.ids):
+        index.insert(m, counts[i])
+    nj = index.nj_tree()
+    inc, ref = robinson_foulds(index.tree, eco.truth), robinson_foulds(nj, eco.truth)
+    assert inc <= 1.25 * ref + 0.02, (inc, ref)
+
+
+def test_sparse_nearest_agrees_with_the_exact_mode(eco_counts):
+    eco, counts = eco_counts
+    exact, _ = build(eco, counts, RebuildPolicy(), n=80)
+    sparse = PhyloIndex("genome", 32, RebuildPolicy(), mode="sparse", k=8, candidates=8, backend="exact")
+    for i, m in enumerate(eco.ids[:80]):
+        sparse.insert(m, counts[i])
+    for m in eco.ids[::7][:10]:
+        got, want = sparse.nearest(m, 5), exact.nearest(m, 5)
+        assert [x for x, _ in got] == [x for x, _ in want]
+        assert np.allclose([d for _, d in got], [d for _, d in want], atol=1e-12)
+        assert [x for x, _ in sparse.nearest(m, 12)] == [x for x, _ in exact.nearest(m, 12)]  # beyond k: exact row
+    with pytest.raises(ValueError, match="exact mode only"):
+        PhyloIndex.from_state(eco.ids[:5], counts[:5], None, mode="sparse")

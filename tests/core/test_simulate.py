@@ -83,3 +83,16 @@ def test_repositories_look_like_hub_repos_and_probe_like_a_real_backend(tmp_path
         prober.probe(ModelSource(eco.ids[child], path=folder), builtin("math").subset(8), params)
     with pytest.raises(ProbeError, match="not a simulated repository"):
         prober.probe(ModelSource("x/y", path=tmp_path), genome, params)
+
+
+def test_probed_ecosystem_has_real_like_diversity():
+    from indexer.core.simulate import simulate_probes
+
+    eco = simulate_probes(300, seed=5, n_genes=16)
+    assert len(eco.ids) == 300 and set(eco.truth.leaf_node) == set(eco.ids)
+    counts = eco.counts(17)
+    assert len(counts) == 16 and all(sum(g.values()) == 32 for g in counts)
+    # real probes show about 17 distinct alleles per gene at 32 samples
+    assert 15.0 <= eco.distinct_alleles_per_gene() <= 19.5
+    again = simulate_probes(300, seed=5, n_genes=16)
+    assert again.counts(17) == counts and again.ids == eco.ids

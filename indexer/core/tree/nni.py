@@ -27,13 +27,79 @@ def local_nni(tree: Tree, dist: np.ndarray, row_sums: np.ndarray, row_of_node: n
     ``dist`` is the model distance matrix (rows as ``row_of_node`` maps leaves), and
     ``row_sums`` its row sums. Tree length only decreases; at most ``max_moves`` swaps.
     """
+    def averages(b1, b2, s, a, sizes, n_u):
+        if sum(sizes) > MAX_BLOCK_LEAVES:
+            return None
+        return _dense_averages(tree, (b1, b2, s), sizes, n_u, dist, row_sums, row_of_node, is_leaf)
+    return _nni_loop(tree, around, radius, max_moves, averages, is_leaf)
+
+
+def local_nni_sampled(tree: Tree, block, row_of_node: np.ndarray, is_leaf: np.ndarray, around: int,
+                      radius: int = 2, max_moves: int = 8, sample: int = 16) -> int:
+    """``local_nni`` without a distance matrix: the four group averages of each quartet are
+    estimated on at most ``sample`` leaves per group (evenly spread over the group's preorder),
+    the rest of the tree U by the leaves of U nearest the edge (the subtrees met walking up
+    from it), with distances from ``block(rows_a, rows_b)``. O(sample^2 + subtree sizes) per
+    edge, independent of n but for vectorised slicing.
+    """
+    def averages(b1, b2, s, a, sizes, n_u):
+        groups = [_sample_rows(tree, x, is_leaf, row_of_node, sample) for x in (b1, b2, s)]
+        groups.append(_rows_above(tree, a, (b1, b2, s), is_leaf, row_of_node, sample))
+        if groups[3].size == 0:
+            return None
+        rows = np.concatenate(groups)
+        d = block(rows, rows)
+        bounds = np.cumsum([0] + [g.size for g in groups])
+        avg = np.zeros((4, 4))
+        for g in range(4):
+            for h in range(g + 1, 4):
+                avg[g, h] = avg[h, g] = d[bounds[g]:bounds[g + 1], bounds[h]:bounds[h + 1]].mean()
+        return avg
+    return _nni_loop(tree, around, radius, max_moves, averages, is_leaf)
+
+
+def _sample_rows(tree: Tree, v: int, is_leaf: np.ndarray, row_of_node: np.ndarray, k: int) -> np.ndarray:
+    sub = tree.subtree(v)
+    leaves = sub[is_leaf[sub]]
+    if leaves.size > k:
+        leaves = leaves[np.linspace(0, leaves.size - 1, k).astype(np.int64)]
+    return row_of_node[leaves]
+
+
+def _rows_above(tree: Tree, a: int, skip: tuple, is_leaf, row_of_node, k: int) -> np.ndarray:
+    """Up to ``k`` leaves of U (outside the subtrees ``skip``), nearest the edge first."""
+    out: list[np.ndarray] = []
+    have = 0
+    for c in _subtrees_outside(tree, a, skip):
+        rows = _sample_rows(tree, c, is_leaf, row_of_node, k - have)
+        out.append(rows)
+        have += rows.size
+        if have >= k:
+            break
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+def _subtrees_outside(tree: Tree, a: int, skip: tuple):
+    """The subtrees that make up U, nearest first: at the root its other children; else the
+    siblings met walking up from ``a``."""
+    if a == tree.root:
+        yield from (c for c in tree.children[a] if c not in skip)
+        return
+    v = a
+    while v != tree.root:
+        p = int(tree.parent[v])
+        yield from (c for c in tree.children[p] if c != v)
+        v = p
+
+
+def _nni_loop(tree: Tree, around: int, radius: int, max_moves: int, averages, is_leaf) -> int:
     queue = deque(_edges_near(tree, around, radius))
     queued = set(queue)
     moves = 0
     while queue and moves < max_moves:
         b = queue.popleft()
         queued.discard(b)
-        done = _try_edge(tree, b, dist, row_sums, row_of_node, is_leaf)
+        done = _try_edge(tree, b, averages, is_leaf)
         if done:
             moves += 1
             for e in _edges_near(tree, b, 1):
@@ -69,7 +135,7 @@ def _group_rows(tree: Tree, v: int, is_leaf: np.ndarray, row_of_node: np.ndarray
     return row_of_node[sub[is_leaf[sub]]]
 
 
-def _try_edge(tree: Tree, b: int, dist, row_sums, row_of_node, is_leaf) -> bool:
+def _try_edge(tree: Tree, b: int, averages, is_leaf) -> bool:
     a = int(tree.parent[b])
     if a < 0 or len(tree.children[b]) != 2:
         return False
@@ -82,23 +148,12 @@ def _try_edge(tree: Tree, b: int, dist, row_sums, row_of_node, is_leaf) -> bool:
     b1, b2 = tree.children[b]
     s = siblings[0]
     sizes = [int(_count_leaves(tree, x, is_leaf)) for x in (b1, b2, s)]
-    n_total = tree.n_leaves
-    n_u = n_total - sum(sizes)
-    if n_u <= 0 or sum(sizes) > MAX_BLOCK_LEAVES:
+    n_u = tree.n_leaves - sum(sizes)
+    if n_u <= 0:
         return False
-    groups = [_group_rows(tree, x, is_leaf, row_of_node) for x in (b1, b2, s)]
-    rows = np.concatenate(groups)
-    block = dist[np.ix_(rows, rows)]
-    bounds = np.cumsum([0] + sizes)
-    avg = np.zeros((4, 4))
-    for g in range(3):
-        sg = slice(bounds[g], bounds[g + 1])
-        for h in range(g + 1, 3):
-            sh = slice(bounds[h], bounds[h + 1])
-            avg[g, h] = avg[h, g] = block[sg, sh].mean()
-        # distances to U: row sums minus distances within the three groups
-        to_u = row_sums[groups[g]].sum() - block[sg, :].sum()
-        avg[g, 3] = avg[3, g] = to_u / (sizes[g] * n_u)
+    avg = averages(b1, b2, s, a, sizes, n_u)
+    if avg is None:
+        return False
     A, B, C, U = 0, 1, 2, 3
     # balanced ME: tree length of split XY|ZW changes by (1/4)[(XY+ZW) - (XZ+YW)] on swap
     score = {
@@ -119,6 +174,24 @@ def _try_edge(tree: Tree, b: int, dist, row_sums, row_of_node, is_leaf) -> bool:
         x, y, z, w = C, B, A, U  # b now holds (s, b2)
     _refit_lengths(tree, b, avg, n, (x, y, z, w), is_leaf)
     return True
+
+
+def _dense_averages(tree: Tree, nodes, sizes, n_u, dist, row_sums, row_of_node, is_leaf) -> np.ndarray:
+    """Exact group averages from the matrix: blocks over the three smaller groups, and
+    distances to U from row sums minus those blocks."""
+    groups = [_group_rows(tree, x, is_leaf, row_of_node) for x in nodes]
+    rows = np.concatenate(groups)
+    block = dist[np.ix_(rows, rows)]
+    bounds = np.cumsum([0] + sizes)
+    avg = np.zeros((4, 4))
+    for g in range(3):
+        sg = slice(bounds[g], bounds[g + 1])
+        for h in range(g + 1, 3):
+            sh = slice(bounds[h], bounds[h + 1])
+            avg[g, h] = avg[h, g] = block[sg, sh].mean()
+        to_u = row_sums[groups[g]].sum() - block[sg, :].sum()
+        avg[g, 3] = avg[3, g] = to_u / (sizes[g] * n_u)
+    return avg
 
 
 def _refit_lengths(tree: Tree, b: int, avg: np.ndarray, n: dict, groups: tuple, is_leaf) -> None:

@@ -1,0 +1,232 @@
+"""Placement on the subtree spanned by a new leaf's nearest models, and a tree kept that way.
+
+APPLES-2 (Balaban, Jiang, Zhu, McDonald, Knight & Mirarab, 2022) scales least-squares
+placement by using only the query's closest references: distances to far leaves carry
+little weight under Fitch-Margoliash weighting and the most noise. Here the references are
+the new model's ``k`` nearest (from the neighbour graph), and the placement is solved on the
+subtree their paths span, with unbranched paths contracted to single edges: a tree of at
+most ``2k - 1`` nodes, where ``place`` (the O(size) least-squares solver) runs unchanged.
+The chosen edge and position are then mapped back onto the full tree. Cost: O(k x depth)
+to find the spanned subtree, O(k) for the solve, O(n) vectorised for the leaf insertion.
+
+``NeighbourhoodTree`` maintains a tree this way without any n x n matrix: placement reads
+the neighbour distances it is given, local NNI reads group averages estimated on a bounded
+sample of each group's leaves (distances computed on demand by a ``block`` function), and a
+full neighbour-joining rebuild, which needs all pairs, runs only while the index is small.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from indexer.core.tree.core import Tree
+from indexer.core.tree.incremental import TreeUpdate
+from indexer.core.tree.nj import neighbor_joining
+from indexer.core.tree.nni import local_nni_sampled
+from indexer.core.tree.placement import Placement, place
+from indexer.core.tree.policy import RebuildPolicy
+
+Block = Callable[[np.ndarray, np.ndarray], np.ndarray]  # rows a, rows b -> distances (len a, len b)
+
+
+def spanned_subtree(tree: Tree, leaves: Sequence[int]) -> tuple[Tree, np.ndarray]:
+    """The subtree of ``tree`` spanned by the paths between ``leaves`` (two or more), with
+    unbranched paths contracted.
+
+    Returns the small tree (its leaves labelled by their node in ``tree``) and, for each of
+    its nodes, the ``tree`` node it stands for (``node_of``): the small edge above small node
+    u is the path from ``node_of[u]`` up to ``node_of[parent of u]``. Its root is the lowest
+    common ancestor of ``leaves`` in the stored rooting. O(k x depth).
+    """
+    leaves = [int(v) for v in leaves]
+    if len(set(leaves)) < 2:
+        raise ValueError("a spanned subtree needs at least two distinct leaves")
+    parent = tree.parent
+    target = set(leaves)
+    # union of the root paths, walked until a node already seen: each node once
+    child_count: dict[int, int] = {}
+    for v in target:
+        child_count.setdefault(v, 0)
+        while v != tree.root:
+            p = int(parent[v])
+            seen = p in child_count
+            child_count[p] = child_count.get(p, 0) + 1
+            if seen:
+                break
+            v = p
+    # the lowest common ancestor: down from the root while the path does not branch
+    top = tree.root
+    while child_count[top] == 1 and top not in target:
+        top = next(c for c in tree.children[top] if c in child_count)
+    kept = [v for v, c in child_count.items() if c >= 2 or v in target]
+    small = Tree(capacity=len(kept) + 1)
+    node_of: list[int] = []
+    index_of: dict[int, int] = {}
+    # preorder over kept nodes, children in the big tree's order, so that a neighbourhood
+    # spanning the whole tree gives the very same tree
+    stack = [top]
+    up_len: dict[int, float] = {top: 0.0}
+    up_parent: dict[int, int] = {top: -1}
+    while stack:
+        v = stack.pop()
+        u = small.add_node(up_parent[v], up_len[v], str(v) if v in target else None)
+        index_of[v] = u
+        node_of.append(v)
+        below = []
+        for c in tree.children[v]:
+            if c not in child_count:
+                continue
+            length = float(tree.length[c])
+            while child_count[c] == 1 and c not in target:  # contract the unbranched path
+                c = next(w for w in tree.children[c] if w in child_count)
+                length += float(tree.length[c])
+            up_len[c], up_parent[c] = length, u
+            below.append(c)
+        stack.extend(reversed(below))
+    small.root = 0
+    small.reindex()
+    return small, np.asarray(node_of, dtype=np.int64)
+
+
+def place_in_neighbourhood(tree: Tree, leaves: Sequence[int], distances: Sequence[float],
+                           weighting: str = "fm") -> tuple[Placement, Tree]:
+    """Least-squares placement of a query with ``distances`` to the tree nodes ``leaves``,
+    solved on the subtree they span and mapped back onto ``tree``.
+
+    Returns the placement on ``tree`` (edge, x from the edge's lower node, pendant) and the
+    spanned subtree it was solved on. When ``leaves`` are all the leaves of ``tree`` it is
+    exactly ``place`` on the whole tree. O(k x depth + k).
+    """
+    small, node_of = spanned_subtree(tree, leaves)
+    by_leaf = dict(zip((int(v) for v in leaves), (float(d) for d in distances)))
+    delta = np.zeros(small.n_nodes)
+    is_leaf = np.zeros(small.n_nodes, dtype=bool)
+    for v in small.leaf_node.values():
+        delta[v] = by_leaf[int(node_of[v])]
+        is_leaf[v] = True
+    p = place(small, delta, is_leaf, weighting)
+    # walk up the contracted path from its lower end until the position falls in an edge
+    v, x = int(node_of[p.edge]), p.x
+    stop = int(node_of[int(small.parent[p.edge])])
+    while x > tree.length[v] and int(tree.parent[v]) != stop:
+        x -= float(tree.length[v])
+        v = int(tree.parent[v])
+    return Placement(edge=v, x=min(max(x, 0.0), float(tree.length[v])), pendant=p.pendant, error=p.error), small
+
+
+class NeighbourhoodTree:
+    """A tree kept up to date one leaf at a time from each new leaf's nearest neighbours.
+
+    ``block(rows_a, rows_b)`` gives exact distances between leaves by row (insertion order)
+    on demand; nothing of size n x n is kept. Rebuilds by NJ (which needs every pair, built
+    transiently from ``block``) run when the policy says so and the tree has at most
+    ``rebuild_max_models`` leaves; later ones are skipped and counted.
+    """
+
+    def __init__(self, block: Block, policy: RebuildPolicy | None = None, weighting: str = "fm",
+                 nni_radius: int = 2, nni_sample: int = 8, rebuild_max_models: int = 2000):
+        self.block = block
+        self.policy = policy or RebuildPolicy()
+        self.weighting = weighting
+        self.nni_radius = nni_radius
+        self.nni_sample = nni_sample
+        self.rebuild_max_models = rebuild_max_models
+        self.names: list[str] = []
+        self.tree: Tree | None = None
+        self._row_of_node = np.zeros(0, dtype=np.int64)
+        self._node_of_row = np.zeros(0, dtype=np.int64)
+        self._is_leaf = np.zeros(0, dtype=bool)
+        self.n_at_last_rebuild = 0
+        self.inserts_since_rebuild = 0
+        self.rebuild_seconds_total = 0.0
+        self.n_rebuilds = 0
+        self.rebuilds_skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def insert(self, name: str, rows: np.ndarray, distances: np.ndarray) -> TreeUpdate:
+        """Add leaf ``name`` (the next row), given its nearest earlier rows and distances."""
+        rows = np.asarray(rows, dtype=np.int64)
+        distances = np.asarray(distances, dtype=np.float64)
+        if rows.shape != distances.shape:
+            raise ValueError("rows and distances differ in shape")
+        self.names.append(name)
+        n = len(self.names)
+        self.inserts_since_rebuild += 1
+        upd = TreeUpdate(None, [], 0, False, {})
+        if self.tree is None or n <= self.policy.min_models or self.tree.n_leaves < 3 or rows.shape[0] < 2:
+            self._timed_rebuild(upd.timings_ms)
+            upd.rebuilt = True
+            return upd
+        t1 = time.perf_counter()
+        tree = self.tree
+        p, _ = place_in_neighbourhood(tree, self._node_of_row[rows], distances, self.weighting)
+        upd.placement = p
+        upd.sister = tree.subtree_leaves(p.edge)[:5]
+        q = tree.insert_leaf(p.edge, p.x, p.pendant, name)
+        self._grow_maps(tree.n_nodes, n)
+        self._is_leaf[q - 1] = False
+        self._is_leaf[q] = True
+        self._row_of_node[q] = n - 1
+        self._node_of_row[n - 1] = q
+        tree.support.clear()
+        upd.timings_ms["placement"] = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        upd.nni_moves = local_nni_sampled(tree, self.block, self._row_of_node, self._is_leaf, around=q - 1,
+                                          radius=self.nni_radius, sample=self.nni_sample)
+        upd.timings_ms["nni"] = (time.perf_counter() - t2) * 1e3
+        if self.policy.due(n, self.n_at_last_rebuild, self.inserts_since_rebuild):
+            if n <= self.rebuild_max_models:
+                self._timed_rebuild(upd.timings_ms)
+                upd.rebuilt = True
+            else:
+                self.rebuilds_skipped += 1
+                self.n_at_last_rebuild, self.inserts_since_rebuild = n, 0
+        return upd
+
+    def nj_tree(self) -> Tree:
+        """NJ on every pair, computed now from ``block``: O(n^2) memory while it runs."""
+        if not self.names:
+            raise ValueError("the tree is empty")
+        everyone = np.arange(len(self.names))
+        return neighbor_joining(self.block(everyone, everyone), self.names)
+
+    def rebuild(self) -> Tree:
+        self.tree = self.nj_tree()
+        self._reset_maps()
+        self.n_at_last_rebuild = len(self)
+        self.inserts_since_rebuild = 0
+        return self.tree
+
+    def _timed_rebuild(self, timings: dict) -> None:
+        t = time.perf_counter()
+        self.rebuild()
+        dt = time.perf_counter() - t
+        timings["rebuild"] = dt * 1e3
+        self.rebuild_seconds_total += dt
+        self.n_rebuilds += 1
+
+    def _grow_maps(self, n_nodes: int, n_rows: int) -> None:
+        if n_nodes > self._row_of_node.shape[0]:
+            have = self._row_of_node.shape[0]
+            cap = max(n_nodes, 2 * have)
+            self._row_of_node = np.concatenate([self._row_of_node, np.full(cap - have, -1, dtype=np.int64)])
+            self._is_leaf = np.concatenate([self._is_leaf, np.zeros(cap - have, dtype=bool)])
+        if n_rows > self._node_of_row.shape[0]:
+            have = self._node_of_row.shape[0]
+            cap = max(n_rows, 2 * have)
+            self._node_of_row = np.concatenate([self._node_of_row, np.full(cap - have, -1, dtype=np.int64)])
+
+    def _reset_maps(self) -> None:
+        t = self.tree
+        self._row_of_node = np.full(max(2 * t.n_nodes, 16), -1, dtype=np.int64)
+        self._is_leaf = np.zeros(self._row_of_node.shape[0], dtype=bool)
+        self._node_of_row = np.full(max(2 * len(self.names), 16), -1, dtype=np.int64)
+        for row, name in enumerate(self.names):
+            v = t.leaf_node[name]
+            self._row_of_node[v] = row
+            self._node_of_row[row] = v
+            self._is_leaf[v] = True
