@@ -113,14 +113,7 @@ def simulate(n_models: int, seed: int = 0, n_genes: int = 128, shape: str = "yul
         ids.append(mid)
         created.append(start + timedelta(days=730.0 * depth[v] / span, seconds=i))
     base = _base_models(children, parent, leaves, name_of, depth)
-    truth = Tree(capacity=n_nodes + 1)
-    for v in range(n_nodes):
-        truth.add_node(-1, lengths[v], name_of.get(v))
-    for v in range(1, n_nodes):
-        truth.parent[v] = parent[v]
-        truth.children[parent[v]].append(v)
-    truth.root = 0
-    truth.reindex()
+    truth = _truth_tree(n_nodes, lengths, parent, name_of)
     alleles = [_allele_names(rng, n_alleles) for _ in range(n_genes)]
     z = logits[leaves]
     z -= z.max(axis=2, keepdims=True)
@@ -132,6 +125,20 @@ def simulate(n_models: int, seed: int = 0, n_genes: int = 128, shape: str = "yul
                      params=dict(n_models=n_models, seed=seed, n_genes=n_genes, shape=shape,
                                  n_alleles=n_alleles, branch_length=branch_length,
                                  rate_sd=rate_sd, drift=drift, root_spread=root_spread))
+
+
+def _truth_tree(n_nodes: int, lengths, parent, name_of: dict[int, str]) -> Tree:
+    """The true tree: node 0 the root, ``parent[v]`` and ``lengths[v]`` each other node's
+    parent and branch length, leaves labelled by ``name_of``. O(n_nodes)."""
+    truth = Tree(capacity=n_nodes + 1)
+    for v in range(n_nodes):
+        truth.add_node(-1, lengths[v], name_of.get(v))
+    for v in range(1, n_nodes):
+        truth.parent[v] = parent[v]
+        truth.children[parent[v]].append(v)
+    truth.root = 0
+    truth.reindex()
+    return truth
 
 
 def _topology(n: int, shape: str, rng: np.random.Generator) -> tuple[list[int], list[int]]:
@@ -334,14 +341,7 @@ def simulate_probes(n_models: int, seed: int = 0, n_genes: int = 128, n_samples:
     leaves = sorted(leaf_nodes, key=lambda v: (depth[v], v))
     labs = _labs(children, n_labs)
     name_of = {v: f"lab-{labs[v]:02d}/sim-{i:06d}.v{_generation(parent, v)}" for i, v in enumerate(leaves)}
-    truth = Tree(capacity=n_nodes + 1)
-    for v in range(n_nodes):
-        truth.add_node(-1, lengths[v], name_of.get(v))
-    for v in range(1, n_nodes):
-        truth.parent[v] = parent[v]
-        truth.children[parent[v]].append(v)
-    truth.root = 0
-    truth.reindex()
+    truth = _truth_tree(n_nodes, lengths, parent, name_of)
     sizes = np.array([probe_codes[v].shape[0] for v in leaves], dtype=np.int64)
     indptr = np.concatenate([[0], np.cumsum(sizes)])
     codes = np.concatenate([probe_codes.pop(v) for v in leaves])

@@ -462,8 +462,7 @@ def _load_saved(path: Path):
 
 
 def _finetune(model, tokenizer, text: str, steps: int, lr: float, seed: int, window: int = 64) -> None:
-    """``steps`` AdamW steps of next-token loss on ``text``, one ``window``-token slice a step
-    (slices taken in a seeded random order, cycling through the text).
+    """``steps`` AdamW steps of next-token loss on ``text`` (``_next_token_steps``).
 
     O(steps * window * params). Embeddings stay frozen: they are a fifth of SmolLM2's weights
     and tied to the output layer, and freezing them keeps the descendants' vocabulary intact.
@@ -471,16 +470,28 @@ def _finetune(model, tokenizer, text: str, steps: int, lr: float, seed: int, win
     import torch
 
     torch.manual_seed(seed)
+    embed = model.get_input_embeddings().weight
+    for p in model.parameters():
+        p.requires_grad_(p is not embed)
+    _next_token_steps(model, tokenizer, text, steps, lr, window,
+                      [p for p in model.parameters() if p is not embed], weight_decay=0.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def _next_token_steps(model, tokenizer, text: str, steps: int, lr: float, window: int, params: list,
+                      weight_decay: float) -> None:
+    """``steps`` AdamW steps on ``params`` of next-token loss on ``text``, one ``window``-token
+    slice a step (slices in a random order drawn from torch's seeded generator, cycling
+    through the text); the model is left in eval mode. O(steps * window * params)."""
+    import torch
+
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     n = max(1, len(ids) // window)
     slices = torch.tensor(ids[: n * window]).view(n, window)
     order = torch.randperm(n).tolist()
     model.train()
-    embed = model.get_input_embeddings().weight
-    params = [p for p in model.parameters() if p is not embed]
-    for p in model.parameters():
-        p.requires_grad_(p is not embed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     for step in range(steps):
         batch = slices[order[step % n]][None, :]
         loss = model(input_ids=batch, labels=batch).loss
@@ -488,8 +499,6 @@ def _finetune(model, tokenizer, text: str, steps: int, lr: float, seed: int, win
         loss.backward()
         opt.step()
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
 
 
 def _merge_into(model, other, weight: float = 0.5) -> None:
@@ -577,20 +586,9 @@ def _make_lora(spec: ZooModel, base: Path, out: Path, store: Path) -> None:
     config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=list(LORA["targets"]),
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
-    window = LORA["window"]
-    ids = tokenizer(_text(spec.text), add_special_tokens=False)["input_ids"]
-    n = max(1, len(ids) // window)
-    slices = torch.tensor(ids[: n * window]).view(n, window)
-    order = torch.randperm(n).tolist()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr)
-    model.train()
-    for step in range(spec.steps):
-        batch = slices[order[step % n]][None, :]
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
+    # AdamW's default weight decay (0.01), as the adapter was first trained with
+    _next_token_steps(model, tokenizer, _text(spec.text), spec.steps, spec.lr, LORA["window"],
+                      [p for p in model.parameters() if p.requires_grad], weight_decay=0.01)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     cfg = json.loads((out / "adapter_config.json").read_text())
