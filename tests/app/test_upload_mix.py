@@ -24,7 +24,9 @@ from indexer.testbed.hub import HubServer
 from tests.helpers.catalog_checks import query
 from tests.helpers.cli import run_cli
 
-pytestmark = pytest.mark.integration
+# Five models probed through a real watch: a few minutes idle, about 19 min measured on a loaded
+# 2-core machine; more than the suite's per-test limit for a hung engine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 pytest.importorskip("peft")
 pytest.importorskip("gguf")
 

@@ -30,6 +30,10 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
+# The first test pays for the module's probes (ten models at 128 x 32 on a cold cache, 4-8 min
+# on an idle 2-core machine, several times that on a loaded one): more than the suite's
+# per-test limit allows a hung engine.
+pytestmark = pytest.mark.timeout(3600)
 
 from indexer.core.distance import AlleleIndex, distance_from_similarity  # noqa: E402
 from indexer.adapters.genome_files import builtin  # noqa: E402
