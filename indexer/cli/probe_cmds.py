@@ -115,7 +115,6 @@ def bench_probe_cmd(
 ) -> None:
     """Seconds per model and models per hour for one backend, at the paper's parameters
     (``--by-kind``: per upload kind and backend, on the zoo)."""
-    from indexer.adapters.probers import ProbeError
     from indexer.bench.probe import bench_probe
 
     if by_kind:
@@ -130,14 +129,10 @@ def bench_probe_cmd(
     if model is not None and not (model / "config.json").is_file():
         raise PhylolmError(f"--model {model}: not a model folder (no config.json)")
     options = {"threads": threads} if backend == "transformers" and threads else {}
-    try:
-        result = bench_probe(backend, model_path=model, genes=genes, samples=samples, seed=seed,
-                             baseline_genes=baseline_genes if backend == "transformers" else 0,
-                             base_url=base_url, api=api, options=options)
-    except ProbeError as e:
-        raise PhylolmError(f"probe failed: {e}") from None
-    except ValueError as e:
-        raise PhylolmError(str(e)) from None
+    result = _bench_result(lambda: bench_probe(
+        backend, model_path=model, genes=genes, samples=samples, seed=seed,
+        baseline_genes=baseline_genes if backend == "transformers" else 0, base_url=base_url, api=api,
+        options=options))
     if as_json:
         print_json(result)
         return
@@ -152,20 +147,26 @@ def bench_probe_cmd(
     out.print(json.dumps({k: result[k] for k in ("distinct_alleles_per_gene",) if k in result}))
 
 
-def _bench_by_kind(backends: tuple[str, ...], genes: int, samples: int, seed: int, reuse_models: int,
-                   zoo: Path | None, as_json: bool) -> None:
+def _bench_result(run) -> dict:
+    """``run()``'s figures; a failed probe or a bad argument is one line and exit 2."""
     from indexer.adapters.probers import ProbeError
-    from indexer.bench.probe import bench_probe_kinds
 
-    if zoo is not None and not (zoo / "zoo.json").is_file():
-        raise PhylolmError(f"--zoo {zoo}: not a built zoo (no zoo.json); build one with `phylolm zoo build DIR`")
     try:
-        result = bench_probe_kinds(backends, genes=genes, samples=samples, seed=seed, reuse_models=reuse_models,
-                                   zoo=zoo)
+        return run()
     except ProbeError as e:
         raise PhylolmError(f"probe failed: {e}") from None
     except ValueError as e:
         raise PhylolmError(str(e)) from None
+
+
+def _bench_by_kind(backends: tuple[str, ...], genes: int, samples: int, seed: int, reuse_models: int,
+                   zoo: Path | None, as_json: bool) -> None:
+    from indexer.bench.probe import bench_probe_kinds
+
+    if zoo is not None and not (zoo / "zoo.json").is_file():
+        raise PhylolmError(f"--zoo {zoo}: not a built zoo (no zoo.json); build one with `phylolm zoo build DIR`")
+    result = _bench_result(lambda: bench_probe_kinds(backends, genes=genes, samples=samples, seed=seed,
+                                                     reuse_models=reuse_models, zoo=zoo))
     if as_json:
         print_json(result)
         return
