@@ -265,7 +265,8 @@ def test_vllm_serves_a_lora_adapter_on_its_base_engine(zoo_dir, tmp_path):
     genome = builtin("math").subset(GENES)
     rev = zoo_revision(zoo_dir, BASE)
     source = ModelSource("lora-org/a", rev, zoo_dir / BASE, adapter=adapter, base=f"{BASE}@{rev}")
-    on_vllm = VLLMProber(python=VLLM_PYTHON).probe(source, genome, PARAMS)
+    with VLLMProber(python=VLLM_PYTHON) as vllm_prober:  # closed: its worker keeps an engine otherwise
+        on_vllm = vllm_prober.probe(source, genome, PARAMS)
     assert on_vllm.backend_version.startswith("vllm ") and on_vllm.backend_version.endswith(f"adapter on {BASE}@{rev}")
     with TransformersProber(device="cpu", dtype="float32") as prober:
         peft = prober.probe(source, genome, PARAMS).alleles.counts
