@@ -84,10 +84,8 @@ def simulate(n_models: int, seed: int = 0, n_genes: int = 128, shape: str = "yul
     if n_genes < 1 or n_alleles < 2:
         raise ValueError("need at least one gene and two alleles per gene")
     rng = np.random.default_rng(seed)
-    parent, order_leaves = _topology(n_models, shape, rng)
+    parent, order_leaves, lengths = _random_tree(n_models, shape, branch_length, rate_sd, rng)
     n_nodes = len(parent)
-    lengths = branch_length * rng.exponential(1.0, n_nodes) * rng.lognormal(0.0, rate_sd, n_nodes)
-    lengths[0] = 0.0
     # evolve logits from the root (node 0); parents always precede children
     logits = np.empty((n_nodes, n_genes, n_alleles), dtype=np.float64)
     logits[0] = rng.normal(0.0, root_spread, (n_genes, n_alleles))
@@ -125,6 +123,16 @@ def simulate(n_models: int, seed: int = 0, n_genes: int = 128, shape: str = "yul
                      params=dict(n_models=n_models, seed=seed, n_genes=n_genes, shape=shape,
                                  n_alleles=n_alleles, branch_length=branch_length,
                                  rate_sd=rate_sd, drift=drift, root_spread=root_spread))
+
+
+def _random_tree(n_models: int, shape: str, branch_length: float, rate_sd: float, rng: np.random.Generator):
+    """The true topology (``_topology``) and its branch lengths: exponential times a
+    lognormal rate per branch, the root's 0. Draws from ``rng`` in that order. O(n_models)."""
+    parent, leaves = _topology(n_models, shape, rng)
+    n_nodes = len(parent)
+    lengths = branch_length * rng.exponential(1.0, n_nodes) * rng.lognormal(0.0, rate_sd, n_nodes)
+    lengths[0] = 0.0
+    return parent, leaves, lengths
 
 
 def _truth_tree(n_nodes: int, lengths, parent, name_of: dict[int, str]) -> Tree:
@@ -312,10 +320,8 @@ def simulate_probes(n_models: int, seed: int = 0, n_genes: int = 128, n_samples:
     if n_genes < 1 or n_alleles < 2 or not 1 <= n_samples <= 255:
         raise ValueError("need at least one gene, two alleles per gene and 1-255 samples")
     rng = np.random.default_rng(seed)
-    parent, leaf_nodes = _topology(n_models, shape, rng)
+    parent, leaf_nodes, lengths = _random_tree(n_models, shape, branch_length, rate_sd, rng)
     n_nodes = len(parent)
-    lengths = branch_length * rng.exponential(1.0, n_nodes) * rng.lognormal(0.0, rate_sd, n_nodes)
-    lengths[0] = 0.0
     children: list[list[int]] = [[] for _ in range(n_nodes)]
     for v in range(1, n_nodes):
         children[parent[v]].append(v)
