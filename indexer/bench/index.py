@@ -158,9 +158,7 @@ def bench_stream(models: int = 20000, seed: int = 0, genes: int = 128, samples: 
         "rebuild_seconds_total": round(index.rebuild_seconds_total, 3),
     }
     if mode == "sparse":
-        out["index_bytes"] = {"alleles": int(index.alleles._data[: index.alleles._nnz].nbytes
-                                             + index.alleles._indices[: index.alleles._nnz].nbytes),
-                              **index.graph.memory_bytes()}
+        out["index_bytes"] = {"alleles": index.alleles.memory_bytes(), **index.graph.memory_bytes()}
         out["rebuilds_skipped"] = index.incremental.rebuilds_skipped
         out.update(_recall(index, recall_queries, seed))
         out["k"], out["candidates"], out["backend"] = k, candidates, backend
@@ -201,8 +199,7 @@ def _recall(index: PhyloIndex, queries: int, seed: int) -> dict:
         truth = set(graph.brute_force(r, at).tolist())
         exact_ms.append((time.perf_counter() - t) * 1e3)
         stored.append(len(truth & set(graph.neighbours(r).rows[:at].tolist())) / at)
-        lo, hi = alleles._indptr[r], alleles._indptr[r + 1]
-        found = graph.search(alleles._indices[lo:hi], alleles._data[lo:hi], exclude=r)
+        found = graph.search(*alleles.encoded_row(r), exclude=r)
         fresh.append(len(truth & set(found.rows[:at].tolist())) / at)
     return {"recall_at_10_lists": round(float(np.mean(stored)), 4),
             "recall_at_10_search": round(float(np.mean(fresh)), 4),

@@ -81,10 +81,10 @@ class NeighbourGraph:
     def exact_row(self, row: int) -> np.ndarray:
         """Distances from the model at ``row`` to every indexed model, computed now (one sparse
         product, O(nnz of the index)); its own distance is 0."""
-        x = self.alleles.matrix()
-        query = np.zeros(x.shape[1])
-        query[x.indices[x.indptr[row]:x.indptr[row + 1]]] = x.data[x.indptr[row]:x.indptr[row + 1]]
-        s = x @ query
+        cols, vals = self.alleles.encoded_row(row)
+        query = np.zeros(max(self.alleles.n_columns, 1))
+        query[cols] = vals
+        s = self.alleles.rows_dot(query)
         np.clip(s, 0.0, 1.0, out=s)
         s[row] = 1.0
         return distance_from_similarity(s)
@@ -118,10 +118,11 @@ class NeighbourGraph:
         """Add a model to the allele index and the graph; return its neighbours among the
         models indexed before it. O(candidates x alleles per model) plus the HNSW insert
         (about O(log n) sketch comparisons) for the ``hnsw`` backend."""
-        cols, vals = self.alleles.encode_new(model_id, counts, n_samples)
+        enc = self.alleles.encode_new(model_id, counts, n_samples)
+        cols, vals = enc.cols, enc.vals
         found = self.search(cols, vals)
         row = len(self.alleles)
-        self.alleles.append(model_id, cols, vals)
+        self.alleles.append(model_id, enc)
         self._grow(row + 1)
         self._rows[row, : found.rows.shape[0]] = found.rows
         self._dist[row, : found.rows.shape[0]] = found.distance

@@ -74,7 +74,8 @@ class PhyloIndex:
         self.n_samples = n_samples
         self.n_neighbours = n_neighbours
         self.mode = mode
-        self.alleles = AlleleIndex(n_samples=n_samples)
+        # the sparse mode keeps counts only (6 bytes an allele, not 14): see AlleleIndex
+        self.alleles = AlleleIndex(n_samples=n_samples, values=(mode == "exact"))
         self.graph: NeighbourGraph | None = None
         if mode == "exact":
             self.incremental = IncrementalTree(policy, weighting, nni_radius)
