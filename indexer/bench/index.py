@@ -125,14 +125,13 @@ def bench_stream(models: int = 20000, seed: int = 0, genes: int = 128, samples: 
     insert_ms = np.full(models, np.nan)
     stage = {"distance": [], "placement": [], "nni": []}
     t1 = time.perf_counter()
-    with _one_blas_thread():
-        for i, model_id in enumerate(eco.ids):
-            counts = eco.counts(i)  # decoding the stored probe is not part of the insert
-            r = index.insert(model_id, counts)
-            if r.placement is not None:
-                insert_ms[i] = r.insert_ms
-                for s in stage:
-                    stage[s].append(r.timings_ms.get(s, 0.0))
+    for i, model_id in enumerate(eco.ids):  # each insert runs on one BLAS thread (indexer.core.blas)
+        counts = eco.counts(i)  # decoding the stored probe is not part of the insert
+        r = index.insert(model_id, counts)
+        if r.placement is not None:
+            insert_ms[i] = r.insert_ms
+            for s in stage:
+                stage[s].append(r.timings_ms.get(s, 0.0))
     stream_seconds = time.perf_counter() - t1
     done = insert_ms[np.isfinite(insert_ms)]
     stretches = []
@@ -170,19 +169,6 @@ def bench_stream(models: int = 20000, seed: int = 0, genes: int = 128, samples: 
         out["nrf_nj_truth"] = round(robinson_foulds(nj, eco.truth), 4)
         out["nrf_ratio_incremental_over_nj"] = round(out["nrf_incremental_truth"] / out["nrf_nj_truth"], 4)
     return out
-
-
-def _one_blas_thread():
-    """The insert path's products are small (tens of rows): a multi-threaded BLAS only adds
-    thread hand-offs, and on a shared machine they cost 100x the product itself (measured:
-    1.6 ms single-threaded against 260 ms with the default threads, 32 rows x 8,000
-    columns). The single writer runs them on one thread where threadpoolctl is installed."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _recall(index: PhyloIndex, queries: int, seed: int) -> dict:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from indexer.core.blas import one_blas_thread
 from indexer.core.distance import AlleleIndex, distance_from_similarity, nearest_k
 from indexer.core.neighbours import NeighbourGraph
 from indexer.core.tree.bootstrap import gene_bootstrap
@@ -65,9 +66,12 @@ class PhyloIndex:
 
     def __init__(self, genome_hash: str = "", n_samples: int = 32, policy: RebuildPolicy | None = None,
                  weighting: str = "fm", nni_radius: int = 2, n_neighbours: int = 5, mode: str = "exact",
-                 k: int = 32, candidates: int = 64, backend: str = "hnsw", rebuild_max_models: int = 2000):
+                 k: int = 32, candidates: int = 64, backend: str = "hnsw", rebuild_max_models: int = 2000,
+                 rebuild_lag: int = 0):
         """``mode``: ``"exact"`` (full rows, dense matrix, the default) or ``"sparse"`` (the
-        ``k`` nearest only; ``candidates``, ``backend``: see ``NeighbourGraph``)."""
+        ``k`` nearest only; ``candidates``, ``backend``: see ``NeighbourGraph``; rebuilds up
+        to ``rebuild_max_models``, off the write path when ``rebuild_lag > 0``: see
+        ``NeighbourhoodTree``)."""
         if mode not in ("exact", "sparse"):
             raise ValueError(f"unknown mode {mode!r} (exact or sparse)")
         self.genome_hash = genome_hash
@@ -82,7 +86,7 @@ class PhyloIndex:
         else:
             self.graph = NeighbourGraph(self.alleles, k=k, candidates=candidates, backend=backend)
             self.incremental = NeighbourhoodTree(self._distance_block, policy, weighting, nni_radius,
-                                                 rebuild_max_models=rebuild_max_models)
+                                                 rebuild_max_models=rebuild_max_models, rebuild_lag=rebuild_lag)
 
     def _distance_block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
         d = distance_from_similarity(self.alleles.similarity_block(rows_a, rows_b))
@@ -144,8 +148,12 @@ class PhyloIndex:
     def insert(self, model_id: str, counts: Sequence[dict[str, int]]) -> InsertResult:
         """Add one model: distance row (sparse mode: its k nearest), placement, local NNI,
         rebuild if due."""
-        if self.mode == "sparse":
-            return self._insert_sparse(model_id, counts)
+        with one_blas_thread():
+            if self.mode == "sparse":
+                return self._insert_sparse(model_id, counts)
+            return self._insert_exact(model_id, counts)
+
+    def _insert_exact(self, model_id: str, counts: Sequence[dict[str, int]]) -> InsertResult:
         t0 = time.perf_counter()
         sim = self.alleles.add(model_id, counts, self.n_samples)
         drow = distance_from_similarity(sim) if sim.size else np.empty(0)

@@ -16,6 +16,7 @@ full neighbour-joining rebuild, which needs all pairs, runs only while the index
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -116,6 +117,54 @@ def place_in_neighbourhood(tree: Tree, leaves: Sequence[int], distances: Sequenc
     return Placement(edge=v, x=min(max(x, 0.0), float(tree.length[v])), pendant=p.pendant, error=p.error), small
 
 
+class _PlacedTree:
+    """A tree with its leaf <-> row maps, grown by neighbourhood placement and sampled NNI.
+    The writer's live tree is one; an off-path rebuild grows another and swaps it in."""
+
+    def __init__(self, tree: Tree, names: Sequence[str]):
+        self.tree = tree
+        self.row_of_node = np.full(max(2 * tree.n_nodes, 16), -1, dtype=np.int64)
+        self.is_leaf = np.zeros(self.row_of_node.shape[0], dtype=bool)
+        self.node_of_row = np.full(max(2 * len(names), 16), -1, dtype=np.int64)
+        for row, name in enumerate(names):
+            v = tree.leaf_node[name]
+            self.row_of_node[v] = row
+            self.node_of_row[row] = v
+            self.is_leaf[v] = True
+
+    def add(self, name: str, row: int, rows: np.ndarray, distances: np.ndarray, block: Block,
+            weighting: str, radius: int, sample: int, timings: dict[str, float]) -> tuple[Placement, list[str], int]:
+        """Place leaf ``name`` (index row ``row``) from its nearest rows, then NNI around it."""
+        t1 = time.perf_counter()
+        tree = self.tree
+        p, _ = place_in_neighbourhood(tree, self.node_of_row[rows], distances, weighting)
+        sister = tree.subtree_leaves(p.edge)[:5]
+        q = tree.insert_leaf(p.edge, p.x, p.pendant, name)
+        self._grow(tree.n_nodes, row + 1)
+        self.is_leaf[q - 1] = False
+        self.is_leaf[q] = True
+        self.row_of_node[q] = row
+        self.node_of_row[row] = q
+        tree.support.clear()
+        timings["placement"] = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        moves = local_nni_sampled(tree, block, self.row_of_node, self.is_leaf, around=q - 1,
+                                  radius=radius, sample=sample)
+        timings["nni"] = (time.perf_counter() - t2) * 1e3
+        return p, sister, moves
+
+    def _grow(self, n_nodes: int, n_rows: int) -> None:
+        if n_nodes > self.row_of_node.shape[0]:
+            have = self.row_of_node.shape[0]
+            cap = max(n_nodes, 2 * have)
+            self.row_of_node = np.concatenate([self.row_of_node, np.full(cap - have, -1, dtype=np.int64)])
+            self.is_leaf = np.concatenate([self.is_leaf, np.zeros(cap - have, dtype=bool)])
+        if n_rows > self.node_of_row.shape[0]:
+            have = self.node_of_row.shape[0]
+            cap = max(n_rows, 2 * have)
+            self.node_of_row = np.concatenate([self.node_of_row, np.full(cap - have, -1, dtype=np.int64)])
+
+
 class NeighbourhoodTree:
     """A tree kept up to date one leaf at a time from each new leaf's nearest neighbours.
 
@@ -123,21 +172,34 @@ class NeighbourhoodTree:
     on demand; nothing of size n x n is kept. Rebuilds by NJ (which needs every pair, built
     transiently from ``block``) run when the policy says so and the tree has at most
     ``rebuild_max_models`` leaves; later ones are skipped and counted.
+
+    ``rebuild_lag > 0`` moves rebuilds off the write path: the NJ of the first n0 leaves runs
+    on a worker thread while inserts go on on the current tree; the worker then re-places
+    the leaves inserted meanwhile on its new tree (same placement and NNI, from the
+    neighbours each came with), and the new tree is swapped in at insert n0 + ``rebuild_lag``
+    exactly (the writer waits there only if the worker is not done, and re-places what is
+    left). Swapping at a fixed insert keeps runs reproducible: the tree after every insert
+    is the same whatever the threads' timing. The insert that swaps reports the time it
+    waited and re-placed as ``"swap"``; the NJ itself is off its clock.
     """
 
     def __init__(self, block: Block, policy: RebuildPolicy | None = None, weighting: str = "fm",
-                 nni_radius: int = 2, nni_sample: int = 8, rebuild_max_models: int = 2000):
+                 nni_radius: int = 2, nni_sample: int = 8, rebuild_max_models: int = 2000,
+                 rebuild_lag: int = 0):
+        if rebuild_lag < 0:
+            raise ValueError("rebuild_lag must be non-negative")
         self.block = block
         self.policy = policy or RebuildPolicy()
         self.weighting = weighting
         self.nni_radius = nni_radius
         self.nni_sample = nni_sample
         self.rebuild_max_models = rebuild_max_models
+        self.rebuild_lag = rebuild_lag
         self.names: list[str] = []
-        self.tree: Tree | None = None
-        self._row_of_node = np.zeros(0, dtype=np.int64)
-        self._node_of_row = np.zeros(0, dtype=np.int64)
-        self._is_leaf = np.zeros(0, dtype=bool)
+        self._live: _PlacedTree | None = None
+        self._neighbours: list[tuple[np.ndarray, np.ndarray]] = []  # per row since the job's n0
+        self._job = None  # (future, n0) while an off-path rebuild runs
+        self._lock = threading.Lock()
         self.n_at_last_rebuild = 0
         self.inserts_since_rebuild = 0
         self.rebuild_seconds_total = 0.0
@@ -147,59 +209,116 @@ class NeighbourhoodTree:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def tree(self) -> Tree | None:
+        return None if self._live is None else self._live.tree
+
+    @property
+    def rebuild_in_flight(self) -> bool:
+        return self._job is not None
+
     def insert(self, name: str, rows: np.ndarray, distances: np.ndarray) -> TreeUpdate:
         """Add leaf ``name`` (the next row), given its nearest earlier rows and distances."""
         rows = np.asarray(rows, dtype=np.int64)
         distances = np.asarray(distances, dtype=np.float64)
         if rows.shape != distances.shape:
             raise ValueError("rows and distances differ in shape")
+        upd = TreeUpdate(None, [], 0, False, {})
+        if self._job is not None and len(self.names) >= self._job[1] + self.rebuild_lag:
+            self._swap(upd.timings_ms)
         self.names.append(name)
         n = len(self.names)
         self.inserts_since_rebuild += 1
-        upd = TreeUpdate(None, [], 0, False, {})
         if self.tree is None or n <= self.policy.min_models or self.tree.n_leaves < 3 or rows.shape[0] < 2:
+            self._finish_job()
             self._timed_rebuild(upd.timings_ms)
             upd.rebuilt = True
             return upd
-        t1 = time.perf_counter()
-        tree = self.tree
-        p, _ = place_in_neighbourhood(tree, self._node_of_row[rows], distances, self.weighting)
-        upd.placement = p
-        upd.sister = tree.subtree_leaves(p.edge)[:5]
-        q = tree.insert_leaf(p.edge, p.x, p.pendant, name)
-        self._grow_maps(tree.n_nodes, n)
-        self._is_leaf[q - 1] = False
-        self._is_leaf[q] = True
-        self._row_of_node[q] = n - 1
-        self._node_of_row[n - 1] = q
-        tree.support.clear()
-        upd.timings_ms["placement"] = (time.perf_counter() - t1) * 1e3
-        t2 = time.perf_counter()
-        upd.nni_moves = local_nni_sampled(tree, self.block, self._row_of_node, self._is_leaf, around=q - 1,
-                                          radius=self.nni_radius, sample=self.nni_sample)
-        upd.timings_ms["nni"] = (time.perf_counter() - t2) * 1e3
-        if self.policy.due(n, self.n_at_last_rebuild, self.inserts_since_rebuild):
-            if n <= self.rebuild_max_models:
-                self._timed_rebuild(upd.timings_ms)
-                upd.rebuilt = True
-            else:
+        if self._job is not None:
+            with self._lock:
+                self._neighbours.append((rows, distances))
+        upd.placement, upd.sister, upd.nni_moves = self._live.add(
+            name, n - 1, rows, distances, self.block, self.weighting, self.nni_radius, self.nni_sample,
+            upd.timings_ms)
+        if self._job is None and self.policy.due(n, self.n_at_last_rebuild, self.inserts_since_rebuild):
+            if n > self.rebuild_max_models:
                 self.rebuilds_skipped += 1
                 self.n_at_last_rebuild, self.inserts_since_rebuild = n, 0
+            elif self.rebuild_lag:
+                self._start_job(n)
+            else:
+                self._timed_rebuild(upd.timings_ms)
+                upd.rebuilt = True
         return upd
 
     def nj_tree(self) -> Tree:
         """NJ on every pair, computed now from ``block``: O(n^2) memory while it runs."""
         if not self.names:
             raise ValueError("the tree is empty")
-        everyone = np.arange(len(self.names))
-        return neighbor_joining(self.block(everyone, everyone), self.names)
+        return self._nj(len(self.names))
+
+    def _nj(self, n: int) -> Tree:
+        everyone = np.arange(n)
+        return neighbor_joining(self.block(everyone, everyone), self.names[:n])
 
     def rebuild(self) -> Tree:
-        self.tree = self.nj_tree()
-        self._reset_maps()
+        """Replace the tree by NJ of every leaf, now (an off-path rebuild in flight is
+        finished first, so it cannot swap an older tree in later)."""
+        self._finish_job()
+        self._live = _PlacedTree(self.nj_tree(), self.names)
         self.n_at_last_rebuild = len(self)
         self.inserts_since_rebuild = 0
-        return self.tree
+        return self._live.tree
+
+    def finish_rebuild(self) -> bool:
+        """Wait for an off-path rebuild in flight and swap it in now; False when none ran."""
+        if self._job is None:
+            return False
+        self._swap({})
+        return True
+
+    # -- off-path rebuilds ---------------------------------------------------------
+    def _start_job(self, n0: int) -> None:
+        self._neighbours = []
+        self._job = (_executor().submit(self._rebuild_job, n0), n0)
+        self.n_at_last_rebuild, self.inserts_since_rebuild = n0, 0
+
+    def _rebuild_job(self, n0: int) -> tuple[_PlacedTree, int, float]:
+        """On the worker: NJ of the first n0 leaves, then the leaves inserted since, re-placed
+        until it has caught up with what the writer has logged so far."""
+        t = time.perf_counter()
+        placed = _PlacedTree(self._nj(n0), self.names[:n0])
+        done = 0
+        while True:
+            with self._lock:
+                todo = self._neighbours[done:]
+            if not todo:
+                return placed, done, time.perf_counter() - t
+            for rows, distances in todo:
+                row = n0 + done
+                placed.add(self.names[row], row, rows, distances, self.block, self.weighting,
+                           self.nni_radius, self.nni_sample, {})
+                done += 1
+
+    def _swap(self, timings: dict) -> None:
+        t = time.perf_counter()
+        future, n0 = self._job
+        placed, done, seconds = future.result()
+        with self._lock:
+            rest = self._neighbours[done:]
+        for rows, distances in rest:
+            row = n0 + done
+            placed.add(self.names[row], row, rows, distances, self.block, self.weighting, self.nni_radius,
+                       self.nni_sample, {})
+            done += 1
+        self._live, self._job, self._neighbours = placed, None, []
+        self.rebuild_seconds_total += seconds
+        self.n_rebuilds += 1
+        timings["swap"] = (time.perf_counter() - t) * 1e3
+
+    def _finish_job(self) -> None:
+        if self._job is not None:
+            self._swap({})
 
     def _timed_rebuild(self, timings: dict) -> None:
         t = time.perf_counter()
@@ -209,24 +328,15 @@ class NeighbourhoodTree:
         self.rebuild_seconds_total += dt
         self.n_rebuilds += 1
 
-    def _grow_maps(self, n_nodes: int, n_rows: int) -> None:
-        if n_nodes > self._row_of_node.shape[0]:
-            have = self._row_of_node.shape[0]
-            cap = max(n_nodes, 2 * have)
-            self._row_of_node = np.concatenate([self._row_of_node, np.full(cap - have, -1, dtype=np.int64)])
-            self._is_leaf = np.concatenate([self._is_leaf, np.zeros(cap - have, dtype=bool)])
-        if n_rows > self._node_of_row.shape[0]:
-            have = self._node_of_row.shape[0]
-            cap = max(n_rows, 2 * have)
-            self._node_of_row = np.concatenate([self._node_of_row, np.full(cap - have, -1, dtype=np.int64)])
 
-    def _reset_maps(self) -> None:
-        t = self.tree
-        self._row_of_node = np.full(max(2 * t.n_nodes, 16), -1, dtype=np.int64)
-        self._is_leaf = np.zeros(self._row_of_node.shape[0], dtype=bool)
-        self._node_of_row = np.full(max(2 * len(self.names), 16), -1, dtype=np.int64)
-        for row, name in enumerate(self.names):
-            v = t.leaf_node[name]
-            self._row_of_node[v] = row
-            self._node_of_row[row] = v
-            self._is_leaf[v] = True
+_EXECUTOR = None
+
+
+def _executor():
+    """One worker thread for off-path rebuilds (NumPy and BLAS release the GIL in NJ's
+    matrix work; one rebuild at a time per tree by construction)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phylolm-rebuild")
+    return _EXECUTOR

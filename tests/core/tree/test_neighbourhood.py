@@ -74,3 +74,40 @@ def test_placement_on_a_neighbourhood_lands_inside_it(nj_and_queries):
         # it, and not all of them
         below = {tree.leaf_node[x] for x in tree.subtree_leaves(p.edge)}
         assert 0 < len(below & set(near)) < len(near) or p.edge in near
+
+
+def test_off_path_rebuilds_give_the_trees_of_rebuilds_in_place():
+    """A rebuild on the worker thread, swapped in ``lag`` inserts later, ends in the very
+    tree a rebuild in place gives: the leaves inserted meanwhile are re-placed on the new
+    tree from the neighbours they came with. The inserts in between never wait for NJ.
+    (Rebuilds at every doubling, so the lags stay below the gap between two rebuilds; a
+    rebuild due while one is in flight starts after the swap.)"""
+    from indexer.core.phylo_index import PhyloIndex
+    from indexer.core.simulate import simulate_probes
+    from indexer.core.tree import RebuildPolicy
+    from indexer.core.tree.newick import to_newick
+
+    eco = simulate_probes(200, seed=5, n_genes=32)
+    runs = {}
+    for lag in (0, 3, 7):
+        index = PhyloIndex(n_samples=32, policy=RebuildPolicy(growth=1.0), mode="sparse", k=12, candidates=24,
+                           backend="exact", rebuild_lag=lag)
+        swaps, waited_for_nj = [], 0
+        for i, m in enumerate(eco.ids):
+            was_in_flight = index.incremental.rebuild_in_flight
+            r = index.insert(m, eco.counts(i))
+            if "swap" in r.timings_ms:
+                swaps.append(i)
+            if was_in_flight and "rebuild" in r.timings_ms:
+                waited_for_nj += 1
+        index.incremental.finish_rebuild()
+        runs[lag] = (to_newick(index.tree, support=False), index.n_rebuilds, swaps)
+        assert waited_for_nj == 0
+    newick0, rebuilds0, swaps0 = runs[0]
+    assert rebuilds0 >= 6 and not swaps0  # every insert up to min_models, then at 8, 16, ..., 128
+    for lag in (3, 7):
+        newick, rebuilds, swaps = runs[lag]
+        assert newick == newick0
+        assert rebuilds == rebuilds0
+        assert swaps, "no rebuild went off the write path"
+    assert runs[3][2] != runs[7][2]  # the swaps happened at other inserts
