@@ -281,6 +281,7 @@ def bench_peers(models: int = 5000, queries: int = 100, seed: int = 0, genes: in
     backbone = backbone or ("nj" if models - queries <= nj_max_models else "index")
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}")
+    load_start = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
     eco = simulate_probes(models, seed=seed, n_genes=genes, n_samples=samples, shape=shape)
     sim_seconds = time.perf_counter() - t0
@@ -305,7 +306,7 @@ def bench_peers(models: int = 5000, queries: int = 100, seed: int = 0, genes: in
     out: dict = {
         "models": models, "queries": queries, "seed": seed, "genes": genes, "samples": samples, "shape": shape,
         "k": k, "candidates": candidates, "backend": backend, "backbone": backbone,
-        "cpu_count": os.cpu_count(), "load_average_1min_start": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(), "load_average_1min_start": load_start,
         "simulation_seconds": round(sim_seconds, 1), "backbone_stream_seconds": round(backbone_stream_seconds, 1),
         "backbone_build_seconds": round(backbone_seconds, 1),
     }

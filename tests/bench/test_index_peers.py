@@ -108,3 +108,17 @@ def test_full_builds_beside_quicktree_and_clearcut(result):
             assert r["nrf_to_ours"] == 0.0 and r["nrf_truth"] == fb["ours"]["nrf_truth"]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (Debian packages; `scripts/setup.sh test` installs them)")
+
+
+def test_peers_not_installed_are_reported_so(monkeypatch):
+    import indexer.bench.peers as peers
+
+    monkeypatch.setattr(peers, "apples_program", lambda: None)
+    monkeypatch.setattr(peers.shutil, "which", lambda name: None)
+    res = bench_peers(models=30, queries=5, genes=16, k=8, candidates=8, backend="exact")
+    assert res["placement"]["apples"] == NOT_INSTALLED
+    assert "ours_over_apples" not in res["placement"]["ours_sparse"]
+    fb = res["full_builds"]
+    assert fb["quicktree"] == fb["clearcut_exact"] == fb["clearcut_relaxed"] == NOT_INSTALLED
+    assert fb["ours"]["seconds"] > 0
+    assert any(row[3] == NOT_INSTALLED for row in peers.table_rows(res))
