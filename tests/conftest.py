@@ -30,6 +30,7 @@ MARKERS_BY_PLACE = {
     "adapters/hub": ("integration",),
     "adapters/probers/test_openai.py": ("integration",),
     "core/tree/test_nj_peers.py": ("integration",),
+    "bench/test_index_peers.py": ("integration",),
     "test_architecture.py": ("integration",),
 }
 # ... and wherever a test uses a fixture that runs `phylolm` or a model engine.

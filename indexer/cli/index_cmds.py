@@ -129,12 +129,22 @@ def bench_index_cmd(
     candidates: Annotated[int, typer.Option(help="With --stream: candidates re-scored exactly per insert.")] = 64,
     backend: Annotated[str, typer.Option(help="With --stream: candidate search, hnsw | exact.")] = "hnsw",
     recall_queries: Annotated[int, typer.Option(help="With --stream: sampled models for recall@10.")] = 200,
-    nj_max: Annotated[int, typer.Option(help="With --stream: compare with full NJ up to this many models.")] = 5000,
+    nj_max: Annotated[int, typer.Option(help="With --stream or --peers: compare with full NJ (and, with --peers, "
+                                             "quicktree and clearcut) up to this many models.")] = 5000,
+    peers: Annotated[bool, typer.Option("--peers", help="Side by side with the peers installed for the run, on the "
+                                                       "same simulated probes: placement of held-out queries against "
+                                                       "APPLES-2 (delta error, time per query), full builds against "
+                                                       "quicktree and clearcut (seconds, nRF), as ratios.")] = False,
+    queries: Annotated[int, typer.Option(help="With --peers: held-out query models.")] = 100,
+    backbone: Annotated[str | None, typer.Option(help="With --peers: the backbone both placements use, nj (NJ of the "
+                                                      "backbone models) | index (our incremental tree); default nj "
+                                                      "up to --nj-max models.")] = None,
     json: JsonOpt = False,
 ) -> None:
     """Index benchmark on a simulated ecosystem: insert latency (distance row + placement +
     local NNI), amortised rebuild cost, full NJ time at the same n, tree quality (nRF) of
-    the incremental tree and of NJ against the true tree. ``--stream``: the Hub-scale run."""
+    the incremental tree and of NJ against the true tree. ``--stream``: the Hub-scale run.
+    ``--peers``: the same probes beside APPLES-2, quicktree and clearcut (those installed)."""
     from indexer.bench.index import MIN_MODELS, bench_index, bench_stream
     from indexer.core.simulate import SHAPES
 
@@ -144,6 +154,25 @@ def bench_index_cmd(
         raise PhylolmError(f"--shape must be one of {', '.join(SHAPES)}")
     if seeds < 1 or genes < 1 or samples < 1 or growth < 0:
         raise PhylolmError("--seeds, --genes and --samples must be positive and --growth non-negative")
+    if stream and peers:
+        raise PhylolmError("--stream and --peers are separate runs; choose one")
+    if peers:
+        from indexer.bench.peers import BACKBONES, bench_peers, table_rows
+
+        if backend not in ("hnsw", "exact") or k < 1 or candidates < k:
+            raise PhylolmError("--backend hnsw|exact, and -k <= --candidates")
+        if not 1 <= queries <= models - MIN_MODELS:
+            raise PhylolmError(f"--queries must be between 1 and --models - {MIN_MODELS}")
+        if backbone is not None and backbone not in BACKBONES:
+            raise PhylolmError(f"--backbone must be one of {', '.join(BACKBONES)}")
+        result = bench_peers(models, queries, seed, genes, samples, shape, k, candidates, backend, growth or None,
+                             backbone=backbone, nj_max_models=nj_max)
+        if json:
+            print_json(result)
+        else:
+            print_rows(["", "method", "figure", "value", "ours over it"], table_rows(result),
+                       title=f"phylolm bench index --peers (n={models}, {queries} queries)")
+        return
     if stream:
         if mode not in ("sparse", "exact") or backend not in ("hnsw", "exact") or k < 1 or candidates < k:
             raise PhylolmError("--mode sparse|exact, --backend hnsw|exact, and -k <= --candidates")

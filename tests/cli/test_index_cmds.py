@@ -50,6 +50,24 @@ def test_bench_index_stream_reports_recall_rss_and_quality(cli):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
+def test_bench_index_peers_reports_side_by_side(cli):
+    r = cli("bench", "index", "--peers", "--models", "40", "--queries", "5", "--genes", "16", "-k", "8",
+            "--candidates", "8", "--backend", "exact", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert (res["models"], res["queries"], res["backbone"]) == (40, 5, "nj")
+    pl = res["placement"]
+    assert pl["backbone_models"] == 35 and len(pl["ours_sparse"]["deltas"]) == 5
+    assert pl["apples"] == "not installed" or pl["apples"]["placed"] + pl["apples"]["unplaced"] == 5
+    assert res["full_builds"]["ours"]["seconds"] > 0
+    human = cli("bench", "index", "--peers", "--models", "40", "--queries", "5", "--genes", "16", "-k", "8",
+                "--candidates", "8", "--backend", "exact", "--backbone", "index", "--nj-max", "10")
+    assert human.returncode == 0 and "delta error" in human.stdout and "not run" in human.stdout, human.stderr
+    for bad in (("--peers", "--stream"), ("--peers", "--queries", "39"), ("--peers", "--backbone", "upgma")):
+        b = cli("bench", "index", "--models", "40", *bad)
+        assert b.returncode != 0 and "Traceback" not in b.stderr, bad
+
+
 def _leaf_names(node: dict) -> list[str]:
     """The leaves of a tree in the JSON form (``{"name"}`` leaves, ``{"children"}`` inside)."""
     return [node["name"]] if "children" not in node else [n for c in node["children"] for n in _leaf_names(c)]
