@@ -99,14 +99,18 @@ def average_runs(runs: list[dict]) -> dict:
 def bench_stream(models: int = 20000, seed: int = 0, genes: int = 128, samples: int = 32, shape: str = "yule",
                  mode: str = "sparse", k: int = 32, candidates: int = 64, backend: str = "hnsw",
                  recall_queries: int = 200, nj_max_models: int = 5000, growth: float | None = 0.5,
-                 rebuild_max_models: int = 2000, checkpoints: int = 5) -> dict:
+                 rebuild_max_models: int = 2000, checkpoints: int = 5, rebuild_lag: int = 0,
+                 progress=None) -> dict:
     """The Hub-scale streaming run: a probed ecosystem with real-like allele diversity
     (``simulate_probes``: about 17 distinct alleles per gene at 32 samples), inserted in
     upload order. Figures: insert latency percentiles over all inserts and per stretch of the
     stream (``checkpoints`` equal stretches), peak RSS, the index's own memory (counted),
     recall@10 of the neighbour lists and of a fresh search against brute force on
     ``recall_queries`` sampled models, nRF of the maintained tree to the truth, and of NJ to
-    the truth where n <= ``nj_max_models`` (NJ needs the n x n matrix)."""
+    the truth where n <= ``nj_max_models`` (NJ needs the n x n matrix). Sparse mode rebuilds
+    by NJ up to ``rebuild_max_models`` models, off the write path with ``rebuild_lag > 0``
+    (the stalls of the inserts that swap a rebuilt tree in are reported apart, ``swap_ms``).
+    ``progress(line)`` is called at the end of each stretch."""
     import resource
 
     from indexer.core.simulate import simulate_probes
@@ -119,11 +123,14 @@ def bench_stream(models: int = 20000, seed: int = 0, genes: int = 128, samples: 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     options = dict(mode=mode)
     if mode == "sparse":
-        options.update(k=k, candidates=candidates, backend=backend, rebuild_max_models=rebuild_max_models)
+        options.update(k=k, candidates=candidates, backend=backend, rebuild_max_models=rebuild_max_models,
+                       rebuild_lag=rebuild_lag)
     index = PhyloIndex(genome_hash=f"simulated-{seed}", n_samples=samples, policy=RebuildPolicy(growth=growth),
                        **options)
     insert_ms = np.full(models, np.nan)
     stage = {"distance": [], "placement": [], "nni": []}
+    swap_ms = []
+    ends = {int(part[-1]) for part in np.array_split(np.arange(models), checkpoints) if part.size}
     t1 = time.perf_counter()
     for i, model_id in enumerate(eco.ids):  # each insert runs on one BLAS thread (indexer.core.blas)
         counts = eco.counts(i)  # decoding the stored probe is not part of the insert
@@ -132,6 +139,16 @@ def bench_stream(models: int = 20000, seed: int = 0, genes: int = 128, samples: 
             insert_ms[i] = r.insert_ms
             for s in stage:
                 stage[s].append(r.timings_ms.get(s, 0.0))
+        if "swap" in r.timings_ms:
+            swap_ms.append(r.timings_ms["swap"])
+        if progress is not None and i in ends:
+            part = insert_ms[max(0, i + 1 - models // checkpoints): i + 1]
+            part = part[np.isfinite(part)]
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            progress(f"{i + 1:,}/{models:,} models, {time.perf_counter() - t1:.0f} s: insert median "
+                     f"{np.median(part) if part.size else float('nan'):.1f} ms in this stretch, peak RSS {rss:,.0f} MiB")
+    if hasattr(index.incremental, "finish_rebuild"):
+        index.incremental.finish_rebuild()  # a rebuild still in flight is part of the run
     stream_seconds = time.perf_counter() - t1
     done = insert_ms[np.isfinite(insert_ms)]
     stretches = []
@@ -159,6 +176,10 @@ def bench_stream(models: int = 20000, seed: int = 0, genes: int = 128, samples: 
     if mode == "sparse":
         out["index_bytes"] = {"alleles": index.alleles.memory_bytes(), **index.graph.memory_bytes()}
         out["rebuilds_skipped"] = index.incremental.rebuilds_skipped
+        out["rebuild_max_models"], out["rebuild_lag"] = rebuild_max_models, rebuild_lag
+        if swap_ms:
+            out["swap_ms"] = {"count": len(swap_ms), "median": round(float(np.median(swap_ms)), 2),
+                              "max": round(float(np.max(swap_ms)), 2)}
         out.update(_recall(index, recall_queries, seed))
         out["k"], out["candidates"], out["backend"] = k, candidates, backend
     out["nrf_incremental_truth"] = round(robinson_foulds(index.tree, eco.truth), 4)

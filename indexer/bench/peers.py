@@ -67,7 +67,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.bench.index import MIN_MODELS, _one_blas_thread
+from indexer.bench.index import MIN_MODELS
+from indexer.core.blas import one_blas_thread
 from indexer.bench.nj_peers import PEER_TIMEOUT_S, clearcut_newick, quicktree_newick, write_phylip
 from indexer.core.distance import distance_from_similarity
 from indexer.core.phylo_index import PhyloIndex
@@ -292,7 +293,7 @@ def bench_peers(models: int = 5000, queries: int = 100, seed: int = 0, genes: in
                        mode="sparse", k=k, candidates=candidates, backend=backend,
                        rebuild_max_models=rebuild_max_models)
     t1 = time.perf_counter()
-    with _one_blas_thread():
+    with one_blas_thread():
         for i in np.flatnonzero(~is_query).tolist():
             index.insert(eco.ids[i], eco.counts(i))
     backbone_stream_seconds = time.perf_counter() - t1
@@ -313,7 +314,7 @@ def bench_peers(models: int = 5000, queries: int = 100, seed: int = 0, genes: in
     query_ids = [eco.ids[i] for i in held.tolist()]
     out["placement"] = _placement_side_by_side(index, tree, eco, held, query_ids)
     t3 = time.perf_counter()
-    with _one_blas_thread():
+    with one_blas_thread():
         for i in held.tolist():
             index.insert(eco.ids[i], eco.counts(i))
     out["query_stream_seconds"] = round(time.perf_counter() - t3, 1)
@@ -336,9 +337,10 @@ def _placement_side_by_side(index: PhyloIndex, tree: Tree, eco, held: np.ndarray
     rows_d = np.empty((len(query_ids), nb))
     ours = {"sparse": {"delta": [], "placement_ms": [], "neighbours_ms": []},
             "full": {"delta": [], "placement_ms": []}}
-    with _one_blas_thread():
+    with one_blas_thread():
         for j, (i, qid) in enumerate(zip(held.tolist(), query_ids)):
-            cols, vals = alleles.encode_new(qid, eco.counts(i))
+            enc = alleles.encode_new(qid, eco.counts(i))
+            cols, vals = enc.cols, enc.vals
             d = np.round(np.atleast_1d(distance_from_similarity(alleles.similarity_to(everyone, cols, vals))), 8)
             rows_d[j] = d
             t = time.perf_counter()

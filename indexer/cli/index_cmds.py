@@ -129,6 +129,10 @@ def bench_index_cmd(
     candidates: Annotated[int, typer.Option(help="With --stream: candidates re-scored exactly per insert.")] = 64,
     backend: Annotated[str, typer.Option(help="With --stream: candidate search, hnsw | exact.")] = "hnsw",
     recall_queries: Annotated[int, typer.Option(help="With --stream: sampled models for recall@10.")] = 200,
+    rebuild_max: Annotated[int, typer.Option(help="With --stream (sparse): full NJ rebuilds only up to this many "
+                                                  "models (0 = never).")] = 2000,
+    rebuild_lag: Annotated[int, typer.Option(help="With --stream (sparse): run rebuilds off the write path, "
+                                                  "swapped in this many inserts later (0 = in place).")] = 0,
     nj_max: Annotated[int, typer.Option(help="With --stream or --peers: compare with full NJ (and, with --peers, "
                                              "quicktree and clearcut) up to this many models.")] = 5000,
     peers: Annotated[bool, typer.Option("--peers", help="Side by side with the peers installed for the run, on the "
@@ -176,8 +180,11 @@ def bench_index_cmd(
     if stream:
         if mode not in ("sparse", "exact") or backend not in ("hnsw", "exact") or k < 1 or candidates < k:
             raise PhylolmError("--mode sparse|exact, --backend hnsw|exact, and -k <= --candidates")
+        if rebuild_max < 0 or rebuild_lag < 0:
+            raise PhylolmError("--rebuild-max and --rebuild-lag must be non-negative")
         result = bench_stream(models, seed, genes, samples, shape, mode, k, candidates, backend, recall_queries,
-                              nj_max, growth or None)
+                              nj_max, growth or None, rebuild_max_models=rebuild_max, rebuild_lag=rebuild_lag,
+                              progress=lambda line: typer.echo(line, err=True))
     else:
         result = bench_index(models, seed, seeds, genes, samples, shape, growth)
     if json:
