@@ -204,6 +204,21 @@ class PhyloIndex:
             by_split[" ".join(sorted(side))] = value
         return BootstrapResult(n_replicates, seed, time.perf_counter() - t0, by_split)
 
+    def _resume_sparse(self, ids, counts_list, tree: Tree | None, first: list[int], later: list[int],
+                       n_samples: int) -> "PhyloIndex":
+        with one_blas_thread():
+            if tree is None and len(ids) > self.incremental.rebuild_max_models:
+                first, later = [], list(range(len(ids)))  # too many for NJ: insert them all
+            for i in first:
+                self.graph.insert(ids[i], counts_list[i], n_samples)
+            if first:
+                names = [ids[i] for i in first]
+                use_tree = tree if tree is not None and tree.n_leaves >= 3 else None
+                self.incremental.load(names, use_tree)
+            for i in later:
+                self._insert_sparse(ids[i], counts_list[i])
+        return self
+
     @classmethod
     def from_state(cls, ids: Sequence[str], counts_list: Sequence[Sequence[dict[str, int]]],
                    newick: str | None = None, *, genome_hash: str = "", n_samples: int = 32,
@@ -211,11 +226,14 @@ class PhyloIndex:
         """Resume from stored alleles and a stored tree: the allele index and the distance
         matrix are rebuilt in bulk (one sparse product), the tree is parsed, not rebuilt.
         Models the stored tree lacks are then inserted incrementally; with no stored tree,
-        NJ builds one."""
+        NJ builds one.
+
+        Sparse mode: the neighbour graph is rebuilt by searching every model in the stored
+        order (as the inserts did, so the lists come out the same), O(n x insert search),
+        and nothing n x n is built unless there is no stored tree and n is at most
+        ``rebuild_max_models`` (then NJ; beyond it the models are inserted one by one)."""
         if len(ids) != len(counts_list):
             raise ValueError("ids and counts_list differ in length")
-        if options.get("mode", "exact") != "exact":
-            raise ValueError("from_state resumes the exact mode only")
         index = cls(genome_hash, n_samples, policy, **options)
         tree = parse_newick(newick) if newick and newick.strip() != ";" else None
         in_tree = set(tree.leaf_node) if tree is not None else set()
@@ -224,6 +242,8 @@ class PhyloIndex:
             raise ValueError(f"the stored tree has {len(unknown)} models without alleles, e.g. {min(unknown)!r}")
         first = [i for i, m in enumerate(ids) if m in in_tree] if tree is not None else list(range(len(ids)))
         later = [i for i in range(len(ids)) if tree is not None and ids[i] not in in_tree]
+        if index.mode == "sparse":
+            return index._resume_sparse(ids, counts_list, tree, first, later, n_samples)
         for i in first:
             index.alleles.add_unscored(ids[i], counts_list[i], n_samples)
         if first:

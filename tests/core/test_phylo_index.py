@@ -170,5 +170,29 @@ def test_sparse_nearest_agrees_with_the_exact_mode(eco_counts):
         assert [x for x, _ in got] == [x for x, _ in want]
         assert np.allclose([d for _, d in got], [d for _, d in want], atol=1e-12)
         assert [x for x, _ in sparse.nearest(m, 12)] == [x for x, _ in exact.nearest(m, 12)]  # beyond k: exact row
-    with pytest.raises(ValueError, match="exact mode only"):
-        PhyloIndex.from_state(eco.ids[:5], counts[:5], None, mode="sparse")
+
+
+def test_sparse_mode_resumes_from_stored_alleles_and_tree(eco_counts):
+    """A resumed sparse index has the original's neighbour lists and tree, and the next
+    insert goes exactly as it would have in the original."""
+    eco, counts = eco_counts
+    opts = dict(mode="sparse", k=8, candidates=16, backend=_sparse_backend(), rebuild_max_models=40)
+    original = PhyloIndex("genome", 32, RebuildPolicy(), **opts)
+    for i, m in enumerate(eco.ids[:90]):
+        original.insert(m, counts[i])
+    newick = original.newick()
+    resumed = PhyloIndex.from_state(eco.ids[:90], counts[:90], newick, genome_hash="genome", n_samples=32,
+                                    policy=RebuildPolicy(), **opts)
+    assert resumed.n_rebuilds == 0 and resumed.newick() == newick
+    for r in range(0, 90, 11):
+        a, b = original.graph.neighbours(r), resumed.graph.neighbours(r)
+        assert np.array_equal(a.rows, b.rows) and np.array_equal(a.distance, b.distance)
+    r1, r2 = original.insert(eco.ids[90], counts[90]), resumed.insert(eco.ids[90], counts[90])
+    assert r1.neighbours == r2.neighbours and r1.sister == r2.sister
+    assert original.newick() == resumed.newick()
+    # models stored after the tree was: inserted on resume; no tree and over the NJ limit: all inserted
+    later = PhyloIndex.from_state(eco.ids[:100], counts[:100], newick, n_samples=32, policy=RebuildPolicy(), **opts)
+    assert set(later.tree.leaf_node) == set(eco.ids[:100]) and later.n_rebuilds == 0
+    no_tree = PhyloIndex.from_state(eco.ids[:60], counts[:60], None, n_samples=32, policy=RebuildPolicy(), **opts)
+    assert set(no_tree.tree.leaf_node) == set(eco.ids[:60])
+    assert no_tree.incremental.rebuilds_skipped >= 1  # grown by inserts past rebuild_max_models

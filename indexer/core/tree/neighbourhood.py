@@ -251,6 +251,21 @@ class NeighbourhoodTree:
                 upd.rebuilt = True
         return upd
 
+    def load(self, names: Sequence[str], tree: Tree | None = None) -> None:
+        """Start from leaves ``names`` (rows 0..n-1 of ``block``) and a stored tree of
+        exactly them, or, without one, their NJ tree."""
+        if self.names:
+            raise ValueError("load into an empty tree only")
+        self.names = list(names)
+        if tree is None:
+            self.rebuild()
+            return
+        if set(tree.leaf_node) != set(self.names) or tree.n_leaves != len(self.names):
+            raise ValueError("the stored tree's leaves are not the loaded models")
+        self._live = _PlacedTree(tree, self.names)
+        self.n_at_last_rebuild = len(self.names)
+        self.inserts_since_rebuild = 0
+
     def nj_tree(self) -> Tree:
         """NJ on every pair, computed now from ``block``: O(n^2) memory while it runs."""
         if not self.names:
