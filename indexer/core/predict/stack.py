@@ -108,6 +108,20 @@ class JointFit:
 
     anchors: np.ndarray
     fitted: Mapping[int, FittedPredictor]
+    # every benchmark's raw prediction at once: the base learners run once for all of them
+    # (each ``fitted[k].predict`` reruns them); the same numbers as ``fitted[k].predict``
+    _predict_all: Callable[[np.ndarray], Mapping[int, np.ndarray]] | None = None
+
+    def predict_all(self, d_to_anchors: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(estimate, low, high) of every fitted benchmark for rows of distances to the
+        anchors: O(m * n_s * |anchors|) a row, one pass of the base learners for all m."""
+        x = np.atleast_2d(np.asarray(d_to_anchors, dtype=float))
+        if self._predict_all is None:
+            return {k: f.predict(x) for k, f in self.fitted.items()}
+        if x.shape[1] != self.anchors.size:
+            raise ValueError(f"expected distances to {self.anchors.size} anchors, got {x.shape[1]}")
+        raw = self._predict_all(x)
+        return {k: f.interval(raw[k]) for k, f in self.fitted.items()}
 
 
 class KinshipStack:
@@ -197,6 +211,7 @@ class KinshipStack:
         for c, k in enumerate(benches):
             feats[ok[:, k], c] = base_oof[k]
         fitted: dict[int, FittedPredictor] = {}
+        heads: dict[int, np.ndarray] = {}
         for c, k in enumerate(benches):
             rows = np.flatnonzero(ok[:, k])
             f, y, z = feats[rows], scores[rows, k], _logit(scores[rows, k])
@@ -212,13 +227,18 @@ class KinshipStack:
                     best = (mse, lam, pred)
             assert best is not None
             half = conformal_quantile(y - _sigmoid(best[2]), self.coverage)
-            wb = _shrunk_stack(f, z, c, best[1])
+            wb = heads[k] = _shrunk_stack(f, z, c, best[1])
             predict = lambda xn, wb=wb: _sigmoid(base_logits(xn) @ wb[:-1] + wb[-1])  # noqa: E731
             params = dict(chosen[k])
             params["stack_shrinkage"] = best[1]
             params["stack_weights"] = {str(kk): float(w) for kk, w in zip(benches, wb[:-1])}
             fitted[k] = FittedPredictor(self.method, n, half, self.coverage, params, predict)
-        return JointFit(np.arange(n), fitted)
+
+        def predict_all(xn: np.ndarray) -> dict[int, np.ndarray]:
+            base = base_logits(xn)
+            return {k: _sigmoid(base @ wb[:-1] + wb[-1]) for k, wb in heads.items()}
+
+        return JointFit(np.arange(n), fitted, predict_all)
 
     def fit(self, d: np.ndarray, y: np.ndarray, groups: np.ndarray) -> FittedPredictor:
         """One benchmark alone (no other benchmark to stack with): the base ensemble."""
