@@ -128,6 +128,9 @@ class IndexWriter:
         except BaseException:
             # The transaction rolled back: the in-memory index must forget the leaf too.
             self.index = _reload(self)
+            if self.estimator.sparse is not None:  # its fit's reference rows are the old index's
+                self.estimator.close()
+                self.estimator = _Estimator()
             raise
         failpoint("after_write")
         self.estimator.after_write(self.catalog, self.index, snapshot)
