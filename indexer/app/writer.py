@@ -53,6 +53,7 @@ class IndexWriter:
         self._closed = False
         if self._closed_at is None or self.catalog.generation() != self._closed_at:
             self.index = _reload(self)
+            self.estimator.close()
             self.estimator = _Estimator()
 
     def _indexed_alleles(self) -> tuple[list[str], list]:
@@ -104,7 +105,8 @@ class IndexWriter:
                 self._advance_watermark(model)
             return UpdateSummary(model.id, "indexed", "new revision probed; leaf kept", n_models=len(self.index.ids))
         others = list(self.index.ids)
-        result = self.index.insert(model.id, probe.alleles.counts)
+        with self.estimator.index_lock:  # a background refit reads the index (sparse mode)
+            result = self.index.insert(model.id, probe.alleles.counts)
         sim = np.asarray(result.similarity)
         dist = result.distance
         nearest = tuple(zip(result.neighbours, result.neighbour_distances))
@@ -121,13 +123,17 @@ class IndexWriter:
                     self.genome.hash, self.index.newick(), "incremental",
                     "rebuild" if result.rebuilt else "insert", len(self.index.ids), model.id, stats)
                 self.estimator.refresh(self.catalog, self.index, snapshot,
-                                       changed={model.id, *result.neighbours})
+                                       changed={model.id, *result.neighbours}, new_id=model.id)
                 self._advance_watermark(model)
         except BaseException:
             # The transaction rolled back: the in-memory index must forget the leaf too.
             self.index = _reload(self)
+            if self.estimator.sparse is not None:  # its fit's reference rows are the old index's
+                self.estimator.close()
+                self.estimator = _Estimator()
             raise
         failpoint("after_write")
+        self.estimator.after_write(self.catalog, self.index, snapshot)
         return UpdateSummary(model.id, "indexed", reason, snapshot, len(self.index.ids),
                              nearest,
                              tuple(result.timings_ms.items()), bool(result.rebuilt))
@@ -195,18 +201,46 @@ def _reload(writer: IndexWriter):
 
 
 class _Estimator:
-    """The writer's fitted predictors, kept between updates (refit only when the scored set
-    changes); ``refresh`` writes the estimates of one update inside its transaction."""
+    """The writer's fitted predictors, kept between updates; ``refresh`` writes the estimates
+    of one update inside its transaction.
+
+    Exact mode: ``estimate_scores`` on the full matrix (refit only when the scored set
+    changes; ``FittedPredictors``). Sparse mode (``PhyloIndex(mode="sparse")``): the new
+    model only, from a frozen fit and its distances to the fit's reference models, with
+    refits in a background thread installed by ``after_write`` (``indexer.app.estimates``).
+    """
 
     def __init__(self):
+        import threading
+
         from indexer.core.predict import FittedPredictors
 
         self.cache = FittedPredictors()
+        self.index_lock = threading.RLock()
+        self.sparse = None  # SparseEstimates, made on the first sparse-mode refresh
 
-    def refresh(self, catalog, index, snapshot: int, changed: set[str]) -> int:
+    def refresh(self, catalog, index, snapshot: int, changed: set[str], new_id: str | None = None) -> int:
+        if getattr(index, "mode", "exact") == "sparse":
+            return self._sparse().refresh(catalog, index, snapshot, [new_id] if new_id else sorted(changed))
         from indexer.adapters.publish import estimate_records
 
         estimates = estimate_records(catalog, index.ids, index.distance_matrix(), snapshot,
                                      changed=changed, cache=self.cache)
         catalog.replace_estimates(estimates)
         return len(estimates)
+
+    def after_write(self, catalog, index, snapshot: int | None) -> int:
+        """Sparse mode: install a finished background refit and write its estimates (their
+        own transaction); nothing in exact mode."""
+        return self.sparse.install_ready(catalog, index, snapshot) if self.sparse is not None else 0
+
+    def _sparse(self):
+        if self.sparse is None:
+            from indexer.app.estimates import SparseEstimates
+
+            self.sparse = SparseEstimates(index_lock=self.index_lock)
+        return self.sparse
+
+    def close(self) -> None:
+        if self.sparse is not None:
+            self.sparse.close(wait=False)

@@ -129,12 +129,48 @@ def register(app: typer.Typer) -> None:
     def bench_estimates_cmd(json: JsonOpt = False,
                             methods: Annotated[str, typer.Option(
                                 "--methods", help="Comma-separated predictors to compare.")]
-                            = "paper-ica15-linear,kinship-ensemble,kinship-stack") -> None:
+                            = "paper-ica15-linear,kinship-ensemble,kinship-stack",
+                            refresh_at: Annotated[int, typer.Option(
+                                "--refresh-at", help="Instead: the sparse mode's per-insert refresh "
+                                                     "at this many simulated models.")] = 0,
+                            scored: Annotated[int, typer.Option(
+                                help="With --refresh-at: simulated models with six scores.")] = 1000,
+                            max_anchors: Annotated[int, typer.Option(
+                                help="With --refresh-at: the joint predictor's anchor cap.")] = 1024,
+                            queries: Annotated[int, typer.Option(
+                                help="With --refresh-at: inserts timed.")] = 200,
+                            index: Annotated[str, typer.Option(
+                                help="With --refresh-at: alleles (what the refresh reads) | sparse "
+                                     "(a full PhyloIndex(mode='sparse'), much slower to build).")] = "alleles",
+                            seed: Annotated[int, typer.Option(help="With --refresh-at: random seed.")] = 0) -> None:
         """Leave-one-family-out accuracy on the PhyloLM paper's 127-model matrix with the
         Open LLM Leaderboard v1 scores (packaged reference data): pooled Pearson r, RMSE and
         90%-interval coverage per benchmark, the paper's baseline against this project's
-        predictors. Hyper-parameters are chosen inside the training families only."""
-        from indexer.bench.estimates import bench_estimates
+        predictors. Hyper-parameters are chosen inside the training families only.
+        ``--refresh-at N``: the per-insert refresh of the sparse mode's estimates at N
+        simulated models instead (``indexer.bench.estimates.bench_refresh``)."""
+        from indexer.bench.estimates import bench_estimates, bench_refresh
+
+        if refresh_at:
+            if index not in ("alleles", "sparse") or not 0 < queries < refresh_at \
+                    or not 3 <= scored <= refresh_at - queries or max_anchors < 1:
+                raise PhylolmError("--refresh-at N needs 0 < --queries < N, 3 <= --scored <= N - queries, "
+                                   "--max-anchors >= 1 and --index alleles|sparse")
+            one = [m.strip() for m in methods.split(",") if m.strip()]
+            for m in one:
+                _check_method(m)
+            # one --methods name: that predictor; the default list: the default predictor
+            r = bench_refresh(refresh_at, scored, max_anchors, queries, seed, index,
+                              one[0] if len(one) == 1 else None)
+            if json:
+                print_json(r)
+                return
+            rows = [(k, v) for k, v in r.items() if not isinstance(v, (dict, list))]
+            rows += [(f"{k} median / p95 / max", f"{v['median']} / {v['p95']} / {v['max']}")
+                     for k, v in r.items() if isinstance(v, dict)]
+            rows.append(("load average", " ".join(map(str, r["load_average"]))))
+            print_rows(["figure", "value"], rows, title=f"sparse-mode estimate refresh at n={refresh_at}")
+            return
 
         chosen = [m.strip() for m in methods.split(",") if m.strip()]
         for m in chosen:

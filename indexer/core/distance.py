@@ -312,6 +312,11 @@ class AlleleIndex:
         np.clip(s, 0.0, 1.0, out=s)
         return s
 
+    def reference(self, rows: np.ndarray) -> "ReferenceRows":
+        """A fixed set of indexed rows kept as one CSR block, for distances from any indexed
+        model to them at O(nnz of those rows) each (``ReferenceRows``)."""
+        return ReferenceRows(self, rows)
+
     def _dense_rows(self, rows: np.ndarray) -> np.ndarray:
         pos, lens = self._gather(rows)
         out = np.zeros((rows.shape[0], max(self.n_columns, 1)))
@@ -456,3 +461,38 @@ class AlleleIndex:
         self._row_of[model_id] = len(self._ids)
         self._ids.append(model_id)
 
+
+
+class ReferenceRows:
+    """Distances from indexed models to a fixed set of reference rows of an ``AlleleIndex``
+    (a frozen estimator's reference models): the reference rows are copied once into a CSR
+    block; a query row is scattered into a dense vector and multiplied, O(nnz of the
+    reference rows + alleles of the query) a row, whatever the size of the index. Later
+    inserts add columns the reference rows have no entries in, so the block stays valid.
+    Distances equal ``distance_from_similarity(similarity_block(rows, reference))`` up to
+    rounding (the same dot products, summed in another order)."""
+
+    def __init__(self, alleles: AlleleIndex, rows: np.ndarray):
+        self.alleles = alleles
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.block = alleles.submatrix(self.rows).tocsr()
+        self.block.sort_indices()
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def distances(self, rows: np.ndarray) -> np.ndarray:
+        """|rows| x |reference| distances (0 where a query is a reference row itself)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        a = self.alleles
+        width = self.block.shape[1]
+        pos, lens = a._gather(rows)
+        cols = a._indices[pos]
+        keep = cols < width  # columns newer than the block: no reference row has them
+        dense = np.zeros((rows.size, width))
+        dense[np.repeat(np.arange(rows.size), lens)[keep], cols[keep]] = a._values_at(pos, rows, lens)[keep]
+        s = np.asarray(self.block @ dense.T).T
+        np.clip(s, 0.0, 1.0, out=s)
+        d = distance_from_similarity(s)
+        d[rows[:, None] == self.rows[None, :]] = 0.0
+        return d

@@ -27,9 +27,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances between the rows of ``a`` and ``b`` (O(|a||b|p))."""
-    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+def _sq_dists(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray | None = None) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``a`` and ``b`` (O(|a||b|p)).
+    ``b_sq``: ``(b * b).sum(1)`` when the caller kept it (a fitted learner predicting)."""
+    if b_sq is None:
+        b_sq = (b * b).sum(1)
+    d = (a * a).sum(1)[:, None] + b_sq[None, :] - 2.0 * a @ b.T
     np.maximum(d, 0.0, out=d)
     return d
 
@@ -95,7 +98,11 @@ class FittedPredictor:
         x = np.atleast_2d(np.asarray(d_to_train, dtype=float))
         if x.shape[1] != self.n_train:
             raise ValueError(f"expected distances to {self.n_train} training models, got {x.shape[1]}")
-        est = np.clip(self._predict(x), 0.0, 1.0)
+        return self.interval(self._predict(x))
+
+    def interval(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(estimate, low, high) from the predictor's raw output (what ``predict`` returns)."""
+        est = np.clip(raw, 0.0, 1.0)
         return est, np.clip(est - self.half_width, 0.0, 1.0), np.clip(est + self.half_width, 0.0, 1.0)
 
 

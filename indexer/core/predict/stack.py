@@ -9,7 +9,7 @@ import numpy as np
 
 from indexer.core.predict.base import (DEFAULT_COVERAGE, FittedPredictor, _check_fit_inputs, _logit, _sigmoid,
                                        _sq_dists, conformal_quantile, leave_one_group_out)
-from indexer.core.predict.learners import Learner, _kernel_ridge, _ridge
+from indexer.core.predict.learners import KernelRidgeFit, Learner, _kernel_ridge, _ridge
 
 # A member learner sees the training models' rows of distances to all n reference models
 # (x: n_train x n), their positions among the references (rows) and the logit targets z;
@@ -38,10 +38,45 @@ def _all_similarities(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.exp(-x)
 
 
-def _member(learner: Learner, features: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Member:
-    def fit(x: np.ndarray, rows: np.ndarray, z: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        f = learner(features(x, rows), z)
-        return lambda xn: f(features(xn, rows))
+class _MemberFit:
+    """A fitted member: its feature map (``features`` with the training rows) and learner."""
+
+    __slots__ = ("features", "rows", "f")
+
+    def __init__(self, features, rows: np.ndarray, f) -> None:
+        self.features, self.rows, self.f = features, rows, f
+
+    def __call__(self, xn: np.ndarray) -> np.ndarray:
+        return self.f(self.features(xn, self.rows))
+
+    def shared(self, xn: np.ndarray, memo: dict) -> np.ndarray:
+        """``self(xn)``, reusing the features and kernel distances of an earlier member with
+        the same feature map over the same training matrix (one set of scored models for
+        several benchmarks): the same numbers, computed once."""
+        key = (self.features, self.rows.tobytes())
+        feat = memo.get(key)
+        if feat is None:
+            feat = memo[key] = self.features(xn, self.rows)
+        if not isinstance(self.f, KernelRidgeFit):
+            return self.f(feat)
+        sq = memo.get(id(self.f.x))
+        if sq is None:
+            sq = memo[id(self.f.x)] = _sq_dists(feat, self.f.x, self.f.x_sq)
+        return self.f.from_sq(sq)
+
+
+def _member(learner: Learner, features: Callable[[np.ndarray, np.ndarray], np.ndarray],
+            train: dict | None = None) -> Member:
+    """``train``: a memo of training feature matrices, so that members with the same feature
+    map over the same rows (several benchmarks, one scored set) hold one matrix."""
+    def fit(x: np.ndarray, rows: np.ndarray, z: np.ndarray) -> _MemberFit:
+        key = (features, rows.tobytes())
+        xf = train.get(key) if train is not None else None
+        if xf is None:
+            xf = features(x, rows)
+            if train is not None:
+                train[key] = xf
+        return _MemberFit(features, rows, learner(xf, z))
 
     return fit
 
@@ -108,6 +143,20 @@ class JointFit:
 
     anchors: np.ndarray
     fitted: Mapping[int, FittedPredictor]
+    # every benchmark's raw prediction at once: the base learners run once for all of them
+    # (each ``fitted[k].predict`` reruns them); the same numbers as ``fitted[k].predict``
+    _predict_all: Callable[[np.ndarray], Mapping[int, np.ndarray]] | None = None
+
+    def predict_all(self, d_to_anchors: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(estimate, low, high) of every fitted benchmark for rows of distances to the
+        anchors: O(m * n_s * |anchors|) a row, one pass of the base learners for all m."""
+        x = np.atleast_2d(np.asarray(d_to_anchors, dtype=float))
+        if self._predict_all is None:
+            return {k: f.predict(x) for k, f in self.fitted.items()}
+        if x.shape[1] != self.anchors.size:
+            raise ValueError(f"expected distances to {self.anchors.size} anchors, got {x.shape[1]}")
+        raw = self._predict_all(x)
+        return {k: f.interval(raw[k]) for k, f in self.fitted.items()}
 
 
 class KinshipStack:
@@ -168,7 +217,8 @@ class KinshipStack:
             return JointFit(np.arange(n), {})
         members = self._members(d)
         # base level: per benchmark, tuned members; out-of-group logits for scored rows
-        base_fits: dict[int, list[Callable[[np.ndarray], np.ndarray]]] = {}
+        base_fits: dict[int, list[_MemberFit]] = {}
+        train: dict = {}  # training feature matrices, shared by benchmarks with one scored set
         base_oof: dict[int, np.ndarray] = {}
         chosen: dict[int, dict[str, object]] = {}
         for k in benches:
@@ -182,7 +232,7 @@ class KinshipStack:
                 best = int(np.argmin(mses))  # first of equals: the grid's order breaks ties
                 params[name] = grid[best]
                 learner = _kernel_ridge(*grid[best]) if kind == "kernel_ridge" else _ridge(grid[best])
-                fits.append(_member(learner, features)(x, rows, z))
+                fits.append(_member(learner, features, train)(x, rows, z))
                 oofs.append(preds[best])
             base_fits[k] = fits
             base_oof[k] = np.mean(oofs, axis=0)
@@ -197,6 +247,7 @@ class KinshipStack:
         for c, k in enumerate(benches):
             feats[ok[:, k], c] = base_oof[k]
         fitted: dict[int, FittedPredictor] = {}
+        heads: dict[int, np.ndarray] = {}
         for c, k in enumerate(benches):
             rows = np.flatnonzero(ok[:, k])
             f, y, z = feats[rows], scores[rows, k], _logit(scores[rows, k])
@@ -212,13 +263,20 @@ class KinshipStack:
                     best = (mse, lam, pred)
             assert best is not None
             half = conformal_quantile(y - _sigmoid(best[2]), self.coverage)
-            wb = _shrunk_stack(f, z, c, best[1])
+            wb = heads[k] = _shrunk_stack(f, z, c, best[1])
             predict = lambda xn, wb=wb: _sigmoid(base_logits(xn) @ wb[:-1] + wb[-1])  # noqa: E731
             params = dict(chosen[k])
             params["stack_shrinkage"] = best[1]
             params["stack_weights"] = {str(kk): float(w) for kk, w in zip(benches, wb[:-1])}
             fitted[k] = FittedPredictor(self.method, n, half, self.coverage, params, predict)
-        return JointFit(np.arange(n), fitted)
+
+        def predict_all(xn: np.ndarray) -> dict[int, np.ndarray]:
+            memo: dict = {}
+            base = np.column_stack([np.mean([f.shared(xn, memo) for f in base_fits[k]], axis=0)
+                                    for k in benches])
+            return {k: _sigmoid(base @ wb[:-1] + wb[-1]) for k, wb in heads.items()}
+
+        return JointFit(np.arange(n), fitted, predict_all)
 
     def fit(self, d: np.ndarray, y: np.ndarray, groups: np.ndarray) -> FittedPredictor:
         """One benchmark alone (no other benchmark to stack with): the base ensemble."""

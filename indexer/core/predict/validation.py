@@ -78,6 +78,35 @@ def leave_one_family_out_joint(D: np.ndarray, scores: np.ndarray, families: Sequ
     return out
 
 
+def leave_one_family_out_frozen(D: np.ndarray, scores: np.ndarray, families: Sequence[str], predictor,
+                                unscored_anchors: bool = True) -> list[dict[str, np.ndarray]]:
+    """``leave_one_family_out_joint`` as a frozen fit sees a newly indexed family: the
+    held-out family is not among the anchors (its distances are not features of the fit,
+    as for a model inserted after the last refit; ``indexer.core.predict.refresh``). The
+    anchors are the other scored models, plus every model without any score when
+    ``unscored_anchors`` (else the scored models only: the capped anchor set with no
+    sample). Same output as ``leave_one_family_out_joint``."""
+    D = np.asarray(D, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    fam = np.asarray(families)
+    scored_any = np.isfinite(scores).any(1)
+    pred = np.full(scores.shape + (3,), np.nan)
+    for family in np.unique(fam[scored_any]):
+        held = fam == family
+        anchors = np.flatnonzero(~held & (scored_any | unscored_anchors))
+        joint = predictor.fit_joint(D[np.ix_(anchors, anchors)], scores[anchors], fam[anchors])
+        rows = np.flatnonzero(held)
+        for j, fitted in joint.fitted.items():
+            e, lo, hi = fitted.predict(D[np.ix_(rows, anchors[joint.anchors])])
+            pred[held, j] = np.column_stack([e, lo, hi])
+    out = []
+    for j in range(scores.shape[1]):
+        keep = np.flatnonzero(np.isfinite(scores[:, j]))
+        out.append({"index": keep, "truth": scores[keep, j], "estimate": pred[keep, j, 0],
+                    "low": pred[keep, j, 1], "high": pred[keep, j, 2]})
+    return out
+
+
 def validate(D: np.ndarray, scores: np.ndarray, families: Sequence[str],
              benchmarks: Sequence[str] = BENCHMARKS,
              methods: Sequence[str] = (PaperICA.method, KinshipEnsemble.method, KinshipStack.method)
