@@ -8,6 +8,7 @@ from indexer.core import predict
 from indexer.adapters import reference
 from indexer.core.predict import (FittedPredictors, KinshipEnsemble, PaperICA, conformal_quantile,
                                   estimate_scores, leave_one_family_out)
+from tests.helpers.kinship import toy_ecosystem
 
 
 def test_reference_data_is_consistent(paper):
@@ -58,13 +59,7 @@ def test_hyperparameters_never_see_the_held_out_family(paper):
     assert not np.allclose(base["estimate"][~mask], again["estimate"][~mask])
 
 
-def _toy(n=30, seed=1):
-    rng = np.random.default_rng(seed)
-    pts = rng.normal(size=(n, 3))
-    d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
-    score = 1 / (1 + np.exp(-pts[:, 0]))
-    ids = [f"org{i % 5}/m{i}" for i in range(n)]
-    return ids, d, score
+_toy = toy_ecosystem
 
 
 def test_refresh_on_insert_predicts_only_the_new_model_without_refit():

@@ -11,14 +11,11 @@ import pytest
 
 from indexer.core.predict import FittedPredictors, KinshipStack, estimate_scores
 from indexer.core.predict.refresh import RefitPolicy, RefreshingEstimates, estimate_all, fit_reference
+from tests.helpers.kinship import toy_ecosystem
 
 
 def _toy(n=30, seed=1):
-    rng = np.random.default_rng(seed)
-    pts = rng.normal(size=(n, 3))
-    d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
-    ability = 1 / (1 + np.exp(-pts[:, 0]))
-    ids = [f"org{i % 5}/m{i}" for i in range(n)]
+    ids, d, ability = toy_ecosystem(n, seed)
     scores = {(m, "arc"): float(a) for m, a in zip(ids[:20], ability[:20])}
     scores.update({(m, "mmlu"): float(0.8 * a) for m, a in zip(ids[:16], ability[:16])})
     return ids, d, scores

@@ -9,6 +9,7 @@ from indexer.core import predict
 from indexer.core.predict import (FittedPredictors, KinshipStack, estimate_scores, leave_one_family_out,
                                   leave_one_family_out_joint, validate)
 from indexer.core.predict.stack import _shrunk_stack
+from tests.helpers.kinship import toy_ecosystem
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +94,7 @@ def test_single_benchmark_fit_is_the_base_ensemble(paper):
     assert np.corrcoef(res["estimate"], res["truth"])[0, 1] > 0.85  # measured 0.90
 
 
-def _toy(n=30, seed=1):
-    rng = np.random.default_rng(seed)
-    pts = rng.normal(size=(n, 3))
-    d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
-    ability = 1 / (1 + np.exp(-pts[:, 0]))
-    ids = [f"org{i % 5}/m{i}" for i in range(n)]
-    return ids, d, ability
+_toy = toy_ecosystem
 
 
 def test_joint_refresh_on_insert_predicts_only_the_new_model_without_refit():
