@@ -484,13 +484,8 @@ class ReferenceRows:
     def distances(self, rows: np.ndarray) -> np.ndarray:
         """|rows| x |reference| distances (0 where a query is a reference row itself)."""
         rows = np.asarray(rows, dtype=np.int64)
-        a = self.alleles
-        width = self.block.shape[1]
-        pos, lens = a._gather(rows)
-        cols = a._indices[pos]
-        keep = cols < width  # columns newer than the block: no reference row has them
-        dense = np.zeros((rows.size, width))
-        dense[np.repeat(np.arange(rows.size), lens)[keep], cols[keep]] = a._values_at(pos, rows, lens)[keep]
+        # columns newer than the block: no reference row has them, so they are dropped
+        dense = self.alleles._dense_rows(rows)[:, : self.block.shape[1]]
         s = np.asarray(self.block @ dense.T).T
         np.clip(s, 0.0, 1.0, out=s)
         d = distance_from_similarity(s)

@@ -230,7 +230,7 @@ class NeighbourhoodTree:
         n = len(self.names)
         self.inserts_since_rebuild += 1
         if self.tree is None or n <= self.policy.min_models or self.tree.n_leaves < 3 or rows.shape[0] < 2:
-            self._finish_job()
+            self.finish_rebuild()
             self._timed_rebuild(upd.timings_ms)
             upd.rebuilt = True
             return upd
@@ -279,7 +279,7 @@ class NeighbourhoodTree:
     def rebuild(self) -> Tree:
         """Replace the tree by NJ of every leaf, now (an off-path rebuild in flight is
         finished first, so it cannot swap an older tree in later)."""
-        self._finish_job()
+        self.finish_rebuild()
         self._live = _PlacedTree(self.nj_tree(), self.names)
         self.n_at_last_rebuild = len(self)
         self.inserts_since_rebuild = 0
@@ -309,11 +309,16 @@ class NeighbourhoodTree:
                 todo = self._neighbours[done:]
             if not todo:
                 return placed, done, time.perf_counter() - t
-            for rows, distances in todo:
-                row = n0 + done
-                placed.add(self.names[row], row, rows, distances, self.block, self.weighting,
-                           self.nni_radius, self.nni_sample, {})
-                done += 1
+            done = self._replay(placed, n0, done, todo)
+
+    def _replay(self, placed: _PlacedTree, n0: int, done: int, todo) -> int:
+        """Re-place on ``placed`` the leaves logged since the job's n0, from the ``done``-th on."""
+        for rows, distances in todo:
+            row = n0 + done
+            placed.add(self.names[row], row, rows, distances, self.block, self.weighting,
+                       self.nni_radius, self.nni_sample, {})
+            done += 1
+        return done
 
     def _swap(self, timings: dict) -> None:
         t = time.perf_counter()
@@ -321,19 +326,11 @@ class NeighbourhoodTree:
         placed, done, seconds = future.result()
         with self._lock:
             rest = self._neighbours[done:]
-        for rows, distances in rest:
-            row = n0 + done
-            placed.add(self.names[row], row, rows, distances, self.block, self.weighting, self.nni_radius,
-                       self.nni_sample, {})
-            done += 1
+        self._replay(placed, n0, done, rest)
         self._live, self._job, self._neighbours = placed, None, []
         self.rebuild_seconds_total += seconds
         self.n_rebuilds += 1
         timings["swap"] = (time.perf_counter() - t) * 1e3
-
-    def _finish_job(self) -> None:
-        if self._job is not None:
-            self._swap({})
 
     def _timed_rebuild(self, timings: dict) -> None:
         t = time.perf_counter()
