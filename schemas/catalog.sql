@@ -1,4 +1,4 @@
--- The catalog's schema, version 6. Table and column names are a contract (DESIGN section 3):
+-- The catalog's schema, version 7. Table and column names are a contract (DESIGN section 3):
 -- columns may grow, names do not change. Older catalogs are upgraded by the forward
 -- migrations in schemas/migrations.py.
 
@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS tree_snapshots (
     reason         VARCHAR NOT NULL,  -- insert | rebuild | bootstrap
     inserted_model VARCHAR,
     n_leaves       INTEGER NOT NULL,
-    newick         VARCHAR NOT NULL,
+    newick         VARCHAR,  -- NULL: a placement record (sparse index: between full trees; see stats)
     stats          JSON
 );
 

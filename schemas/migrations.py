@@ -6,7 +6,7 @@ newer version is refused (this build does not know its tables).
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # version reached -> statements that take a catalog from (version - 1) to it.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -41,5 +41,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # v6: PEFT/LoRA adapters are probed on their base: which base model (id@commit) was used.
     6: (
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS adapter_of VARCHAR",
+    ),
+    # v7: the sparse (Hub-scale) index stores a full tree every so many inserts and, for the
+    # inserts between, a placement record: a tree snapshot without a Newick.
+    7: (
+        "ALTER TABLE tree_snapshots ALTER COLUMN newick DROP NOT NULL",
     ),
 }

@@ -27,6 +27,11 @@ INTERVAL = 300.0  # seconds between polls of `watch`
 FIRST_WINDOW_HOURS = 24.0  # with no watermark yet, how far back the first watch poll looks
 QUEUE_ORDER = "rank"  # which queued models a cycle takes first (indexer.app.probe_queue)
 PRIORITY = "downloads=1,likes=2,related=2,size=-0.5"  # the queue's priority terms
+# The index: exact (every pair stored, the dense matrix in memory: up to a few thousand
+# models) or sparse (each model's k nearest; the Hub-scale index, deploy/SCALE.md).
+INDEX_MODE = "exact"
+INDEX_K = 32  # sparse mode: the nearest models kept per model (exact distances)
+TREE_EVERY = 100  # sparse mode: a whole tree stored every so many inserts (and before a publish)
 
 
 def max_bytes(weights_gb: float) -> int:

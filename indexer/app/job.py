@@ -48,6 +48,9 @@ class JobConfig:
     # Pre-quantization methods the backend runs (None: what indexer.adapters.probers.base.quant_methods
     # finds for it); quantized checkpoints of other methods are deferred.
     quant_methods: tuple[str, ...] | None = None
+    index_mode: str = defaults.INDEX_MODE  # exact | sparse (indexer.app.writer)
+    index_k: int = defaults.INDEX_K
+    tree_every: int = defaults.TREE_EVERY
 
     def load_genome(self) -> genome_lib.Genome:
         g = genome_lib.load(self.genome)

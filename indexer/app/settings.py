@@ -59,6 +59,15 @@ class Settings(BaseModel):
                                                                   "measured over the last day")
     queue_order: str = Field(defaults.QUEUE_ORDER, pattern=f"^({'|'.join(QUEUE_ORDERS)})$",
                              description="which candidates a cycle takes first: rank (priority) | newest")
+    index_mode: str = Field(defaults.INDEX_MODE, pattern="^(exact|sparse)$",
+                            description="exact: every pair of models in `distances`, the whole matrix in "
+                                        "memory (up to a few thousand models) | sparse: each model's k "
+                                        "nearest (Hub scale); a catalog keeps the mode it was made with")
+    index_k: int = Field(defaults.INDEX_K, ge=2, le=1024,
+                         description="sparse index: nearest models kept per model (exact distances)")
+    tree_every: int = Field(defaults.TREE_EVERY, ge=1,
+                            description="sparse index: store the whole tree every N inserts (and before "
+                                        "each publish); the inserts between store their placement")
     priority: str = Field(defaults.PRIORITY,
                           description="priority terms and weights: downloads, likes (log10), related "
                                       "(a base model is indexed), size (GB), age (days)")
@@ -153,4 +162,5 @@ def job_config(s: Settings, hub_url: str | None, **extra: Any):
     return JobConfig(catalog=s.catalog.resolve(), hub=hub_url, backend=backend, backend_options=options,
                      genome=s.genome, n_genes=s.genes, params=params, cache_dir=s.cache_dir.expanduser(),
                      publish_dir=s.publish_dir.resolve() if s.publish_dir else None,
-                     max_bytes=defaults.max_bytes(s.max_weights_gb), author=s.author, **extra)
+                     max_bytes=defaults.max_bytes(s.max_weights_gb), author=s.author,
+                     index_mode=s.index_mode, index_k=s.index_k, tree_every=s.tree_every, **extra)

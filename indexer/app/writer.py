@@ -2,9 +2,15 @@
 row, probe and alleles, one new row of distances, the tree with its new leaf, refreshed
 estimates), so a crash at any point leaves either all of it or none of it, and a restart
 resumes from the catalog alone.
+
+``index_mode = "sparse"`` (the Hub-scale index, ``PhyloIndex(mode="sparse")``) stores per
+insert the model's k nearest instead of its full row, and its whole tree every
+``tree_every`` inserts (and before each publish) with a placement record for the inserts
+between; a restart loads the newest full tree and re-inserts the models after it.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from datetime import datetime, timezone
 
@@ -34,8 +40,13 @@ class IndexWriter:
         self.config = config
         self.genome = config.load_genome()
         self.catalog = self._connect()
-        self.catalog.register_genome(self.genome)
-        self.index = _reload(self)
+        try:
+            self.catalog.register_genome(self.genome)
+            self._record_layout()
+            self._load_index()
+        except BaseException:
+            self.catalog.close()
+            raise
         self.estimator = _Estimator()
         self._closed = False
         self._closed_at: tuple | None = None  # the catalog's generation when closed (None: unknown)
@@ -52,9 +63,53 @@ class IndexWriter:
         self.catalog = self._connect()
         self._closed = False
         if self._closed_at is None or self.catalog.generation() != self._closed_at:
-            self.index = _reload(self)
+            self._load_index()
             self.estimator.close()
             self.estimator = _Estimator()
+
+    def _record_layout(self) -> None:
+        """Say in the catalog how it is indexed (``CatalogQueries.index_layout``: readers
+        learn from it what ``distances`` holds), refusing to continue a catalog indexed the
+        other way: its stored distances would mean two things."""
+        cfg = self.config
+        if cfg.index_mode == "sparse" and importlib.util.find_spec("hnswlib") is None:
+            raise PhylolmError("index_mode = sparse finds neighbour candidates with hnswlib: "
+                               "pip install 'phylolm-indexer[scale]'")
+        stored = self.catalog.index_layout()
+        indexed = self.catalog.generation()[1]
+        if indexed and (stored.mode, stored.k if stored.mode == "sparse" else None) != (
+                cfg.index_mode, cfg.index_k if cfg.index_mode == "sparse" else None):
+            was = "exact" if stored.mode == "exact" else f"sparse, k = {stored.k}"
+            raise PhylolmError(f"catalog {self.catalog.path} is indexed in the {was} mode; "
+                               f"it cannot be continued with index_mode = {cfg.index_mode}"
+                               + (f", index_k = {cfg.index_k}" if cfg.index_mode == "sparse" else "")
+                               + " (use a new catalog, or the settings it was made with)")
+        with self.catalog.transaction():
+            self.catalog.set_meta("index_mode", cfg.index_mode)
+            if cfg.index_mode == "sparse":
+                self.catalog.set_meta("index_k", str(cfg.index_k))
+            self.catalog.set_meta("index_params_hash", cfg.params.digest())
+            self.catalog.set_meta("index_backend", cfg.backend)
+
+    def _load_index(self) -> None:
+        """The in-memory index, rebuilt from the catalog, and how many inserts have passed
+        since the newest full tree."""
+        self.index = _reload(self)
+        self._since_tree = self.catalog.placements_since_tree(self.genome.hash)
+
+    def _tree_record(self, result, stats: dict) -> str | None:
+        """The Newick to store with an insert: the whole tree (exact mode: always; sparse
+        mode: after a rebuild, and every ``tree_every`` inserts), else None, and ``stats``
+        then holds the placement (a placement record: the tree is the newest full one plus
+        the later inserts, which a resume re-inserts)."""
+        cfg = self.config
+        if cfg.index_mode == "exact" or result.rebuilt or result.placement is None \
+                or self._since_tree + 1 >= cfg.tree_every:
+            return self.index.newick()
+        p = result.placement
+        stats["placement"] = {"sister": list(result.sister), "x": float(p.x), "pendant": float(p.pendant),
+                              "error": float(p.error), "nni_moves": int(result.nni_moves)}
+        return None
 
     def _indexed_alleles(self) -> tuple[list[str], list]:
         rows = self.catalog.indexed_probes(self.genome.hash, self.config.params.digest(), self.config.backend)
@@ -107,6 +162,8 @@ class IndexWriter:
         others = list(self.index.ids)
         with self.estimator.index_lock:  # a background refit reads the index (sparse mode)
             result = self.index.insert(model.id, probe.alleles.counts)
+        if result.rows is not None:  # sparse mode: the k nearest only
+            others = [others[j] for j in result.rows.tolist()]
         sim = np.asarray(result.similarity)
         dist = result.distance
         nearest = tuple(zip(result.neighbours, result.neighbour_distances))
@@ -119,19 +176,21 @@ class IndexWriter:
                 self.catalog.add_probe(probe)
                 failpoint("mid_write")
                 self.catalog.add_distances(self.genome.hash, model.id, others, sim, dist)
+                newick = self._tree_record(result, stats)
                 snapshot = self.catalog.add_tree_snapshot(
-                    self.genome.hash, self.index.newick(), "incremental",
+                    self.genome.hash, newick, "incremental",
                     "rebuild" if result.rebuilt else "insert", len(self.index.ids), model.id, stats)
                 self.estimator.refresh(self.catalog, self.index, snapshot,
                                        changed={model.id, *result.neighbours}, new_id=model.id)
                 self._advance_watermark(model)
         except BaseException:
             # The transaction rolled back: the in-memory index must forget the leaf too.
-            self.index = _reload(self)
+            self._load_index()
             if self.estimator.sparse is not None:  # its fit's reference rows are the old index's
                 self.estimator.close()
                 self.estimator = _Estimator()
             raise
+        self._since_tree = 0 if newick is not None else self._since_tree + 1
         failpoint("after_write")
         self.estimator.after_write(self.catalog, self.index, snapshot)
         return UpdateSummary(model.id, "indexed", reason, snapshot, len(self.index.ids),
@@ -172,7 +231,14 @@ class IndexWriter:
             self.catalog.set_meta("watermark", stamp)
 
     def publish(self) -> None:
-        """Refresh the read-only snapshot and, if configured, the publish folder."""
+        """Refresh the read-only snapshot and, if configured, the publish folder. A sparse
+        index stores its whole tree first when inserts have passed since the last one, so
+        what readers get always has every indexed model in its tree."""
+        if self._since_tree and self.index.tree is not None:
+            with self.catalog.transaction():
+                self.catalog.add_tree_snapshot(self.genome.hash, self.index.newick(), "incremental", "publish",
+                                               len(self.index.ids), None, {"n_leaves": len(self.index.ids)})
+            self._since_tree = 0
         self.catalog.publish_snapshot()
         failpoint("mid_publish")
         if self.config.publish_dir is not None:
@@ -196,8 +262,10 @@ def _reload(writer: IndexWriter):
 
     ids, counts = writer._indexed_alleles()
     latest = writer.catalog.latest_tree(writer.genome.hash)
+    cfg = writer.config
+    options = {"mode": "sparse", "k": cfg.index_k} if cfg.index_mode == "sparse" else {}
     return PhyloIndex.from_state(ids, counts, latest[1] if latest else None, genome_hash=writer.genome.hash,
-                                 n_samples=writer.config.params.n_samples)
+                                 n_samples=cfg.params.n_samples, **options)
 
 
 class _Estimator:

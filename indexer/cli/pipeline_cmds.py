@@ -24,6 +24,12 @@ GenesOpt = Annotated[int | None, typer.Option("--genes", help="Use only the firs
 SamplesOpt = Annotated[int | None, typer.Option("--samples", help=f"Samples per gene (paper: {ProbeParams().n_samples}).")]
 PublishOpt = Annotated[Path | None, typer.Option("--publish-dir", help="Folder refreshed after each update.")]
 GenomeOpt = Annotated[str | None, typer.Option("--genome", help="Genome: math, code, or a JSONL file.")]
+IndexModeOpt = Annotated[str | None, typer.Option(
+    "--index-mode", help="exact (every pair in `distances`: up to a few thousand models) | sparse (each "
+                         "model's --index-k nearest: Hub scale; see deploy/SCALE.md). A catalog keeps the "
+                         f"mode it was made with [default: {defaults.INDEX_MODE}].")]
+IndexKOpt = Annotated[int | None, typer.Option(
+    "--index-k", min=2, help=f"Sparse index: nearest models kept per model [default: {defaults.INDEX_K}].")]
 # `watch --once` exit status when the Hub could not be listed completely (an outage, a rate
 # limit that outlasted the retries): distinct from bad input (2) and unexpected errors (1), so
 # that a CronJob or systemd timer reports the failure.
@@ -65,7 +71,8 @@ def register(app: typer.Typer) -> None:
                   "--queue-order", help="Which candidates a cycle takes first: rank (by --priority) | newest.")] = None,
               priority: Annotated[str | None, typer.Option(
                   "--priority", help="Priority terms: downloads, likes, related, size, age, as TERM=WEIGHT,... "
-                                     f"[default: {defaults.PRIORITY}].")] = None) -> None:
+                                     f"[default: {defaults.PRIORITY}].")] = None,
+              index_mode: IndexModeOpt = None, index_k: IndexKOpt = None) -> None:
         """Watch the Hub: probe each new upload and insert it into the index as it appears.
 
         Streaming by default (a poll every --interval seconds, until stopped); --once runs a
@@ -81,7 +88,8 @@ def register(app: typer.Typer) -> None:
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
                          samples=samples, publish_dir=publish_dir, interval=interval, author=author,
                          first_window_hours=first_window, probe_budget=probe_budget,
-                         budget_seconds=budget_seconds, queue_order=queue_order, priority=priority)
+                         budget_seconds=budget_seconds, queue_order=queue_order, priority=priority,
+                         index_mode=index_mode, index_k=index_k)
         with job(s) as url:
             # Beam is imported only once the input is valid and the lock held: its import-time
             # warnings must not precede a refusal's one-line message.
@@ -115,7 +123,8 @@ def register(app: typer.Typer) -> None:
                  dask_scheduler: Annotated[str | None, typer.Option(
                      "--dask-scheduler", help="Run on Beam's DaskRunner over the running dask cluster whose "
                                               "scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786); its workers "
-                                              "need phylolm installed and the catalog and cache paths.")] = None) -> None:
+                                              "need phylolm installed and the catalog and cache paths.")] = None,
+                 index_mode: IndexModeOpt = None, index_k: IndexKOpt = None) -> None:
         """Index existing models, oldest upload first, each inserted incrementally (bounded job).
 
         The probes fan out over the runner's workers; one writer inserts them. On a dask cluster
@@ -131,7 +140,8 @@ def register(app: typer.Typer) -> None:
         ids = tuple(check_id(m) for m in given[:cut])
         since_dt = parse_date(since, "--since")
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
-                         samples=samples, publish_dir=publish_dir, author=author)
+                         samples=samples, publish_dir=publish_dir, author=author, index_mode=index_mode,
+                         index_k=index_k)
         with job(s) as url:
             from pipelines.run import run_backfill  # after validation and the lock (see watch)
 

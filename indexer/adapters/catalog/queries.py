@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
@@ -36,6 +37,16 @@ _MODEL_COLUMNS = """id, revision, created_at, author, base_models, base_model_re
                     copy_of, gguf_file, adapter_of"""
 _ESTIMATES_SQL = ("select model_id, benchmark, estimate, low, high, method, snapshot, updated_at "
                   "from estimates order by model_id, benchmark, method")
+
+
+class IndexLayout(NamedTuple):
+    """How a catalog's index is kept: ``mode`` exact (``distances`` holds every pair) or
+    sparse (each model's ``k`` nearest at its insert), and the probes it is built from."""
+
+    mode: str
+    k: int | None = None
+    params_hash: str | None = None
+    backend: str | None = None
 
 
 class CatalogQueries:
@@ -276,8 +287,13 @@ class CatalogQueries:
 
     def complete_matrix(self) -> tuple[int | None, list[str], np.ndarray]:
         """The latest snapshot id and the distance matrix (its genome) of the models whose row
-        is complete (a model still being indexed is left out)."""
+        is complete (a model still being indexed is left out). A sparse index stores each
+        model's k nearest only: its matrix is computed from the alleles now (``exact_distances``,
+        O(n^2) time and memory)."""
         snapshot, _, genome_hash = self.latest_snapshot()
+        if self.index_layout().mode == "sparse" and genome_hash is not None:
+            ids, _, d = self.exact_distances(genome_hash)
+            return snapshot, ids, d
         ids, d = self.distance_matrix(genome_hash)
         complete = [i for i in range(len(ids)) if not np.isnan(d[i]).any()]
         return snapshot, [ids[i] for i in complete], d[np.ix_(complete, complete)]
@@ -287,6 +303,54 @@ class CatalogQueries:
         where, args = ("where genome_hash = ?", [genome_hash]) if genome_hash else ("", [])
         return self._arrow(f"select model_a, model_b, similarity, distance from distances {where} "
                            "order by model_a, model_b", args)
+
+    def exact_distances(self, genome_hash: str, of: Sequence[str] | None = None
+                        ) -> tuple[list[str], list[str], np.ndarray]:
+        """Distances computed now from the stored alleles, not read from ``distance_pairs``:
+        (every indexed model's id, sorted; the rows' ids; the rows) for the models ``of``
+        (None: all of them, the full matrix). Loading the alleles is O(total alleles), each row
+        one sparse product, O(n); the full matrix is O(n^2) time and memory. The models are
+        those of the index's probes (``index_layout``: its parameters and backend)."""
+        from indexer.core.distance import AlleleIndex, distance_from_similarity
+
+        layout = self.index_layout()
+        if layout.params_hash is None:
+            raise PhylolmError("this catalog does not record which probes its index uses "
+                               "(an exact index: its `distances` hold every pair)")
+        rows = self.indexed_probes(genome_hash, layout.params_hash, layout.backend)
+        genome = self._first("select n_genes from genomes where hash = ?", [genome_hash])
+        if not rows or genome is None:
+            return [], [], np.zeros((0, 0))
+        alleles = self.load_alleles([p for _, p, _ in rows], int(genome[0]))
+        index = AlleleIndex(n_samples=alleles[rows[0][1]].n_samples, values=False)
+        for m, p, _ in sorted(rows):
+            index.add_unscored(m, alleles[p].counts, alleles[p].n_samples)
+        wanted = index.ids if of is None else list(of)
+        missing = [m for m in wanted if m not in index]
+        if missing:
+            raise PhylolmError(f"{missing[0]!r} is not in the index (not indexed, or a different genome)")
+        at = np.array([index.row_of(m) for m in wanted], dtype=np.int64)
+        d = distance_from_similarity(index.similarity_block(at, np.arange(len(index))))
+        d[np.arange(len(at)), at] = 0.0  # a model's own similarity is 1 exactly, not 1 - rounding
+        return index.ids, wanted, d
+
+    # ---- the index's layout -------------------------------------------------------------
+    def index_layout(self) -> "IndexLayout":
+        """How the writer indexes this catalog (the ``index_*`` keys of ``meta``); a catalog
+        without them is an exact one, as every catalog was before the sparse mode."""
+        meta = dict(self._all("select key, value from meta where starts_with(key, 'index_')"))
+        return IndexLayout(mode=meta.get("index_mode", "exact"),
+                           k=int(meta["index_k"]) if "index_k" in meta else None,
+                           params_hash=meta.get("index_params_hash"), backend=meta.get("index_backend"))
+
+    def placements_since_tree(self, genome_hash: str) -> int:
+        """Tree snapshots of ``genome_hash`` after its newest full tree: the placement records
+        a sparse index writes between full trees."""
+        return int(self._first(
+            """select count(*) from tree_snapshots where genome_hash = ? and snapshot_id >
+                   coalesce((select max(snapshot_id) from tree_snapshots
+                             where genome_hash = ? and newick is not null), 0)""",
+            [genome_hash, genome_hash])[0])
 
     # ---- trees --------------------------------------------------------------------------
     def latest_tree(self, genome_hash: str | None = None,
@@ -300,15 +364,15 @@ class CatalogQueries:
         if genome_hash:
             clauses.append("genome_hash = ?")
             args.append(genome_hash)
-        where = ("where " + " and ".join(clauses)) if clauses else ""
-        row = self._first(f"select snapshot_id, newick from tree_snapshots {where} order by snapshot_id desc limit 1",
-                          args)
+        where = " and ".join(["newick is not null", *clauses])  # placement records carry no tree
+        row = self._first(f"select snapshot_id, newick from tree_snapshots where {where} "
+                          "order by snapshot_id desc limit 1", args)
         return (int(row[0]), row[1]) if row else None
 
     def latest_snapshot(self) -> tuple[int | None, str | None, str | None]:
-        """(snapshot_id, newick, genome_hash) of the newest tree snapshot, or Nones."""
+        """(snapshot_id, newick, genome_hash) of the newest tree snapshot with a tree, or Nones."""
         row = self._first("select snapshot_id, newick, genome_hash from tree_snapshots "
-                          "order by snapshot_id desc limit 1")
+                          "where newick is not null order by snapshot_id desc limit 1")
         return (int(row[0]), row[1], row[2]) if row else (None, None, None)
 
     # ---- scores and estimates -----------------------------------------------------------

@@ -1,0 +1,147 @@
+"""The writer on the sparse (Hub-scale) index, ``index_mode = "sparse"``: a real DuckDB
+catalog and the real ``IndexWriter``; the alleles are the simulator's (no model runs here).
+
+Per insert the catalog gains the model's k nearest pairs (not its full row), and a whole tree
+every ``tree_every`` inserts with placement records between; publishing stores the whole tree
+first; a restart re-inserts the models after the newest whole tree and comes back with the
+same neighbour lists; a catalog is never continued in the other mode.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from indexer.app.job import JobConfig, ProbeOutcome, probe_id_for
+from indexer.app.writer import IndexWriter
+from indexer.core.distance import AlleleIndex
+from indexer.core.simulate import simulate_probes
+from indexer.core.tree import parse_newick
+from indexer.errors import PhylolmError
+from schemas.records import AlleleCounts, ModelRecord, ModelStatus, ProbeParams, ProbeRecord
+
+K, TREE_EVERY = 6, 10
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def eco():
+    return simulate_probes(50, seed=3, n_genes=24, n_samples=16)
+
+
+def _config(path, eco, **kw) -> JobConfig:
+    opts = {"index_mode": "sparse", "index_k": K, "tree_every": TREE_EVERY, **kw}
+    return JobConfig(catalog=path, backend="simulated", n_genes=eco.n_genes,
+                     params=ProbeParams(n_samples=eco.n_samples), **opts)
+
+
+def _outcome(writer: IndexWriter, eco, i: int) -> ProbeOutcome:
+    cfg, g = writer.config, writer.genome
+    model = ModelRecord(id=eco.ids[i], revision="r1", status=ModelStatus.discovered,
+                        created_at=T0 + timedelta(minutes=i))
+    probe = ProbeRecord(probe_id=probe_id_for(model, cfg, g.hash), model_id=model.id, revision="r1",
+                        genome_hash=g.hash, backend="simulated", backend_version="simulate_probes seed 3",
+                        params=cfg.params, alleles=AlleleCounts(genome_hash=g.hash, n_samples=eco.n_samples,
+                                                                counts=eco.counts(i)),
+                        seconds=0.0, started_at=T0)
+    return ProbeOutcome(model, probe)
+
+
+def _index_all(path, eco, n: int, **kw) -> IndexWriter:
+    writer = IndexWriter(_config(path, eco, **kw))
+    for i in range(n):
+        assert writer.apply(_outcome(writer, eco, i)).status == "indexed"
+    return writer
+
+
+def _exact_matrix(eco, n: int) -> tuple[list[str], np.ndarray]:
+    index = AlleleIndex(n_samples=eco.n_samples, values=False)
+    for i in sorted(range(n), key=lambda i: eco.ids[i]):
+        index.add_unscored(eco.ids[i], eco.counts(i))
+    return index.ids, index.distance_matrix()
+
+
+def test_each_insert_stores_its_k_nearest_and_a_whole_tree_every_tree_every(eco, tmp_path):
+    n = 40
+    writer = _index_all(tmp_path / "c.duckdb", eco, n)
+    con = writer.catalog.con
+    # k pairs per model, not n: the i-th insert adds min(i, K) pairs, each pair stored once
+    assert con.execute("select count(*) from distance_pairs").fetchone()[0] == sum(min(i, K) for i in range(n))
+    per_model = dict(con.execute("""select m, count(*) from (select model_b as m from distance_pairs
+                                     union all select model_a from distance_pairs) group by m""").fetchall())
+    assert max(per_model.values()) > K  # a model is also listed by later models' k nearest
+    # the stored distances are exact: equal to the full matrix computed from the alleles
+    ids, d = _exact_matrix(eco, n)
+    at = {m: i for i, m in enumerate(ids)}
+    for a, b, dist in con.execute("select model_a, model_b, distance from distance_pairs").fetchall():
+        assert dist == pytest.approx(d[at[a], at[b]], abs=1e-12)
+    # ... and they are each model's K nearest among the models indexed before it
+    order = {m: i for i, m in enumerate(eco.ids)}
+    for j in range(K + 1, n):
+        m = eco.ids[j]
+        want = sorted(d[at[m], at[x]] for x in eco.ids[:j])[:K]
+        pairs = con.execute("select model_a, model_b, distance from distance_pairs where model_a = ? or model_b = ?",
+                            [m, m]).fetchall()
+        got_earlier = sorted(dist for a, b, dist in pairs if order[b if a == m else a] < j)
+        assert got_earlier == pytest.approx(want, abs=1e-12)
+    # whole trees: at least one every TREE_EVERY snapshots, placement records between
+    rows = con.execute("select newick is null, stats from tree_snapshots order by snapshot_id").fetchall()
+    assert len(rows) == n
+    gaps, run = [], 0
+    for is_record, _ in rows:
+        run = run + 1 if is_record else 0
+        gaps.append(run)
+    assert max(gaps) == TREE_EVERY - 1 and sum(r for r, _ in rows) > n // 2
+    assert all('"placement"' in s and '"sister"' in s for r, s in rows if r)
+    # publishing stores the whole tree first: readers get every indexed model in it
+    writer.publish()
+    snap_id, newick, _ = writer.catalog.latest_snapshot()
+    assert set(parse_newick(newick).leaf_node) == set(eco.ids[:n])
+    assert con.execute("select reason, newick is not null from tree_snapshots where snapshot_id = ?",
+                       [snap_id]).fetchone() == ("publish", True)
+    layout = writer.catalog.index_layout()
+    assert (layout.mode, layout.k, layout.backend) == ("sparse", K, "simulated")
+    # the full matrix on demand, for readers that need it (estimates, plots, the lineage check)
+    _, ids2, d2 = writer.catalog.complete_matrix()
+    assert ids2 == ids and np.allclose(d2, d, atol=1e-12)
+    writer.close()
+
+
+def test_a_restart_reinserts_after_the_newest_whole_tree_with_the_same_lists(eco, tmp_path):
+    path = tmp_path / "c.duckdb"
+    n = 33  # ends on placement records: the newest whole tree lacks the last models
+    writer = _index_all(path, eco, n)
+    assert writer.catalog.placements_since_tree(writer.genome.hash) > 0
+    before = {m: writer.index.nearest(m, K) for m in writer.index.ids}
+    writer.close()
+    again = IndexWriter(_config(path, eco))
+    assert sorted(again.index.ids) == sorted(eco.ids[:n])
+    assert set(again.index.tree.leaf_node) == set(eco.ids[:n])
+    after = {m: again.index.nearest(m, K) for m in again.index.ids}
+    assert {m: [x for x, _ in v] for m, v in after.items()} == {m: [x for x, _ in v] for m, v in before.items()}
+    for m, near in after.items():  # the same products, summed in another order
+        assert [x for _, x in near] == pytest.approx([x for _, x in before[m]], abs=1e-12)
+    # it goes on where it stopped: the next insert is one more model, K more pairs
+    assert again.apply(_outcome(again, eco, n)).n_models == n + 1
+    assert again.catalog.con.execute("select count(*) from distance_pairs").fetchone()[0] == \
+        sum(min(i, K) for i in range(n + 1))
+    again.close()
+
+
+def test_a_catalog_keeps_the_mode_it_was_made_with(eco, tmp_path):
+    path = tmp_path / "c.duckdb"
+    _index_all(path, eco, 5).close()
+    for other in ({"index_mode": "exact"}, {"index_k": K + 1}):
+        with pytest.raises(PhylolmError, match=f"indexed in the sparse, k = {K} mode"):
+            IndexWriter(_config(path, eco, **other))
+    exact = tmp_path / "exact.duckdb"
+    _index_all(exact, eco, 5, index_mode="exact").close()
+    with pytest.raises(PhylolmError, match="indexed in the exact mode"):
+        IndexWriter(_config(exact, eco))
+    # the exact mode is as before: every pair, a whole tree with every insert
+    w = IndexWriter(_config(exact, eco, index_mode="exact"))
+    con = w.catalog.con
+    assert con.execute("select count(*) from distance_pairs").fetchone()[0] == 10
+    assert con.execute("select count(*) from tree_snapshots where newick is null").fetchone()[0] == 0
+    w.close()
