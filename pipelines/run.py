@@ -18,6 +18,7 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from indexer.app.job import JobConfig
 from indexer.errors import PhylolmError
 from indexer.app.listing import ListStep
+from indexer.app.writer import check_index_layout
 from pipelines import dask_cluster
 from pipelines.transforms import WRITER_KEY, IndexNewModels, ProbeAndIndex, ReportProgress, TickEveryFn
 
@@ -58,6 +59,7 @@ def run_watch(config: JobConfig, *, interval: float, once: bool = False, duratio
     if dask_cluster.wanted(runner_args):
         raise PhylolmError("the dask runner runs `phylolm backfill` only: Beam's DaskRunner has no keyed state "
                            "and no unbounded input, which `watch` needs")
+    check_index_layout(config)
     opts = pipeline_options(runner_args)
     if not once and not _in_process(opts):
         opts.view_as(StandardOptions).streaming = True
@@ -89,6 +91,7 @@ def run_backfill(config: JobConfig, *, runner_args: Sequence[str] = (), publish_
     """
     args = list(runner_args)
     on_dask = dask_cluster.wanted(args, dask_workers, dask_scheduler)
+    check_index_layout(config)  # a refusal before hours of probing, not after
     models = ListStep(config)()
     print(f"backfill: {len(models)} model(s) to index", flush=True)
     if not models:

@@ -72,18 +72,7 @@ class IndexWriter:
         learn from it what ``distances`` holds), refusing to continue a catalog indexed the
         other way: its stored distances would mean two things."""
         cfg = self.config
-        if cfg.index_mode == "sparse" and importlib.util.find_spec("hnswlib") is None:
-            raise PhylolmError("index_mode = sparse finds neighbour candidates with hnswlib: "
-                               "pip install 'phylolm-indexer[scale]'")
-        stored = self.catalog.index_layout()
-        indexed = self.catalog.generation()[1]
-        if indexed and (stored.mode, stored.k if stored.mode == "sparse" else None) != (
-                cfg.index_mode, cfg.index_k if cfg.index_mode == "sparse" else None):
-            was = "exact" if stored.mode == "exact" else f"sparse, k = {stored.k}"
-            raise PhylolmError(f"catalog {self.catalog.path} is indexed in the {was} mode; "
-                               f"it cannot be continued with index_mode = {cfg.index_mode}"
-                               + (f", index_k = {cfg.index_k}" if cfg.index_mode == "sparse" else "")
-                               + " (use a new catalog, or the settings it was made with)")
+        _refuse_other_layout(self.catalog, cfg)
         with self.catalog.transaction():
             self.catalog.set_meta("index_mode", cfg.index_mode)
             if cfg.index_mode == "sparse":
@@ -255,6 +244,34 @@ class IndexWriter:
             self._closed_at = None
         self.catalog.close()
         self._closed = True
+
+
+def check_index_layout(config: JobConfig) -> None:
+    """Refuse, before anything is listed or probed, a job whose index settings differ from
+    those its catalog was made with (the writer checks again when it opens the catalog)."""
+    if not config.catalog.exists():
+        _refuse_other_layout(None, config)
+        return
+    from indexer.adapters.catalog import open_read_only
+
+    with open_read_only(config.catalog) as reader:
+        _refuse_other_layout(reader, config)
+
+
+def _refuse_other_layout(catalog, cfg: JobConfig) -> None:
+    if cfg.index_mode == "sparse" and importlib.util.find_spec("hnswlib") is None:
+        raise PhylolmError("index_mode = sparse finds neighbour candidates with hnswlib: "
+                           "pip install 'phylolm-indexer[scale]'")
+    if catalog is None or not catalog.generation()[1]:  # nothing indexed yet: any layout will do
+        return
+    stored = catalog.index_layout()
+    if (stored.mode, stored.k if stored.mode == "sparse" else None) != (
+            cfg.index_mode, cfg.index_k if cfg.index_mode == "sparse" else None):
+        was = "exact" if stored.mode == "exact" else f"sparse, k = {stored.k}"
+        raise PhylolmError(f"catalog {cfg.catalog} is indexed in the {was} mode; "
+                           f"it cannot be continued with index_mode = {cfg.index_mode}"
+                           + (f", index_k = {cfg.index_k}" if cfg.index_mode == "sparse" else "")
+                           + " (use a new catalog, or the settings it was made with)")
 
 
 def _reload(writer: IndexWriter):

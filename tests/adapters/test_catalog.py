@@ -143,6 +143,26 @@ def test_v5_catalog_gains_adapter_of(tmp_path):
         assert cat.get_model("new/lora").adapter_of == "old/model@r1"
 
 
+def test_v6_catalog_gains_placement_records(tmp_path):
+    """v6 -> v7: a tree snapshot may carry no Newick (the sparse index's placement records);
+    the stored trees stay, and readers of "the latest tree" skip the records."""
+    path = tmp_path / "v6.duckdb"
+    Catalog(path, create=True).close()
+    con = duckdb.connect(str(path))
+    con.execute("alter table tree_snapshots alter column newick set not null")
+    con.execute("update meta set value = '6' where key = 'schema_version'")
+    con.execute("insert into tree_snapshots (genome_hash, method, reason, n_leaves, newick) "
+                "values ('g', 'incremental', 'insert', 3, '(a,b,c);')")
+    con.close()
+    with Catalog(path) as cat:
+        assert cat.schema_version() == SCHEMA_VERSION >= 7
+        first = cat.latest_tree("g")
+        record = cat.add_tree_snapshot("g", None, "incremental", "insert", 4, "d", {"placement": {"sister": ["a"]}})
+        assert record > first[0] and cat.latest_tree("g") == first == (first[0], "(a,b,c);")
+        assert cat.latest_snapshot()[:2] == first and cat.placements_since_tree("g") == 1
+        assert cat.index_layout().mode == "exact"  # a catalog from before the sparse mode
+
+
 def test_newer_catalog_is_refused(tmp_path):
     path = tmp_path / "future.duckdb"
     Catalog(path, create=True).close()

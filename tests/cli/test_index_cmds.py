@@ -97,3 +97,42 @@ def test_tree_and_nearest_read_the_catalog(cli, tmp_path):
     assert ascii_.returncode == 0 and all(m in ascii_.stdout for m in eco.ids)
     missing = cli("nearest", "nobody/none", "--catalog", str(path))
     assert missing.returncode == 2 and "no distances" in missing.stderr
+
+
+def test_backfill_on_the_sparse_index_then_read_it(cli, tmp_path):
+    """`backfill --index-mode sparse` through the real entry point: `distances` holds each
+    model's k nearest, `nearest --exact` computes the full row and agrees with an exact
+    catalog of the same models, the published tree has every model, and the catalog refuses
+    to be continued in the other mode."""
+    hub = tmp_path / "hub"
+    assert cli("simulate", "--models", "24", "--seed", "6", "--genes", "16", "--samples", "16",
+               "--out", str(hub)).returncode == 0
+    job = ["--hub", str(hub), "--backend", "simulated", "--genes", "16", "--samples", "16"]
+    r = cli("backfill", *job, "--catalog", "sparse.duckdb", "--index-mode", "sparse", "--index-k", "4")
+    assert r.returncode == 0, r.stderr
+    r = cli("backfill", *job, "--catalog", "exact.duckdb")
+    assert r.returncode == 0, r.stderr
+
+    def sql(catalog, query):
+        res = cli("sql", "--catalog", catalog, "--json", query)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    n = sql("exact.duckdb", "select count(*) as n from models where status = 'indexed'")[0]["n"]
+    assert n == 24
+    pairs = sql("sparse.duckdb", "select count(*) as n from distance_pairs")[0]["n"]
+    assert pairs == sum(min(i, 4) for i in range(n)) and sql(
+        "exact.duckdb", "select count(*) as n from distance_pairs")[0]["n"] == n * (n - 1) // 2
+    model = sql("sparse.duckdb", "select id from models order by id limit 1")[0]["id"]
+    got = json.loads(cli("nearest", model, "-k", "6", "--exact", "--catalog", "sparse.duckdb", "--json").stdout)
+    want = json.loads(cli("nearest", model, "-k", "6", "--catalog", "exact.duckdb", "--json").stdout)
+    assert [g["model_id"] for g in got] == [w["model_id"] for w in want]
+    for g, w in zip(got, want):
+        assert abs(g["distance"] - w["distance"]) < 1e-9 and abs(g["similarity"] - w["similarity"]) < 1e-9
+    tree = cli("tree", "--catalog", "sparse.duckdb")
+    assert tree.returncode == 0 and parse_newick(tree.stdout.strip()).n_leaves == n
+    layout = {r["key"]: r["value"] for r in sql("sparse.duckdb", "select key, value from meta "
+                                                                 "where key like 'index_%'")}
+    assert (layout["index_mode"], layout["index_k"]) == ("sparse", "4")
+    bad = cli("backfill", *job, "--catalog", "sparse.duckdb")
+    assert bad.returncode == 2 and "sparse, k = 4" in bad.stderr and "Traceback" not in bad.stderr
