@@ -43,8 +43,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE models ADD COLUMN IF NOT EXISTS adapter_of VARCHAR",
     ),
     # v7: the sparse (Hub-scale) index stores a full tree every so many inserts and, for the
-    # inserts between, a placement record: a tree snapshot without a Newick.
+    # inserts between, a placement record: a tree snapshot without a Newick. The alleles lose
+    # their key index (15 times the rows' own size; uniqueness holds by construction), which
+    # DuckDB can only drop by copying the table.
     7: (
         "ALTER TABLE tree_snapshots ALTER COLUMN newick DROP NOT NULL",
+        "CREATE TABLE IF NOT EXISTS alleles (probe VARCHAR, gene INTEGER, allele VARCHAR, count INTEGER)",  # absent: made here
+        "CREATE TABLE alleles_v7 (probe VARCHAR NOT NULL, gene INTEGER NOT NULL, allele VARCHAR NOT NULL, "
+        "count INTEGER NOT NULL)",
+        "INSERT INTO alleles_v7 SELECT probe, gene, allele, count FROM alleles ORDER BY probe, gene, allele",
+        "DROP TABLE alleles",
+        "ALTER TABLE alleles_v7 RENAME TO alleles",
     ),
 }

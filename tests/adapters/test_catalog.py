@@ -150,6 +150,10 @@ def test_v6_catalog_gains_placement_records(tmp_path):
     Catalog(path, create=True).close()
     con = duckdb.connect(str(path))
     con.execute("alter table tree_snapshots alter column newick set not null")
+    con.execute("drop table alleles")  # as v6 made it, with its key
+    con.execute("create table alleles (probe varchar not null, gene integer not null, allele varchar not null, "
+                "count integer not null, primary key (probe, gene, allele))")
+    con.execute("insert into alleles values ('p1', 0, 'x', 3), ('p1', 1, 'y', 2)")
     con.execute("update meta set value = '6' where key = 'schema_version'")
     con.execute("insert into tree_snapshots (genome_hash, method, reason, n_leaves, newick) "
                 "values ('g', 'incremental', 'insert', 3, '(a,b,c);')")
@@ -161,6 +165,10 @@ def test_v6_catalog_gains_placement_records(tmp_path):
         assert record > first[0] and cat.latest_tree("g") == first == (first[0], "(a,b,c);")
         assert cat.latest_snapshot()[:2] == first and cat.placements_since_tree("g") == 1
         assert cat.index_layout().mode == "exact"  # a catalog from before the sparse mode
+        # the alleles are kept, without the key index
+        assert cat.con.execute("select * from alleles order by gene").fetchall() == [("p1", 0, "x", 3), ("p1", 1, "y", 2)]
+        assert cat.con.execute("select count(*) from duckdb_constraints() where table_name = 'alleles' "
+                               "and constraint_type = 'PRIMARY KEY'").fetchone()[0] == 0
 
 
 def test_newer_catalog_is_refused(tmp_path):

@@ -1,0 +1,128 @@
+"""Inserts through the catalog: the real writer on a DuckDB file, sparse index against exact.
+
+    python benchmarks/bench_catalog.py [--models 5000] [--modes sparse,exact] [--exact-max 2000]
+                                       [--publish-every 100] [--k 32] [--tree-every 100]
+                                       [--genes 128] [--samples 32] [--seed 0] [--out DIR]
+
+Streams simulated models (``simulate_probes``: real-like allele diversity, about 17 distinct
+alleles per gene at N = 32) one at a time through ``IndexWriter.apply``, each one catalog
+transaction (model row, probe and alleles, distances, tree snapshot, watermark), and calls
+``IndexWriter.publish`` every ``--publish-every`` inserts (the read-only snapshot, a full copy
+of the file). Prints one JSON object per mode: apply latency percentiles (overall and per
+fifth of the run), publish time, apply + amortised publish per model, catalog and snapshot
+bytes per model, the rows each table holds, and the peak RSS of the process so far. The
+exact mode runs only up to ``--exact-max`` models (its full rows grow with n), on the same
+models, as the baseline to read the sparse figures against. No scores are imported, so no
+estimates are fitted. Figures only: nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def _outcome(writer, eco, i: int):
+    from indexer.app.job import ProbeOutcome, probe_id_for
+    from schemas.records import AlleleCounts, ModelRecord, ModelStatus, ProbeRecord
+
+    cfg, g = writer.config, writer.genome
+    model = ModelRecord(id=eco.ids[i], revision="r1", status=ModelStatus.discovered,
+                        created_at=T0 + timedelta(seconds=i))
+    probe = ProbeRecord(probe_id=probe_id_for(model, cfg, g.hash), model_id=model.id, revision="r1",
+                        genome_hash=g.hash, backend="simulated", backend_version="simulate_probes",
+                        params=cfg.params,
+                        alleles=AlleleCounts(genome_hash=g.hash, n_samples=eco.n_samples, counts=eco.counts(i)),
+                        seconds=0.0, started_at=T0)
+    return ProbeOutcome(model, probe)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
+    from indexer.adapters.catalog import snapshot_path
+    from indexer.app.job import JobConfig
+    from indexer.app.writer import IndexWriter
+    from schemas.records import ProbeParams
+
+    path = folder / f"{mode}.duckdb"
+    cfg = JobConfig(catalog=path, backend="simulated", n_genes=args.genes,
+                    params=ProbeParams(n_samples=args.samples), index_mode=mode, index_k=args.k,
+                    tree_every=args.tree_every)
+    writer = IndexWriter(cfg)
+    apply_ms, publish_ms = [], []
+    stretch = max(1, n // 5)
+    for i in range(n):
+        outcome = _outcome(writer, eco, i)  # building the records is not the writer's time
+        t = time.perf_counter()
+        writer.apply(outcome)
+        apply_ms.append((time.perf_counter() - t) * 1e3)
+        if (i + 1) % args.publish_every == 0 or i + 1 == n:
+            t = time.perf_counter()
+            writer.publish()
+            publish_ms.append((time.perf_counter() - t) * 1e3)
+        if (i + 1) % stretch == 0:
+            print(f"{mode}: {i + 1}/{n} applied, median {statistics.median(apply_ms[-stretch:]):.1f} ms "
+                  f"over the last {stretch}", file=sys.stderr, flush=True)
+    rows = {t: writer.catalog.con.execute(f"select count(*) from {t}").fetchone()[0]  # our own table names
+            for t in ("alleles", "distance_pairs", "tree_snapshots", "probes")}
+    trees = writer.catalog.con.execute("select count(*) from tree_snapshots where newick is not null").fetchone()[0]
+    writer.close()
+    size, snap = path.stat().st_size, snapshot_path(path).stat().st_size
+    return {
+        "mode": mode, "models": n, "k": args.k if mode == "sparse" else None,
+        "tree_every": args.tree_every if mode == "sparse" else None, "publish_every": args.publish_every,
+        "apply_ms_median": statistics.median(apply_ms), "apply_ms_p95": _pct(apply_ms, 0.95),
+        "apply_ms_by_fifth": [round(statistics.median(apply_ms[j:j + stretch]), 2)
+                              for j in range(0, n - stretch + 1, stretch)],
+        "publish_ms_median": statistics.median(publish_ms), "publish_ms_last": publish_ms[-1],
+        "publish_ms_amortised": sum(publish_ms) / n,
+        "through_catalog_ms_median": statistics.median(apply_ms) + sum(publish_ms) / n,
+        "catalog_bytes_per_model": size / n, "snapshot_bytes_per_model": snap / n,
+        "rows": rows, "whole_trees": trees,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=int, default=5000)
+    ap.add_argument("--modes", default="sparse,exact")
+    ap.add_argument("--exact-max", type=int, default=2000)
+    ap.add_argument("--publish-every", type=int, default=100)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--tree-every", type=int, default=100)
+    ap.add_argument("--genes", type=int, default=128)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="keep the catalogs in this folder")
+    args = ap.parse_args()
+
+    from indexer.core.simulate import simulate_probes
+
+    eco = simulate_probes(args.models, seed=args.seed, n_genes=args.genes, n_samples=args.samples)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.out or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for mode in args.modes.split(","):
+            n = args.models if mode == "sparse" else min(args.models, args.exact_max)
+            print(json.dumps(run_mode(mode, eco, n, args, folder)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
