@@ -116,7 +116,7 @@ CREATE TABLE IF NOT EXISTS tree_snapshots (
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     genome_hash    VARCHAR NOT NULL,
     method         VARCHAR NOT NULL,  -- incremental | nj
-    reason         VARCHAR NOT NULL,  -- insert | rebuild | bootstrap
+    reason         VARCHAR NOT NULL,  -- insert | rebuild | bootstrap | publish (a sparse index's whole tree)
     inserted_model VARCHAR,
     n_leaves       INTEGER NOT NULL,
     newick         VARCHAR,  -- NULL: a placement record (sparse index: between full trees; see stats)
