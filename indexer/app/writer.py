@@ -100,11 +100,6 @@ class IndexWriter:
                               "error": float(p.error), "nni_moves": int(result.nni_moves)}
         return None
 
-    def _indexed_alleles(self) -> tuple[list[str], list]:
-        rows = self.catalog.indexed_probes(self.genome.hash, self.config.params.digest(), self.config.backend)
-        alleles = self.catalog.load_alleles([p for _, p, _ in rows], len(self.genome))
-        return [m for m, _, _ in rows], [alleles[p].counts for _, p, _ in rows]
-
     def is_done(self, model: ModelRecord) -> bool:
         """True when this revision needs no more work (indexed, skipped, or failed too often)."""
         return self.catalog.is_done(model.id, model.revision)
@@ -265,8 +260,7 @@ def _refuse_other_layout(catalog, cfg: JobConfig) -> None:
     if catalog is None or not catalog.generation()[1]:  # nothing indexed yet: any layout will do
         return
     stored = catalog.index_layout()
-    if (stored.mode, stored.k if stored.mode == "sparse" else None) != (
-            cfg.index_mode, cfg.index_k if cfg.index_mode == "sparse" else None):
+    if _layout_key(stored.mode, stored.k) != _layout_key(cfg.index_mode, cfg.index_k):
         was = "exact" if stored.mode == "exact" else f"sparse, k = {stored.k}"
         raise PhylolmError(f"catalog {cfg.catalog} is indexed in the {was} mode; "
                            f"it cannot be continued with index_mode = {cfg.index_mode}"
@@ -274,12 +268,19 @@ def _refuse_other_layout(catalog, cfg: JobConfig) -> None:
                            + " (use a new catalog, or the settings it was made with)")
 
 
+def _layout_key(mode: str, k: int | None) -> tuple:
+    """What must match for a catalog to be continued: the mode, and k for a sparse index."""
+    return (mode, k if mode == "sparse" else None)
+
+
 def _reload(writer: IndexWriter):
     from indexer.core.phylo_index import PhyloIndex
 
-    ids, counts = writer._indexed_alleles()
-    latest = writer.catalog.latest_tree(writer.genome.hash)
     cfg = writer.config
+    ids, alleles = writer.catalog.indexed_alleles(writer.genome.hash, cfg.params.digest(), cfg.backend,
+                                                  len(writer.genome))
+    counts = [a.counts for a in alleles]
+    latest = writer.catalog.latest_tree(writer.genome.hash)
     options = {"mode": "sparse", "k": cfg.index_k} if cfg.index_mode == "sparse" else {}
     return PhyloIndex.from_state(ids, counts, latest[1] if latest else None, genome_hash=writer.genome.hash,
                                  n_samples=cfg.params.n_samples, **options)

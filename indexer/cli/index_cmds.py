@@ -101,19 +101,12 @@ def register(app: typer.Typer) -> None:
         """The K models nearest to MODEL_ID by PhyloLM distance (from the `distances` view, or
         computed from the alleles with --exact)."""
         from indexer.adapters.catalog import open_read_only
-        from indexer.core.distance import nearest_k
 
         if k < 1:
             raise PhylolmError("-k must be at least 1")
         with open_read_only(catalog_path(catalog)) as reader:
             genome_hash = _pick_genome(reader, genome)
-            if exact:
-                ids, _, d = reader.exact_distances(genome_hash, [model_id])
-                row = d[0]
-                row[ids.index(model_id)] = np.inf
-                rows = [(ids[j], float(row[j]), float(np.exp(-row[j]))) for j in nearest_k(row, k, ids)]
-            else:
-                rows = reader.nearest(model_id, k, genome_hash)
+            rows = (reader.nearest_exact if exact else reader.nearest)(model_id, k, genome_hash)
         if not rows:
             raise PhylolmError(f"{model_id!r} has no distances in the catalog (not indexed, or a different genome)")
         if json:

@@ -312,6 +312,14 @@ class AlleleIndex:
         np.clip(s, 0.0, 1.0, out=s)
         return s
 
+    def distance_block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        """PhyloLM distances between the models at ``rows_a`` and at ``rows_b``
+        (``similarity_block``), 0 exactly where a row meets itself (its similarity is 1, not
+        1 - rounding)."""
+        d = distance_from_similarity(self.similarity_block(rows_a, rows_b))
+        d[np.asarray(rows_a)[:, None] == np.asarray(rows_b)[None, :]] = 0.0
+        return d
+
     def reference(self, rows: np.ndarray) -> "ReferenceRows":
         """A fixed set of indexed rows kept as one CSR block, for distances from any indexed
         model to them at O(nnz of those rows) each (``ReferenceRows``)."""

@@ -85,14 +85,8 @@ class PhyloIndex:
             self.incremental = IncrementalTree(policy, weighting, nni_radius)
         else:
             self.graph = NeighbourGraph(self.alleles, k=k, candidates=candidates, backend=backend)
-            self.incremental = NeighbourhoodTree(self._distance_block, policy, weighting, nni_radius,
+            self.incremental = NeighbourhoodTree(self.alleles.distance_block, policy, weighting, nni_radius,
                                                  rebuild_max_models=rebuild_max_models, rebuild_lag=rebuild_lag)
-
-    def _distance_block(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
-        d = distance_from_similarity(self.alleles.similarity_block(rows_a, rows_b))
-        same = np.asarray(rows_a)[:, None] == np.asarray(rows_b)[None, :]
-        d[same] = 0.0  # a model's own similarity is 1 exactly, not 1 - rounding
-        return d
 
     # -- reading -----------------------------------------------------------------
     @property
@@ -122,7 +116,7 @@ class PhyloIndex:
         """The full matrix: kept (exact mode) or computed now, O(n^2) (sparse mode)."""
         if self.mode == "sparse":
             everyone = np.arange(len(self))
-            return self._distance_block(everyone, everyone)
+            return self.alleles.distance_block(everyone, everyone)
         return self.incremental.distance_matrix()
 
     def newick(self, support: bool = True) -> str:

@@ -225,6 +225,14 @@ class CatalogQueries:
                 order by m.updated_at, m.id""",
             [genome_hash, params_hash, backend, *args])]
 
+    def indexed_alleles(self, genome_hash: str, params_hash: str, backend: str,
+                        n_genes: int) -> tuple[list[str], list[AlleleCounts]]:
+        """The indexed models and their probes' alleles (``indexed_probes``, ``load_alleles``),
+        in the order the models were indexed."""
+        rows = self.indexed_probes(genome_hash, params_hash, backend)
+        alleles = self.load_alleles([p for _, p, _ in rows], n_genes)
+        return [m for m, _, _ in rows], [alleles[p] for _, p, _ in rows]
+
     def load_alleles(self, probe_ids: Sequence[str], n_genes: int) -> dict[str, AlleleCounts]:
         """Allele counts of the given probes, keyed by probe id (one query)."""
         if not probe_ids:
@@ -311,28 +319,36 @@ class CatalogQueries:
         (None: all of them, the full matrix). Loading the alleles is O(total alleles), each row
         one sparse product, O(n); the full matrix is O(n^2) time and memory. The models are
         those of the index's probes (``index_layout``: its parameters and backend)."""
-        from indexer.core.distance import AlleleIndex, distance_from_similarity
+        from indexer.core.distance import AlleleIndex
 
         layout = self.index_layout()
         if layout.params_hash is None:
             raise PhylolmError("this catalog does not record which probes its index uses "
                                "(an exact index: its `distances` hold every pair)")
-        rows = self.indexed_probes(genome_hash, layout.params_hash, layout.backend)
         genome = self._first("select n_genes from genomes where hash = ?", [genome_hash])
-        if not rows or genome is None:
+        ids, counts = self.indexed_alleles(genome_hash, layout.params_hash, layout.backend,
+                                           int(genome[0])) if genome else ([], [])
+        if not ids:
             return [], [], np.zeros((0, 0))
-        alleles = self.load_alleles([p for _, p, _ in rows], int(genome[0]))
-        index = AlleleIndex(n_samples=alleles[rows[0][1]].n_samples, values=False)
-        for m, p, _ in sorted(rows):
-            index.add_unscored(m, alleles[p].counts, alleles[p].n_samples)
+        index = AlleleIndex(n_samples=counts[0].n_samples, values=False)
+        for m, c in sorted(zip(ids, counts), key=lambda mc: mc[0]):
+            index.add_unscored(m, c.counts, c.n_samples)
         wanted = index.ids if of is None else list(of)
         missing = [m for m in wanted if m not in index]
         if missing:
             raise PhylolmError(f"{missing[0]!r} is not in the index (not indexed, or a different genome)")
         at = np.array([index.row_of(m) for m in wanted], dtype=np.int64)
-        d = distance_from_similarity(index.similarity_block(at, np.arange(len(index))))
-        d[np.arange(len(at)), at] = 0.0  # a model's own similarity is 1 exactly, not 1 - rounding
-        return index.ids, wanted, d
+        return index.ids, wanted, index.distance_block(at, np.arange(len(index)))
+
+    def nearest_exact(self, model_id: str, k: int, genome_hash: str) -> list[tuple[str, float, float]]:
+        """``nearest`` computed from the alleles (``exact_distances``: one full row), not read
+        from ``distances``, which in a sparse index holds each model's k nearest at its insert."""
+        from indexer.core.distance import nearest_k
+
+        ids, _, d = self.exact_distances(genome_hash, [model_id])
+        row = d[0]
+        row[ids.index(model_id)] = np.inf
+        return [(ids[j], float(row[j]), float(np.exp(-row[j]))) for j in nearest_k(row, k, ids)]
 
     # ---- the index's layout -------------------------------------------------------------
     def index_layout(self) -> "IndexLayout":
