@@ -82,7 +82,8 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
             for t in ("alleles", "distance_pairs", "tree_snapshots", "probes")}
     trees = writer.catalog.con.execute("select count(*) from tree_snapshots where newick is not null").fetchone()[0]
     writer.close()
-    size, snap = path.stat().st_size, snapshot_path(path).stat().st_size
+    size = path.stat().st_size
+    snap = sum(f.stat().st_size for f in snapshot_path(path).rglob("*") if f.is_file())
     return {
         "mode": mode, "models": n, "k": args.k if mode == "sparse" else None,
         "tree_every": args.tree_every if mode == "sparse" else None, "publish_every": args.publish_every,

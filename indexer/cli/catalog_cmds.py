@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from indexer.adapters import genome_files as genome_lib
-from indexer.adapters.catalog import Catalog, CatalogReader, open_read_only, run_query, snapshot_path
+from indexer.adapters.catalog import Catalog, CatalogReader, is_published, open_read_only, run_query, snapshot_path
 from indexer.cli.common import DEFAULT_CATALOG, CatalogOpt, JsonOpt, catalog_path, out, print_json, print_rows
 from indexer.errors import PhylolmError
 from indexer.app import defaults
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         report = {
             "catalog": str(catalog), "models": models, "tables": counts,
             "watermark": watermark,
-            "snapshot": str(snap) if snap.exists() else None,
+            "snapshot": str(snap) if is_published(snap) else None,
             "polls": polls, "backlog": backlog,
             "backend": {"setting": settings.backend, "chosen": backend, "why": why},
             "settings": {k: {"value": v, "source": sources[k]} for k, v in settings.model_dump(mode="json").items()},
@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
             g = genome_lib.builtin(name)
             rows[g.hash] = {"name": g.name, "hash": g.hash, "genes": len(g), "license": g.license,
                             "source": g.source, "builtin": True}
-        if catalog.exists() or snapshot_path(catalog).exists():
+        if catalog.exists() or is_published(snapshot_path(catalog)):
             with open_read_only(catalog) as reader:
                 found = reader.genomes()
             for h, name, n, lic, src in found:

@@ -74,8 +74,9 @@ def run_demo(workdir: Path, *, genes: int, samples: int, backend: str, interval:
     t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     catalog, served, publish = workdir / "demo.duckdb", workdir / "hub", workdir / "publish"
-    for p in (catalog, snapshot_path(catalog), catalog.with_name(catalog.name + ".wal")):
+    for p in (catalog, catalog.with_name(catalog.name + ".wal")):
         p.unlink(missing_ok=True)
+    shutil.rmtree(snapshot_path(catalog), ignore_errors=True)
     shutil.rmtree(served, ignore_errors=True)
     served.mkdir(parents=True)
 

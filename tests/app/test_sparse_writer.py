@@ -8,21 +8,19 @@ same neighbour lists; a catalog is never continued in the other mode.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import numpy as np
 import pytest
 
-from indexer.app.job import JobConfig, ProbeOutcome, probe_id_for
+from indexer.app.job import JobConfig
 from indexer.app.writer import IndexWriter
 from indexer.core.distance import AlleleIndex
 from indexer.core.simulate import simulate_probes
 from indexer.core.tree import parse_newick
 from indexer.errors import PhylolmError
-from schemas.records import AlleleCounts, ModelRecord, ModelStatus, ProbeParams, ProbeRecord
+from schemas.records import ProbeParams
+from tests.helpers.outcomes import simulated_outcome
 
 K, TREE_EVERY = 6, 10
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +34,10 @@ def _config(path, eco, **kw) -> JobConfig:
                      params=ProbeParams(n_samples=eco.n_samples), **opts)
 
 
-def _outcome(writer: IndexWriter, eco, i: int) -> ProbeOutcome:
-    cfg, g = writer.config, writer.genome
-    model = ModelRecord(id=eco.ids[i], revision="r1", status=ModelStatus.discovered,
-                        created_at=T0 + timedelta(minutes=i))
-    probe = ProbeRecord(probe_id=probe_id_for(model, cfg, g.hash), model_id=model.id, revision="r1",
-                        genome_hash=g.hash, backend="simulated", backend_version="simulate_probes seed 3",
-                        params=cfg.params, alleles=AlleleCounts(genome_hash=g.hash, n_samples=eco.n_samples,
-                                                                counts=eco.counts(i)),
-                        seconds=0.0, started_at=T0)
-    return ProbeOutcome(model, probe)
-
-
 def _index_all(path, eco, n: int, **kw) -> IndexWriter:
     writer = IndexWriter(_config(path, eco, **kw))
     for i in range(n):
-        assert writer.apply(_outcome(writer, eco, i)).status == "indexed"
+        assert writer.apply(simulated_outcome(writer, eco, i)).status == "indexed"
     return writer
 
 
@@ -123,7 +109,7 @@ def test_a_restart_reinserts_after_the_newest_whole_tree_with_the_same_lists(eco
     for m, near in after.items():  # the same products, summed in another order
         assert [x for _, x in near] == pytest.approx([x for _, x in before[m]], abs=1e-12)
     # it goes on where it stopped: the next insert is one more model, K more pairs
-    assert again.apply(_outcome(again, eco, n)).n_models == n + 1
+    assert again.apply(simulated_outcome(again, eco, n)).n_models == n + 1
     assert again.catalog.con.execute("select count(*) from distance_pairs").fetchone()[0] == \
         sum(min(i, K) for i in range(n + 1))
     again.close()

@@ -100,7 +100,7 @@ def test_token_never_leaves_the_environment(tmp_path):
 
     # Zero hits anywhere: every file under the test folder, every output, every recorded reason.
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) > 20 and catalog in files and catalog.with_name(catalog.name + ".snapshot.duckdb") in files
+    assert len(files) > 20 and catalog in files and catalog.with_name(catalog.name + ".published") / "manifest.json" in files
     hits = [str(p) for p in files if any(n in p.read_bytes() for n in NEEDLES)]
     hits += [o[:200] for o in outputs if any(n.decode() in o for n in NEEDLES)]
     hits += [str(v) for v in list(got.values()) + [refused] if any(n.decode() in str(v) for n in NEEDLES)]

@@ -67,8 +67,17 @@ def consistency(con) -> tuple[int, list[str]]:
     return n, problems
 
 
+def _connect(catalog: Path):
+    """A catalog file, or a published folder (``<catalog>.published``), read-only."""
+    if catalog.is_dir():
+        from indexer.adapters.catalog import connect_published
+
+        return connect_published(catalog, {})
+    return duckdb.connect(str(catalog), read_only=True)
+
+
 def assert_consistent(catalog: Path, n: int | None = None) -> int:
-    con = duckdb.connect(str(catalog), read_only=True)
+    con = _connect(catalog)
     try:
         got, problems = consistency(con)
     finally:

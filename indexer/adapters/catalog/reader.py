@@ -3,8 +3,9 @@
 ``open_read_only(path)`` returns a ``CatalogReader``: the named queries of
 ``queries.CatalogQueries`` and the guarded ``query(sql)`` behind `phylolm sql`, over a
 connection that cannot write, touch files, attach databases or load extensions. While a job
-holds the catalog (``locks.is_job_running``) it reads the snapshot that job publishes, so a
-reader never holds DuckDB's file lock when the job's writer opens the file.
+holds the catalog (``locks.is_job_running``) it reads what that job publishes
+(``<catalog>.published/``: Parquet parts behind views, file access limited to that folder),
+so a reader never holds DuckDB's file lock when the job's writer opens the file.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import duckdb
 
 from indexer.adapters.catalog.locks import is_job_running
 from indexer.adapters.catalog.queries import CatalogQueries
+from indexer.adapters.catalog.published import connect_published, is_published
 from indexer.adapters.catalog.store import catalog_file, is_lock_error, snapshot_path
 from indexer.errors import PhylolmError
 
@@ -23,17 +25,25 @@ _SANDBOX = {"enable_external_access": False, "lock_configuration": True}
 
 
 def connect_read_only(path: str | Path) -> tuple[duckdb.DuckDBPyConnection, Path]:
-    """The sandboxed connection under every reader, and the file it reads: the catalog
-    itself, or its published snapshot while a job holds the catalog (or when the catalog is
-    locked by a writer)."""
+    """The sandboxed connection under every reader, and what it reads: the catalog itself, or
+    the published catalog (``snapshot_path``) while a job holds the catalog (or when the
+    catalog is locked by a writer)."""
     path = catalog_file(path)
-    candidates = [path, snapshot_path(path)]
+    published = snapshot_path(path)
+    candidates = [path, published]
     if is_job_running(path):
         candidates.reverse()
-    if not path.exists() and not snapshot_path(path).exists():
+    if not path.exists() and not is_published(published):
         raise PhylolmError(f"no catalog at {path}; run `phylolm init` first (or pass --catalog)")
     last: Exception | None = None
     for p in candidates:
+        if p == published:
+            if not is_published(p):
+                continue
+            try:
+                return connect_published(p, _SANDBOX), p
+            except (OSError, duckdb.Error) as e:
+                raise PhylolmError(f"cannot read the published catalog {p}: {str(e).splitlines()[0]}") from None
         if not p.exists():
             continue
         try:
@@ -42,7 +52,7 @@ def connect_read_only(path: str | Path) -> tuple[duckdb.DuckDBPyConnection, Path
             last = e
             if not is_lock_error(e):
                 raise PhylolmError(f"cannot read {p}: {str(e).splitlines()[0]}") from None
-    raise PhylolmError(f"catalog {path} is being written and has no published snapshot yet ({last})")
+    raise PhylolmError(f"catalog {path} is being written and has nothing published yet ({last})")
 
 
 def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
@@ -63,17 +73,22 @@ def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
 
 class CatalogReader(CatalogQueries):
     """A read-only view of the catalog (see the module). ``path`` is the catalog asked for,
-    ``source`` the file actually read (the catalog or its snapshot). Close it, or use it as a
-    context manager: it holds DuckDB's file lock while open."""
+    ``source`` what is actually read (the catalog, or the published folder). Close it, or use it
+    as a context manager: on the catalog itself it holds DuckDB's file lock while open."""
 
     def __init__(self, path: str | Path):
         self.path = catalog_file(path)
         self.con, self.source = connect_read_only(self.path)
 
-    def _execute(self, sql: str, args: Sequence = ()) -> duckdb.DuckDBPyConnection:
+    def _execute(self, sql: str, args: Sequence = (), retry: bool = True) -> duckdb.DuckDBPyConnection:
         try:
             return self.con.execute(sql, list(args))
         except duckdb.Error as e:  # e.g. a table an older catalog lacks: one line, no traceback
+            if retry and isinstance(e, duckdb.IOException) and self.source == snapshot_path(self.path):
+                # a publish retired a part these views name: the newer manifest has its rows
+                self.con.close()
+                self.con, self.source = connect_read_only(self.path)
+                return self._execute(sql, args, retry=False)
             raise PhylolmError(f"SQL error: {' '.join(str(e).split())[:300]}") from None
 
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:

@@ -1,14 +1,13 @@
 """The writer's side of the catalog: ``Catalog``, the one connection that writes the file.
 
 It opens (creating or upgrading the schema), runs each update in one transaction, appends
-through Arrow tables in one statement per batch (never row by row), and publishes the
-read-only snapshot other processes read (``<catalog>.snapshot.duckdb``, replaced
-atomically). Everything it can read is in ``queries.CatalogQueries``.
+through Arrow tables in one statement per batch (never row by row), and publishes what other
+processes read while it holds the file (``<catalog>.published/``, by appends: ``published``).
+Everything it can read is in ``queries.CatalogQueries``.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +19,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from indexer.adapters.catalog.published import MANIFEST, published_dir
+from indexer.adapters.catalog.published import publish as publish_by_appends
 from indexer.adapters.catalog.queries import CatalogQueries
 from indexer.core.genomes import Genome
 from indexer.errors import PhylolmError
@@ -28,9 +29,9 @@ from schemas.records import Estimate, ModelRecord, ModelStatus, ProbeRecord, Sco
 
 
 def snapshot_path(path: Path) -> Path:
-    """``<catalog>.snapshot.duckdb``: the copy of the committed catalog that readers query
-    while a job holds the file."""
-    return path.with_name(path.name + ".snapshot.duckdb")
+    """``<catalog>.published/``: the published catalog that readers query while a job holds
+    the file (Parquet parts and their manifest, ``published``)."""
+    return published_dir(path)
 
 
 def catalog_file(path: str | Path) -> Path:
@@ -61,6 +62,7 @@ class Catalog(CatalogQueries):
     def __init__(self, path: str | Path, *, create: bool = False, wait_s: float = 0.0):
         self.path = catalog_file(path)
         self._depth = 0
+        self.last_publish_rows = 0  # rows the last publish_snapshot wrote (its parts and merges)
         if not create and not self.path.exists():
             raise PhylolmError(f"no catalog at {self.path}; run `phylolm init` first (or pass --catalog)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +252,9 @@ class Catalog(CatalogQueries):
     # ---- distances ---------------------------------------------------------------------
     def add_distances(self, genome_hash: str, model_id: str, others: Sequence[str],
                       similarity: np.ndarray, distance: np.ndarray) -> None:
-        """Store one new model's row of the matrix (each pair once, as model_a < model_b)."""
+        """Store one new model's row of the matrix (each pair once, as model_a < model_b).
+        A plain INSERT: a pair is written once, never updated (publishing appends what was
+        inserted since, ``published``), and a pair written twice is an error, not an update."""
         if len(others) == 0:
             return
         a = [min(model_id, o) for o in others]
@@ -258,7 +262,7 @@ class Catalog(CatalogQueries):
         self._append("distance_pairs", pa.table({
             "genome_hash": [genome_hash] * len(others), "model_a": a, "model_b": b,
             "similarity": pa.array(np.asarray(similarity, dtype=float)),
-            "distance": pa.array(np.asarray(distance, dtype=float))}), replace=True)
+            "distance": pa.array(np.asarray(distance, dtype=float))}))
 
     # ---- trees --------------------------------------------------------------------------
     def add_tree_snapshot(self, genome_hash: str, newick: str, method: str, reason: str,
@@ -302,36 +306,19 @@ class Catalog(CatalogQueries):
 
     # ---- publishing -------------------------------------------------------------------
     def publish_snapshot(self) -> Path:
-        """Copy the committed catalog to ``<catalog>.snapshot.duckdb`` (atomic replace), the
-        file that other processes query while this one holds the file."""
-        target = snapshot_path(self.path)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        db = self._first("select current_database()")[0]
-        # ATTACH and COPY FROM DATABASE take no parameters: a path and a database name of our
-        # own, quoted, are the only text put into these statements.
-        self.con.execute(f"attach '{_sql_str(tmp)}' as _snap")
-        try:
-            self.con.execute(f"copy from database {_ident(db)} to _snap")
-        finally:
-            self.con.execute("detach _snap")
-        os.replace(tmp, target)
-        return target
+        """Bring ``<catalog>.published/`` up to the committed catalog, writing only what
+        changed since the last publish (``published``); readers switch at once to the new
+        state. Returns the folder."""
+        folder, self.last_publish_rows = publish_by_appends(self.con, self.path, SCHEMA_VERSION)
+        return folder
 
 
 def refresh_snapshot(path: Path) -> None:
-    """Publish the snapshot if it is missing or older than the catalog. A job calls this once it
-    holds the job lock, so readers have a snapshot to go to from the job's first moment."""
-    snap = snapshot_path(path)
-    if not path.exists() or (snap.exists() and snap.stat().st_mtime >= path.stat().st_mtime):
+    """Publish if nothing is published yet or the catalog changed after the last publish. A
+    job calls this once it holds the job lock, so readers have something to read from the
+    job's first moment."""
+    manifest = published_dir(path) / MANIFEST
+    if not path.exists() or (manifest.exists() and manifest.stat().st_mtime >= path.stat().st_mtime):
         return
     with Catalog(path, wait_s=30.0) as cat:
         cat.publish_snapshot()
-
-
-def _sql_str(p: Path | str) -> str:
-    return str(p).replace("'", "''")
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
