@@ -7,10 +7,13 @@
 Streams simulated models (``simulate_probes``: real-like allele diversity, about 17 distinct
 alleles per gene at N = 32) one at a time through ``IndexWriter.apply``, each one catalog
 transaction (model row, probe and alleles, distances, tree snapshot, watermark), and calls
-``IndexWriter.publish`` every ``--publish-every`` inserts (the read-only snapshot, a full copy
-of the file). Prints one JSON object per mode: apply latency percentiles (overall and per
-fifth of the run), publish time, apply + amortised publish per model, catalog and snapshot
-bytes per model, the rows each table holds, and the peak RSS of the process so far. The
+``IndexWriter.publish`` every ``--publish-every`` inserts (``<catalog>.published/``: the rows
+changed since, appended as Parquet parts). Beside each publish it times the baseline, a full
+copy of the database file (``COPY FROM DATABASE``, what publishing was before), on the same
+catalog at the same moment. Prints one JSON object per mode: apply latency percentiles
+(overall and per fifth of the run), publish time (and the baseline's, with the ratio), rows
+each publish wrote, apply + amortised publish per model, catalog and published bytes per
+model, the rows each table holds, and the peak RSS of the process so far. The
 exact mode runs only up to ``--exact-max`` models (its full rows grow with n), on the same
 models, as the baseline to read the sparse figures against. No scores are imported, so no
 estimates are fitted. Figures only: nothing is asserted.
@@ -48,6 +51,21 @@ def _outcome(writer, eco, i: int):
     return ProbeOutcome(model, probe)
 
 
+def _full_copy_ms(con, target: Path) -> float:
+    """The baseline: the whole database copied to ``target`` (then deleted), in ms."""
+    target.unlink(missing_ok=True)
+    db = con.execute("select current_database()").fetchone()[0]
+    t = time.perf_counter()
+    con.execute(f"attach '{target}' as _copy")  # a path of our own making
+    try:
+        con.execute(f'copy from database "{db}" to _copy')
+    finally:
+        con.execute("detach _copy")
+    ms = (time.perf_counter() - t) * 1e3
+    target.unlink(missing_ok=True)
+    return ms
+
+
 def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -64,7 +82,7 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
                     params=ProbeParams(n_samples=args.samples), index_mode=mode, index_k=args.k,
                     tree_every=args.tree_every)
     writer = IndexWriter(cfg)
-    apply_ms, publish_ms = [], []
+    apply_ms, publish_ms, copy_ms, publish_rows = [], [], [], []
     stretch = max(1, n // 5)
     for i in range(n):
         outcome = _outcome(writer, eco, i)  # building the records is not the writer's time
@@ -75,6 +93,8 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
             t = time.perf_counter()
             writer.publish()
             publish_ms.append((time.perf_counter() - t) * 1e3)
+            publish_rows.append(writer.catalog.last_publish_rows)
+            copy_ms.append(_full_copy_ms(writer.catalog.con, folder / f"{mode}.copy.duckdb"))
         if (i + 1) % stretch == 0:
             print(f"{mode}: {i + 1}/{n} applied, median {statistics.median(apply_ms[-stretch:]):.1f} ms "
                   f"over the last {stretch}", file=sys.stderr, flush=True)
@@ -83,7 +103,9 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
     trees = writer.catalog.con.execute("select count(*) from tree_snapshots where newick is not null").fetchone()[0]
     writer.close()
     size = path.stat().st_size
-    snap = sum(f.stat().st_size for f in snapshot_path(path).rglob("*") if f.is_file())
+    manifest = json.loads((snapshot_path(path) / "manifest.json").read_text())
+    live = [snapshot_path(path) / p["file"] for t in manifest["tables"].values() for p in t["parts"]]
+    snap = sum(f.stat().st_size for f in live)  # without the files merges retired (kept a while for readers)
     return {
         "mode": mode, "models": n, "k": args.k if mode == "sparse" else None,
         "tree_every": args.tree_every if mode == "sparse" else None, "publish_every": args.publish_every,
@@ -92,8 +114,13 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
                               for j in range(0, n - stretch + 1, stretch)],
         "publish_ms_median": statistics.median(publish_ms), "publish_ms_last": publish_ms[-1],
         "publish_ms_amortised": sum(publish_ms) / n,
+        "full_copy_ms_median": statistics.median(copy_ms), "full_copy_ms_last": copy_ms[-1],
+        "full_copy_ms_amortised": sum(copy_ms) / n,
+        "publish_vs_full_copy": sum(publish_ms) / sum(copy_ms),
+        "publish_rows_median": statistics.median(publish_rows), "publish_rows_first": publish_rows[0],
+        "published_parts": len(live), "published_parts_retired": len(manifest["retired"]),
         "through_catalog_ms_median": statistics.median(apply_ms) + sum(publish_ms) / n,
-        "catalog_bytes_per_model": size / n, "snapshot_bytes_per_model": snap / n,
+        "catalog_bytes_per_model": size / n, "published_bytes_per_model": snap / n,
         "rows": rows, "whole_trees": trees,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

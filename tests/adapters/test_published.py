@@ -127,6 +127,23 @@ def test_parts_merge_like_a_binary_counter(eco, tmp_path):
         writer.close()
 
 
+def test_parts_past_the_merge_cap_stay_as_they_are(eco, tmp_path, monkeypatch):
+    path = tmp_path / "c.duckdb"
+    writer = _writer(path, eco)
+    try:
+        writer.apply(simulated_outcome(writer, eco, 0))
+        writer.publish()
+        monkeypatch.setattr(published_mod, "MAX_MERGE_ROWS", 3)  # at most three probes a merged part
+        for i in range(1, 9):
+            writer.apply(simulated_outcome(writer, eco, i))
+            writer.publish()
+        parts = _manifest(path)["tables"]["probes"]["parts"]
+        assert [p["rows"] for p in parts] == [1, 2, 2, 2, 2]  # pairs merged, never past three
+        _assert_same(writer)
+    finally:
+        writer.close()
+
+
 def test_a_table_that_stopped_being_append_only_is_written_whole(eco, tmp_path):
     path = tmp_path / "c.duckdb"
     writer = _writer(path, eco)

@@ -14,15 +14,16 @@ since the one before:
 * The small tables (``meta``, ``genomes``, ``genes``, ``polls``, ``scores``): whole, and only
   when their content hash changed.
 
-Parts merge like a binary counter: two parts of one level become one of the next, so a table
-keeps O(log n) parts and a row is rewritten O(log n) times over the catalog's life; a publish
-costs O(rows changed) amortised, where a copy of the database cost O(catalog). Files a merge
+Parts merge like a binary counter: two parts of one level become one of the next (up to
+``MAX_MERGE_ROWS``), so a table keeps few parts and a row is rewritten a bounded number of
+times; a publish costs O(rows changed) amortised, where a copy of the database cost O(catalog). Files a merge
 retired stay ``RETIRE_S`` seconds for readers that opened the manifest before (a reader whose
 file went away reopens the newer one). ``views.sql`` defines the same tables for a plain
 DuckDB session started in the folder (``duckdb -init views.sql``).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -36,6 +37,10 @@ import duckdb
 FORMAT = 1
 MANIFEST = "manifest.json"
 RETIRE_S = 600.0
+# Parts this large are not merged further: a row is rewritten at most about
+# log2(MAX_MERGE_ROWS / rows a publish adds) times, and a table of R rows keeps about
+# R / MAX_MERGE_ROWS parts plus O(log) small ones.
+MAX_MERGE_ROWS = 4_000_000
 # table -> the key whose newest version a reader sees ("latest" tables), or the kind
 APPEND_TABLES = ("probes", "alleles", "distance_pairs", "tree_snapshots")
 LATEST_TABLES = {"models": ("id",), "estimates": ("model_id", "benchmark", "method")}
@@ -84,10 +89,14 @@ class _Publish:
         self.schema_version = schema_version
         self.written = 0  # rows written into new parts, merges included
 
-    def columns(self, table: str) -> list[list[str]]:
-        return [[c, t] for c, t in self.con.execute(
-            "select column_name, data_type from information_schema.columns "
-            "where table_schema = 'main' and table_name = ? order by ordinal_position", [table]).fetchall()]
+    def columns(self) -> dict[str, list[list[str]]]:
+        """table -> [[column, type], ...] of every published table, in the catalog's order."""
+        out: dict[str, list[list[str]]] = {}
+        for table, c, t in self.con.execute(
+                "select table_name, column_name, data_type from information_schema.columns "
+                "where table_schema = 'main' order by table_name, ordinal_position").fetchall():
+            out.setdefault(table, []).append([c, t])
+        return out
 
     def _copy(self, select: str, args: list, name: str) -> int:
         """COPY ``select`` to the part ``name`` (a temporary file, then ``os.replace``)."""
@@ -103,9 +112,8 @@ class _Publish:
     def _part_name(self, table: str, level: int) -> str:
         return f"parts/{table}/g{self.gen:08d}-l{level:02d}.parquet"
 
-    def table(self, table: str) -> dict:
+    def table(self, table: str, cols: list[list[str]]) -> dict:
         prev = self.old["tables"].get(table)
-        cols = self.columns(table)
         col_sql = ", ".join(_ident(c) for c, _ in cols)
         if prev is not None and prev.get("columns") != cols:
             prev = None  # a column was added: rewrite whole
@@ -119,12 +127,14 @@ class _Publish:
             return {"columns": cols, "fingerprint": fingerprint, "rows": rows,
                     "parts": [{"file": self._part_name(table, 0), "level": 0, "rows": rows}]}
         if table in APPEND_TABLES:
-            n_now, max_rowid = self.con.execute(f"select count(*), coalesce(max(rowid), -1) from {t}").fetchone()
-            if prev is not None:
-                (new,) = self.con.execute(f"select count(*) from {t} where rowid > ?", [prev["max_rowid"]]).fetchone()
+            (n_now,) = self.con.execute(f"select count(*) from {t}").fetchone()
+            if prev is not None:  # rowid filters skip whole row groups: this reads only the new rows
+                new, max_rowid = self.con.execute(f"select count(*), max(rowid) from {t} where rowid > ?",
+                                                  [prev["max_rowid"]]).fetchone()
                 if prev["rows"] + new != n_now:
                     prev = None  # not append-only since: whole again
             if prev is None:
+                (max_rowid,) = self.con.execute(f"select coalesce(max(rowid), -1) from {t}").fetchone()
                 return self._whole(table, cols, f"select {col_sql} from {t}", [],
                                    {"rows": n_now, "max_rowid": max_rowid})
             if not new:
@@ -157,8 +167,10 @@ class _Publish:
         return {"columns": cols, **extra, "parts": [{"file": name, "level": 30, "rows": rows}]}
 
     def _merged(self, table: str, cols, parts: list[dict]) -> list[dict]:
-        """Merge the trailing parts while the last two share a level (a binary counter)."""
-        while len(parts) >= 2 and parts[-1]["level"] == parts[-2]["level"]:
+        """Merge the trailing parts while the last two share a level (a binary counter) and
+        together stay within ``MAX_MERGE_ROWS``."""
+        while (len(parts) >= 2 and parts[-1]["level"] == parts[-2]["level"]
+               and parts[-1]["rows"] + parts[-2]["rows"] <= MAX_MERGE_ROWS):
             a, b = parts[-2], parts[-1]
             level = a["level"] + 1
             name = self._part_name(table, level)
@@ -171,8 +183,9 @@ class _Publish:
         tables = {}
         self.con.execute("begin transaction")  # one consistent state of the catalog for every table
         try:
+            columns = self.columns()
             for table in PUBLISHED_TABLES:
-                tables[table] = self.table(table)
+                tables[table] = self.table(table, columns[table])
         finally:
             self.con.execute("rollback")  # it only read
         now = time.time()
@@ -245,6 +258,7 @@ def _write_views_sql(folder: Path, tables: dict) -> None:
     os.replace(tmp, folder / "views.sql")
 
 
+@functools.lru_cache(maxsize=1)
 def _derived_views_sql() -> str:
     """The catalog schema's own views (``distances``, ``queue``), over the published tables."""
     from importlib import resources
