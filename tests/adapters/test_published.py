@@ -15,6 +15,8 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import duckdb
 import pytest
@@ -34,10 +36,23 @@ def eco():
     return simulate_probes(40, seed=5, n_genes=16, n_samples=8)
 
 
-def _writer(path, eco, mode="exact") -> IndexWriter:
-    return IndexWriter(JobConfig(catalog=path, backend="simulated", n_genes=eco.n_genes,
-                                 params=ProbeParams(n_samples=eco.n_samples), index_mode=mode, index_k=4,
-                                 tree_every=5))
+@contextmanager
+def _writing(path, eco, mode="exact") -> Iterator[IndexWriter]:
+    writer = IndexWriter(JobConfig(catalog=path, backend="simulated", n_genes=eco.n_genes,
+                                   params=ProbeParams(n_samples=eco.n_samples), index_mode=mode, index_k=4,
+                                   tree_every=5))
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def _add(writer: IndexWriter, eco, models, publish: bool = True) -> None:
+    """Insert the simulated ``models`` (indices into ``eco``), publishing after each."""
+    for i in models:
+        writer.apply(simulated_outcome(writer, eco, i))
+        if publish:
+            writer.publish()
 
 
 def _rows(con, table: str) -> list[tuple]:
@@ -59,25 +74,19 @@ def _manifest(path) -> dict:
 
 @pytest.mark.parametrize("mode", ["exact", "sparse"])
 def test_published_equals_the_catalog_after_every_publish(eco, tmp_path, mode):
-    writer = _writer(tmp_path / "c.duckdb", eco, mode)
-    try:
+    with _writing(tmp_path / "c.duckdb", eco, mode) as writer:
         for i in range(12):
-            writer.apply(simulated_outcome(writer, eco, i))
-            writer.publish()
+            _add(writer, eco, [i])
             _assert_same(writer)
         writer.catalog.set_status(eco.ids[0], ModelStatus.failed, "re-checked")  # a row changed in place
         writer.publish()
         _assert_same(writer)
-    finally:
-        writer.close()
 
 
 def test_a_publish_writes_only_what_changed(eco, tmp_path):
     path = tmp_path / "c.duckdb"
-    writer = _writer(path, eco)
-    try:
-        for i in range(20):
-            writer.apply(simulated_outcome(writer, eco, i))
+    with _writing(path, eco) as writer:
+        _add(writer, eco, range(20), publish=False)
         writer.publish()
         first = writer.catalog.last_publish_rows
         before = _manifest(path)["tables"]
@@ -99,20 +108,15 @@ def test_a_publish_writes_only_what_changed(eco, tmp_path):
         assert after["genes"]["parts"] == before["genes"]["parts"]
         # far less than the first, whole publish (which wrote every row)
         assert writer.catalog.last_publish_rows < first / 10, (writer.catalog.last_publish_rows, first)
-    finally:
-        writer.close()
 
 
 def test_parts_merge_like_a_binary_counter(eco, tmp_path):
     path = tmp_path / "c.duckdb"
-    writer = _writer(path, eco)
-    try:
+    with _writing(path, eco) as writer:
         writer.apply(simulated_outcome(writer, eco, 0))
         writer.publish()  # the whole base
         n = 31
-        for i in range(1, n + 1):
-            writer.apply(simulated_outcome(writer, eco, i))
-            writer.publish()
+        _add(writer, eco, range(1, n + 1))
         tables = _manifest(path)["tables"]
         for t in ("alleles", "probes", "tree_snapshots", "models"):
             # the base plus one part per set bit of the number of deltas: 31 = 0b11111
@@ -123,33 +127,24 @@ def test_parts_merge_like_a_binary_counter(eco, tmp_path):
         retired = {r["file"] for r in _manifest(path)["retired"]}
         assert files == live | retired  # nothing else left on disk
         _assert_same(writer)
-    finally:
-        writer.close()
 
 
 def test_parts_past_the_merge_cap_stay_as_they_are(eco, tmp_path, monkeypatch):
     path = tmp_path / "c.duckdb"
-    writer = _writer(path, eco)
-    try:
+    with _writing(path, eco) as writer:
         writer.apply(simulated_outcome(writer, eco, 0))
         writer.publish()
         monkeypatch.setattr(published_mod, "MAX_MERGE_ROWS", 3)  # at most three probes a merged part
-        for i in range(1, 9):
-            writer.apply(simulated_outcome(writer, eco, i))
-            writer.publish()
+        _add(writer, eco, range(1, 9))
         parts = _manifest(path)["tables"]["probes"]["parts"]
         assert [p["rows"] for p in parts] == [1, 2, 2, 2, 2]  # pairs merged, never past three
         _assert_same(writer)
-    finally:
-        writer.close()
 
 
 def test_a_table_that_stopped_being_append_only_is_written_whole(eco, tmp_path):
     path = tmp_path / "c.duckdb"
-    writer = _writer(path, eco)
-    try:
-        for i in range(6):
-            writer.apply(simulated_outcome(writer, eco, i))
+    with _writing(path, eco) as writer:
+        _add(writer, eco, range(6), publish=False)
         writer.publish()
         con = writer.catalog.con
         # a pair deleted and written again (no writer path does it, a repair could)
@@ -163,15 +158,12 @@ def test_a_table_that_stopped_being_append_only_is_written_whole(eco, tmp_path):
         # a pair written twice is refused, not updated in place (which a publish would not see)
         with pytest.raises(duckdb.ConstraintException):
             writer.catalog.add_distances(row[0], row[1], [row[2]], [0.5], [0.7])
-    finally:
-        writer.close()
 
 
 def test_readers_of_an_older_manifest_keep_reading(eco, tmp_path, monkeypatch):
     path = tmp_path / "c.duckdb"
     with JobLock(path):  # a job holds the catalog: readers go to the published folder
-        writer = _writer(path, eco)
-        try:
+        with _writing(path, eco) as writer:
             writer.apply(simulated_outcome(writer, eco, 0))
             writer.publish()
             writer.apply(simulated_outcome(writer, eco, 1))
@@ -196,20 +188,14 @@ def test_readers_of_an_older_manifest_keep_reading(eco, tmp_path, monkeypatch):
             assert not (snapshot_path(path) / reader_part).exists()
             assert reader.query("select count(*) from probes")[1] == [(6,)]  # reopened on the newer manifest
             reader.close()
-        finally:
-            writer.close()
 
 
 def test_a_publish_killed_before_its_manifest_changes_nothing_readers_see(eco, tmp_path):
     path = tmp_path / "c.duckdb"
-    writer = _writer(path, eco)
-    try:
-        for i in range(3):
-            writer.apply(simulated_outcome(writer, eco, i))
+    with _writing(path, eco) as writer:
+        _add(writer, eco, range(3), publish=False)
         writer.publish()
         writer.apply(simulated_outcome(writer, eco, 3))
-    finally:
-        writer.close()
     # the next publish dies after writing its parts, before the manifest
     code = ("import os, sys\n"
             "from indexer.adapters.catalog import Catalog, published\n"
@@ -231,25 +217,19 @@ def test_a_publish_killed_before_its_manifest_changes_nothing_readers_see(eco, t
     named = {p["file"] for t in manifest["tables"].values() for p in t["parts"]}
     orphans = {p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet")} - named
     assert orphans  # the dead publish's parts
-    writer = _writer(path, eco)
-    try:
+    with _writing(path, eco) as writer:
         writer.publish()
         _assert_same(writer)
         files = {p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet")}
         m = _manifest(path)
         assert files == {p["file"] for t in m["tables"].values() for p in t["parts"]} | {r["file"] for r in m["retired"]}
-    finally:
-        writer.close()
 
 
 def test_the_reader_sandbox_holds_on_the_published_folder(eco, tmp_path):
     path = tmp_path / "c.duckdb"
-    writer = _writer(path, eco)
-    try:
+    with _writing(path, eco) as writer:
         writer.apply(simulated_outcome(writer, eco, 0))
         writer.publish()
-    finally:
-        writer.close()
     outside = tmp_path / "outside.csv"
     outside.write_text("a\n1\n")
     from indexer.adapters.catalog.reader import _SANDBOX
@@ -267,11 +247,8 @@ def test_the_reader_sandbox_holds_on_the_published_folder(eco, tmp_path):
 
 def test_views_sql_opens_the_folder_in_plain_duckdb(eco, tmp_path):
     path = tmp_path / "c.duckdb"
-    writer = _writer(path, eco)
-    try:
-        for i in range(4):
-            writer.apply(simulated_outcome(writer, eco, i))
-            writer.publish()
+    with _writing(path, eco) as writer:
+        _add(writer, eco, range(4))
         folder = snapshot_path(path)
         cwd = os.getcwd()
         os.chdir(folder)  # the paths in views.sql are relative to the folder
@@ -283,5 +260,3 @@ def test_views_sql_opens_the_folder_in_plain_duckdb(eco, tmp_path):
             con.close()
         finally:
             os.chdir(cwd)
-    finally:
-        writer.close()
