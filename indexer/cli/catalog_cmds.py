@@ -178,8 +178,8 @@ def register(app: typer.Typer) -> None:
         """Query the catalog with SQL, read-only.
 
         Statements that would write the catalog or a file, attach a database, or install or
-        load an extension are refused. While a watch holds the catalog, the published
-        snapshot is queried instead.
+        load an extension are refused. While a job holds the catalog, the published catalog
+        (<catalog>.published/, Parquet parts the job appends to) is queried instead.
         """
         cols, rows = run_query(catalog_path(catalog), query)
         if json:

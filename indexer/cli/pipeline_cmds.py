@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         to 3 attempts per revision. A listing the Hub did not let complete (outage, rate limit)
         records nothing: the streaming watch retries it with backoff and keeps polling, and
         --once exits with status 3 (bad input: 2). Only one job may write a catalog at a time;
-        meanwhile `phylolm sql` reads the snapshot the job publishes after each update.
+        meanwhile `phylolm sql` reads what the job publishes (<catalog>.published/).
         """
         s = job_settings(config, catalog=catalog, hub=hub, backend=backend, genome=genome, genes=genes,
                          samples=samples, publish_dir=publish_dir, interval=interval, author=author,
