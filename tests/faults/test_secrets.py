@@ -1,7 +1,8 @@
 """Secrets: a Hub token given through the environment is used (gated models are fetched with
 it) and appears nowhere else — not in the DEBUG log, stdout or stderr of any command, the
-catalog or its snapshot, the exported files, the download and probe caches, or the reasons
-and error messages recorded when the Hub refuses it.
+catalog or what it publishes (their bytes, and every row read back through SQL), the exported
+files, the download and probe caches, or the reasons and error messages recorded when the Hub
+refuses it.
 
 The token is a canary; the project's Hub endpoint accepts it for gated repositories (a second
 endpoint refuses it, to produce errors). Every command is the real ``phylolm`` entry point in
@@ -32,6 +33,21 @@ _WITH_DEBUG_LOG = ("import logging, sys\n"
                    "from indexer.cli import main\n"
                    "sys.argv = ['phylolm', *sys.argv[2:]]\n"
                    "main()\n")
+
+
+def _every_row(source: Path) -> str:
+    """Every row of every table and view of a catalog file or published folder, as text."""
+    import duckdb
+
+    from indexer.adapters.catalog import connect_published
+
+    con = connect_published(source, {}) if source.is_dir() else duckdb.connect(str(source), read_only=True)
+    try:
+        names = [t for (t,) in con.execute("select table_name from information_schema.tables "
+                                           "where table_schema = 'main'").fetchall()]
+        return "\n".join(repr(con.execute(f'select * from "{t}"').fetchall()) for t in names)  # names: its own
+    finally:
+        con.close()
 
 
 def _phylolm(log: Path, *args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -102,6 +118,12 @@ def test_token_never_leaves_the_environment(tmp_path):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) > 20 and catalog in files and catalog.with_name(catalog.name + ".published") / "manifest.json" in files
     hits = [str(p) for p in files if any(n in p.read_bytes() for n in NEEDLES)]
+    # The catalogs and the published parts compress what they store, so their bytes alone could
+    # hide a token: every row of every table, read back through SQL, is searched too.
+    for source in (catalog, catalog.with_name(catalog.name + ".published"), tmp_path / "new" / "c2.duckdb"):
+        text = _every_row(source)
+        assert gated[0] in text, source  # the rows really were read
+        hits += [str(source)] if any(n.decode() in text for n in NEEDLES) else []
     hits += [o[:200] for o in outputs if any(n.decode() in o for n in NEEDLES)]
     hits += [str(v) for v in list(got.values()) + [refused] if any(n.decode() in str(v) for n in NEEDLES)]
     assert hits == [], hits
