@@ -90,8 +90,7 @@ def test_a_publish_writes_only_what_changed(eco, tmp_path):
         writer.publish()
         first = writer.catalog.last_publish_rows
         before = _manifest(path)["tables"]
-        writer.apply(simulated_outcome(writer, eco, 20))
-        writer.publish()
+        _add(writer, eco, [20])
         after = _manifest(path)["tables"]
         con = writer.catalog.con
         new_alleles = con.execute("select count(*) from alleles a join probes p on p.probe_id = a.probe "
@@ -113,8 +112,7 @@ def test_a_publish_writes_only_what_changed(eco, tmp_path):
 def test_parts_merge_like_a_binary_counter(eco, tmp_path):
     path = tmp_path / "c.duckdb"
     with _writing(path, eco) as writer:
-        writer.apply(simulated_outcome(writer, eco, 0))
-        writer.publish()  # the whole base
+        _add(writer, eco, [0])  # the whole base
         n = 31
         _add(writer, eco, range(1, n + 1))
         tables = _manifest(path)["tables"]
@@ -132,8 +130,7 @@ def test_parts_merge_like_a_binary_counter(eco, tmp_path):
 def test_parts_past_the_merge_cap_stay_as_they_are(eco, tmp_path, monkeypatch):
     path = tmp_path / "c.duckdb"
     with _writing(path, eco) as writer:
-        writer.apply(simulated_outcome(writer, eco, 0))
-        writer.publish()
+        _add(writer, eco, [0])
         monkeypatch.setattr(published_mod, "MAX_MERGE_ROWS", 3)  # at most three probes a merged part
         _add(writer, eco, range(1, 9))
         parts = _manifest(path)["tables"]["probes"]["parts"]
@@ -164,13 +161,10 @@ def test_readers_of_an_older_manifest_keep_reading(eco, tmp_path, monkeypatch):
     path = tmp_path / "c.duckdb"
     with JobLock(path):  # a job holds the catalog: readers go to the published folder
         with _writing(path, eco) as writer:
-            writer.apply(simulated_outcome(writer, eco, 0))
-            writer.publish()
-            writer.apply(simulated_outcome(writer, eco, 1))
-            writer.publish()  # one delta part
+            _add(writer, eco, [0])
+            _add(writer, eco, [1])  # one delta part
             old = connect_published(snapshot_path(path), {})
-            writer.apply(simulated_outcome(writer, eco, 2))
-            writer.publish()  # merges the two deltas: the first is retired, not deleted
+            _add(writer, eco, [2])  # merges the two deltas: the first is retired, not deleted
             assert old.execute("select count(*) from probes").fetchone()[0] == 2  # its own state, still readable
             old.close()
             # past RETIRE_S the retired files go; a reader holding them reopens the newer manifest
@@ -178,13 +172,10 @@ def test_readers_of_an_older_manifest_keep_reading(eco, tmp_path, monkeypatch):
             assert reader.source == snapshot_path(path)
             reader_part = _manifest(path)["tables"]["probes"]["parts"][-1]["file"]
             monkeypatch.setattr(published_mod, "RETIRE_S", 0.0)
-            writer.apply(simulated_outcome(writer, eco, 3))
-            writer.publish()
-            writer.apply(simulated_outcome(writer, eco, 4))
-            writer.publish()  # merges again: retires the part the reader's views name
+            _add(writer, eco, [3])
+            _add(writer, eco, [4])  # merges again: retires the part the reader's views name
             assert reader.query("select count(*) from probes")[1] == [(3,)]  # the state it opened
-            writer.apply(simulated_outcome(writer, eco, 5))
-            writer.publish()  # past RETIRE_S: that part is deleted
+            _add(writer, eco, [5])  # past RETIRE_S: that part is deleted
             assert not (snapshot_path(path) / reader_part).exists()
             assert reader.query("select count(*) from probes")[1] == [(6,)]  # reopened on the newer manifest
             reader.close()
@@ -195,7 +186,7 @@ def test_a_publish_killed_before_its_manifest_changes_nothing_readers_see(eco, t
     with _writing(path, eco) as writer:
         _add(writer, eco, range(3), publish=False)
         writer.publish()
-        writer.apply(simulated_outcome(writer, eco, 3))
+        _add(writer, eco, [3], publish=False)
     # the next publish dies after writing its parts, before the manifest
     code = ("import os, sys\n"
             "from indexer.adapters.catalog import Catalog, published\n"
@@ -228,8 +219,7 @@ def test_a_publish_killed_before_its_manifest_changes_nothing_readers_see(eco, t
 def test_the_reader_sandbox_holds_on_the_published_folder(eco, tmp_path):
     path = tmp_path / "c.duckdb"
     with _writing(path, eco) as writer:
-        writer.apply(simulated_outcome(writer, eco, 0))
-        writer.publish()
+        _add(writer, eco, [0])
     outside = tmp_path / "outside.csv"
     outside.write_text("a\n1\n")
     from indexer.adapters.catalog.reader import _SANDBOX

@@ -20,7 +20,7 @@ from pathlib import Path
 from indexer.testbed.hub import faults as F
 from indexer.testbed.hub import HubServer
 from tests.helpers.cli import BASE_ENV, run_cli
-from tests.helpers.catalog_checks import statuses
+from tests.helpers.catalog_checks import connect, statuses
 
 CANARY = "hf_secret_canary_7f3a9c1e5b2d4f6a8c0e"
 NEEDLES = (CANARY.encode(), b"secret_canary_7f3a", CANARY[::-1].encode())
@@ -37,11 +37,7 @@ _WITH_DEBUG_LOG = ("import logging, sys\n"
 
 def _every_row(source: Path) -> str:
     """Every row of every table and view of a catalog file or published folder, as text."""
-    import duckdb
-
-    from indexer.adapters.catalog import connect_published
-
-    con = connect_published(source, {}) if source.is_dir() else duckdb.connect(str(source), read_only=True)
+    con = connect(source)
     try:
         names = [t for (t,) in con.execute("select table_name from information_schema.tables "
                                            "where table_schema = 'main'").fetchall()]

@@ -67,7 +67,7 @@ def consistency(con) -> tuple[int, list[str]]:
     return n, problems
 
 
-def _connect(catalog: Path):
+def connect(catalog: Path):
     """A catalog file, or a published folder (``<catalog>.published``), read-only."""
     if catalog.is_dir():
         from indexer.adapters.catalog import connect_published
@@ -77,7 +77,7 @@ def _connect(catalog: Path):
 
 
 def assert_consistent(catalog: Path, n: int | None = None) -> int:
-    con = _connect(catalog)
+    con = connect(catalog)
     try:
         got, problems = consistency(con)
     finally:

@@ -24,5 +24,6 @@ from indexer.adapters.catalog.store import Catalog, snapshot_path
 
 __all__ = [
     "Catalog", "CatalogQueries", "CatalogReader", "JobLock", "MAX_ATTEMPTS", "TABLES", "check_read_only",
-    "connect_published", "connect_read_only", "is_job_running", "is_published", "open_read_only", "run_query", "snapshot_path", "writer_turn",
+    "connect_published", "connect_read_only", "is_job_running", "is_published", "open_read_only", "run_query",
+    "snapshot_path", "writer_turn",
 ]

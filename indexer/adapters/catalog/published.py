@@ -16,10 +16,11 @@ since the one before:
 
 Parts merge like a binary counter: two parts of one level become one of the next (up to
 ``MAX_MERGE_ROWS``), so a table keeps few parts and a row is rewritten a bounded number of
-times; a publish costs O(rows changed) amortised, where a copy of the database cost O(catalog). Files a merge
-retired stay ``RETIRE_S`` seconds for readers that opened the manifest before (a reader whose
-file went away reopens the newer one). ``views.sql`` defines the same tables for a plain
-DuckDB session started in the folder (``duckdb -init views.sql``).
+times; a publish costs O(rows changed) amortised, where a copy of the database cost
+O(catalog). Files a merge retired stay ``RETIRE_S`` seconds for readers that opened the
+manifest before (a reader whose file went away reopens the newer one). ``views.sql``
+defines the same tables for a plain DuckDB session started in the folder
+(``duckdb -init views.sql``).
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,6 +63,11 @@ def _quote(s: str) -> str:
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _file_list(paths) -> str:
+    """A SQL list literal of file paths, for ``read_parquet``."""
+    return "[" + ", ".join(_quote(p) for p in paths) + "]"
 
 
 def _load_manifest(folder: Path) -> dict | None:
@@ -123,9 +128,7 @@ class _Publish:
             fingerprint = f"{n}:{fp}"
             if prev is not None and prev.get("fingerprint") == fingerprint:
                 return prev
-            rows = self._copy(f"select {col_sql} from {t}", [], self._part_name(table, 0))
-            return {"columns": cols, "fingerprint": fingerprint, "rows": rows,
-                    "parts": [{"file": self._part_name(table, 0), "level": 0, "rows": rows}]}
+            return self._whole(table, cols, fingerprint=fingerprint)
         if table in APPEND_TABLES:
             (n_now,) = self.con.execute(f"select count(*) from {t}").fetchone()
             if prev is not None:  # rowid filters skip whole row groups: this reads only the new rows
@@ -135,36 +138,37 @@ class _Publish:
                     prev = None  # not append-only since: whole again
             if prev is None:
                 (max_rowid,) = self.con.execute(f"select coalesce(max(rowid), -1) from {t}").fetchone()
-                return self._whole(table, cols, f"select {col_sql} from {t}", [],
-                                   {"rows": n_now, "max_rowid": max_rowid})
+                return self._whole(table, cols, max_rowid=max_rowid)
             if not new:
                 return prev
-            part = self._copy(f"select {col_sql} from {t} where rowid > ?", [prev["max_rowid"]],
-                              self._part_name(table, 0))
-            parts = self._merged(table, cols, [*prev["parts"], {"file": self._part_name(table, 0), "level": 0,
-                                                                 "rows": part}])
-            return {"columns": cols, "rows": n_now, "max_rowid": max_rowid, "parts": parts}
+            return self._delta(table, cols, prev, f"select {col_sql} from {t} where rowid > ?", [prev["max_rowid"]],
+                               rows=n_now, max_rowid=max_rowid)
         # a "latest" table: rows changed since the watermark, the newest version of a key wins
         n_now, mark = self.con.execute(f"select count(*), max(updated_at) from {t}").fetchone()
         mark = mark.isoformat() if mark is not None else None
         if prev is not None and (n_now < prev["rows"] or prev.get("watermark") is None):
             prev = None
         if prev is None:
-            return self._whole(table, cols, f"select {col_sql} from {t}", [], {"rows": n_now, "watermark": mark})
+            return self._whole(table, cols, watermark=mark)
         if mark == prev["watermark"] and n_now == prev["rows"]:
             return prev
         # >=: a row stamped at the previous watermark but committed after it is not missed
         # (the duplicates it brings are resolved by the newest-wins view)
-        part = self._copy(f"select {col_sql} from {t} where updated_at >= ?::timestamptz", [prev["watermark"]],
-                          self._part_name(table, 0))
-        parts = self._merged(table, cols, [*prev["parts"], {"file": self._part_name(table, 0), "level": 0,
-                                                             "rows": part}])
-        return {"columns": cols, "rows": n_now, "watermark": mark, "parts": parts}
+        return self._delta(table, cols, prev, f"select {col_sql} from {t} where updated_at >= ?::timestamptz",
+                           [prev["watermark"]], rows=n_now, watermark=mark)
 
-    def _whole(self, table: str, cols, select: str, args: list, extra: dict) -> dict:
-        name = self._part_name(table, 30)  # a whole table: the top level, never merged
+    def _whole(self, table: str, cols, **extra) -> dict:
+        """``table`` written whole as one part of the top level (never merged)."""
+        name = self._part_name(table, 30)
+        rows = self._copy(f"select {', '.join(_ident(c) for c, _ in cols)} from {_ident(table)}", [], name)
+        return {"columns": cols, "rows": rows, **extra, "parts": [{"file": name, "level": 30, "rows": rows}]}
+
+    def _delta(self, table: str, cols, prev: dict, select: str, args: list, **extra) -> dict:
+        """The rows of ``select`` as a new level-0 part after ``prev``'s parts, merged as due."""
+        name = self._part_name(table, 0)
         rows = self._copy(select, args, name)
-        return {"columns": cols, **extra, "parts": [{"file": name, "level": 30, "rows": rows}]}
+        parts = self._merged(table, cols, [*prev["parts"], {"file": name, "level": 0, "rows": rows}])
+        return {"columns": cols, **extra, "parts": parts}
 
     def _merged(self, table: str, cols, parts: list[dict]) -> list[dict]:
         """Merge the trailing parts while the last two share a level (a binary counter) and
@@ -174,8 +178,8 @@ class _Publish:
             a, b = parts[-2], parts[-1]
             level = a["level"] + 1
             name = self._part_name(table, level)
-            files = "[" + ", ".join(_quote(str(self.folder / p["file"])) for p in (a, b)) + "]"
-            rows = self._copy(_read_sql(table, cols, files), [], name)
+            rows = self._copy(_read_sql(table, cols, _file_list(str(self.folder / p["file"]) for p in (a, b))),
+                              [], name)
             parts = [*parts[:-2], {"file": name, "level": level, "rows": rows}]
         return parts
 
@@ -226,10 +230,6 @@ def publish(con: duckdb.DuckDBPyConnection, catalog: Path, schema_version: int) 
     return folder, job.written
 
 
-def remove_published(catalog: Path) -> None:
-    shutil.rmtree(published_dir(catalog), ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------
 # the reader's side
 # ---------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def _write_views_sql(folder: Path, tables: dict) -> None:
     lines = ["-- The published catalog as views, for a DuckDB session started in this folder:",
              "--   duckdb -init views.sql", "-- Written by each publish; the paths are relative to this folder.", ""]
     for table, t in tables.items():
-        files = "[" + ", ".join(_quote(p["file"]) for p in t["parts"]) + "]"
+        files = _file_list(p["file"] for p in t["parts"])
         lines.append(f"create or replace view {_ident(table)} as {_read_sql(table, t['columns'], files)};")
     lines += ["", _derived_views_sql(), ""]
     tmp = folder / ".views.sql.tmp"
@@ -283,7 +283,7 @@ def connect_published(folder: Path, config: dict) -> duckdb.DuckDBPyConnection:
     try:
         con.execute("set allowed_directories = ?", [[str(folder) + os.sep]])
         for table, t in manifest["tables"].items():
-            files = "[" + ", ".join(_quote(str(folder / p["file"])) for p in t["parts"]) + "]"
+            files = _file_list(str(folder / p["file"]) for p in t["parts"])
             con.execute(f"create view {_ident(table)} as {_read_sql(table, t['columns'], files)}")
         for stmt in con.extract_statements(_derived_views_sql()):
             con.execute(stmt.query)

@@ -19,8 +19,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from indexer.adapters.catalog.published import MANIFEST, published_dir
-from indexer.adapters.catalog.published import publish as publish_by_appends
+from indexer.adapters.catalog.published import MANIFEST, published_dir, publish as publish_by_appends
 from indexer.adapters.catalog.queries import CatalogQueries
 from indexer.core.genomes import Genome
 from indexer.errors import PhylolmError
