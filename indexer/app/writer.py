@@ -228,7 +228,10 @@ class IndexWriter:
         if self.config.publish_dir is not None:
             from indexer.adapters.publish import export
 
-            export(self.catalog, self.config.publish_dir)
+            # A sparse index's exact rows (the lineage check's) come from the alleles already
+            # in memory. Only this thread appends to them, so reading needs no lock.
+            sparse = getattr(self.index, "mode", "exact") == "sparse"
+            export(self.catalog, self.config.publish_dir, alleles=self.index.alleles if sparse else None)
 
     def close(self) -> None:
         if self._closed:

@@ -29,14 +29,20 @@ Rules (every finding carries the distances that support it):
   The close distance is ``close_distance`` when given, else ``ratio`` times the median
   distance of the confirmed declared pairs, else the 5th percentile of all distances.
 
-Cost: O(n^2) for the ranks (one row scan per declared pair and per undeclared model), plus
-tracing each declared base's declared descendants (their count summed over the bases: at
-most O(n^2), for one long chain of declarations).
+The distances come as ``Relatives``: ``MatrixRelatives`` over a full matrix (an exact
+index), or ``NeighbourRelatives`` over a neighbour graph (the Hub-scale sparse index: each
+model's stored nearest), which asks for an exact row only where a declared base lies
+outside the child's stored neighbours.
+
+Cost: on a matrix, O(n^2) for the ranks (one row scan per declared pair and per undeclared
+model); on a neighbour graph, O(n k) plus one exact row, O(n), per declared base outside
+its child's neighbours. Plus tracing each declared base's declared descendants (their count
+summed over the bases: at most O(n^2), for one long chain of declarations).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -59,29 +65,156 @@ class LineageFinding:
 
 
 def check_lineage(D: np.ndarray, ids: Sequence[str], declared: Mapping[str, Sequence[str]],
-                  created: Mapping[str, object] | None = None, *, confirm_rank: int = 3,
-                  confirm_fraction: float = 0.05, suspicious_fraction: float = 0.25,
-                  ratio: float = 2.0, close_distance: float | None = None,
-                  copies: Mapping[str, str] | None = None) -> list[LineageFinding]:
+                  created: Mapping[str, object] | None = None, **rules) -> list[LineageFinding]:
     """Check every declared base model, and look for undeclared close relatives.
 
     ``D`` is the n x n distance matrix in the order of ``ids``; ``declared`` maps a model
     id to its declared base model ids (from its card); ``created`` optionally maps ids to
-    comparable upload times; ``copies`` maps a model to the model whose weight files it
-    repeats byte for byte.
+    comparable upload times; ``rules`` are ``check_relatives``'s (``copies`` among them).
     """
     D, ids = check_matrix(D, ids)
+    return check_relatives(MatrixRelatives(D, ids), declared, created, **rules)
+
+
+def check_relatives(relatives: "Relatives", declared: Mapping[str, Sequence[str]],
+                    created: Mapping[str, object] | None = None, *, confirm_rank: int = 3,
+                    confirm_fraction: float = 0.05, suspicious_fraction: float = 0.25,
+                    ratio: float = 2.0, close_distance: float | None = None,
+                    copies: Mapping[str, str] | None = None) -> list[LineageFinding]:
+    """``check_lineage`` on any ``Relatives`` (a matrix, or a neighbour graph); ``copies``
+    maps a model to the model whose weight files it repeats byte for byte."""
     if not 0 < suspicious_fraction <= 1 or confirm_rank < 1 or ratio <= 1:
         raise ValueError("need confirm_rank >= 1, 0 < suspicious_fraction <= 1, ratio > 1")
-    findings = _check(D, ids, declared, created or {}, confirm_rank, confirm_fraction, suspicious_fraction,
-                      ratio, close_distance, copies or {})
-    pos = {m: i for i, m in enumerate(ids)}
-    for copy, twin in sorted((copies or {}).items()):
-        d = float(D[pos[copy], pos[twin]]) if copy in pos and twin in pos else None
+    copies = copies or {}
+    findings = _check(relatives, declared, created or {}, confirm_rank, confirm_fraction, suspicious_fraction,
+                      ratio, close_distance, copies)
+    indexed = set(relatives.ids)
+    pairs = sorted((c, t) for c, t in copies.items() if c in indexed and t in indexed)
+    known = dict(zip(pairs, (d for d, _ in relatives.ranks([(c, t, frozenset()) for c, t in pairs]))))
+    for copy, twin in sorted(copies.items()):
         said = "declared" if twin in declared.get(copy, ()) else "not declared"
-        findings.append(LineageFinding("exact_copy", copy, twin, d, None, None, None,
+        findings.append(LineageFinding("exact_copy", copy, twin, known.get((copy, twin)), None, None, None,
                                        f"identical weights to {twin} ({said})"))
     return findings
+
+
+class Relatives(Protocol):
+    """The distances the check reads: each model's nearest relative, and ranks."""
+
+    ids: list[str]
+
+    def nearest(self, model: str) -> tuple[str, float]:
+        """The model's nearest other model and its distance (ties: by id, as ``nearest_k``)."""
+
+    def ranks(self, queries: Sequence[tuple[str, str, frozenset]]) -> list[tuple[float, int]]:
+        """For each (model, other, aside): their distance d and other's rank among model's
+        relatives, 1 + the models, model and ``aside`` not counted, strictly closer than d."""
+
+    def low_distance(self, percentile: float) -> float:
+        """That percentile of the distances between distinct models."""
+
+
+class MatrixRelatives:
+    """``Relatives`` read from a full distance matrix (an exact index). O(n) a rank."""
+
+    def __init__(self, D: np.ndarray, ids: Sequence[str]):
+        self.ids = list(ids)
+        self._pos = {m: i for i, m in enumerate(self.ids)}
+        self._D = D
+        self._masked = D.copy()
+        np.fill_diagonal(self._masked, np.inf)
+        self._nearest = nearest_k(self._masked, 1, self.ids)[:, 0] if len(self.ids) > 1 else None
+
+    def nearest(self, model: str) -> tuple[str, float]:
+        i = self._pos[model]
+        j = int(self._nearest[i])
+        return self.ids[j], float(self._masked[i, j])
+
+    def ranks(self, queries):
+        out = []
+        for model, other, aside in queries:
+            i = self._pos[model]
+            d = float(self._D[i, self._pos[other]])
+            row = self._masked[i].copy()
+            row[[self._pos[m] for m in aside if m in self._pos]] = np.inf
+            out.append((d, 1 + int(np.sum(row < d))))
+        return out
+
+    def low_distance(self, percentile: float) -> float:
+        return float(np.percentile(self._D[np.triu_indices(len(self.ids), 1)], percentile))
+
+
+class NeighbourRelatives:
+    """``Relatives`` read from a neighbour graph: each model's stored neighbours with their
+    exact distances (the sparse index keeps each model's k nearest at its insert, and the
+    later models that took it among theirs). A rank whose other model is among the stored
+    neighbours is counted there; any other query asks ``rows`` for exact rows, in blocks of
+    ``block`` models: ``rows(models)`` returns their distances to every model of ``ids``, in
+    that order (an array of len(models) x n).
+
+    The stored neighbours stand for the row up to their farthest: a later model that came
+    that close but did not take this one among its own k nearest is not counted, so a rank
+    counted in the graph can be lower than the full row's (rarely: the graph's recall).
+    """
+
+    def __init__(self, ids: Sequence[str], neighbours: Mapping[str, Sequence[tuple[str, float]]],
+                 rows: Callable[[Sequence[str]], np.ndarray], *, block: int = 256, seed: int = 0):
+        self.ids = list(ids)
+        self._pos = {m: i for i, m in enumerate(self.ids)}
+        self._stored = {m: sorted(((float(d), o) for o, d in neighbours.get(m, ()) if o != m and o in self._pos))
+                        for m in self.ids}
+        self._rows = rows
+        self._block = block
+        self._seed = seed
+
+    def nearest(self, model: str) -> tuple[str, float]:
+        stored = self._stored[model]
+        if stored:
+            d, other = stored[0]
+            return other, d
+        row = self._exact([model])[0]
+        row[self._pos[model]] = np.inf
+        j = int(nearest_k(row, 1, self.ids)[0])
+        return self.ids[j], float(row[j])
+
+    def ranks(self, queries):
+        out: list[tuple[float, int] | None] = [None] * len(queries)
+        far: list[int] = []
+        for q, (model, other, aside) in enumerate(queries):
+            stored = self._stored[model]
+            d = next((x for x, o in stored if o == other), None)
+            if d is None:
+                far.append(q)
+                continue
+            out[q] = (d, 1 + sum(1 for x, o in stored if x < d and o not in aside))
+        for a in range(0, len(far), self._block):
+            batch = far[a:a + self._block]
+            models = sorted({queries[q][0] for q in batch})
+            at = {m: r for r, m in enumerate(models)}
+            rows = self._exact(models)
+            for q in batch:
+                model, other, aside = queries[q]
+                row = rows[at[model]].copy()
+                row[[self._pos[m] for m in (*aside, model) if m in self._pos]] = np.inf
+                d = float(rows[at[model], self._pos[other]])
+                out[q] = (d, 1 + int(np.sum(row < d)))
+        return out
+
+    def low_distance(self, percentile: float) -> float:
+        """From the exact rows of up to 8 models drawn with a fixed seed: the percentile of
+        their distances to every other model."""
+        rng = np.random.default_rng(self._seed)
+        models = sorted(rng.choice(self.ids, size=min(8, len(self.ids)), replace=False).tolist())
+        rows = self._exact(models)
+        keep = np.ones(rows.shape, dtype=bool)
+        keep[np.arange(len(models)), [self._pos[m] for m in models]] = False
+        return float(np.percentile(rows[keep], percentile))
+
+    def _exact(self, models: Sequence[str]) -> np.ndarray:
+        rows = np.array(self._rows(list(models)), dtype=np.float64)
+        if rows.shape != (len(models), len(self.ids)):
+            raise ValueError(f"rows gave shape {rows.shape}, want {(len(models), len(self.ids))}")
+        return rows
 
 
 def declared_descendants(ids: Sequence[str], declared: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
@@ -104,54 +237,64 @@ def declared_descendants(ids: Sequence[str], declared: Mapping[str, Sequence[str
     return out
 
 
-def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious_fraction, ratio,
+def _check(rel, declared, created, confirm_rank, confirm_fraction, suspicious_fraction, ratio,
            close_distance, copies):
+    ids = rel.ids
     n = len(ids)
-    pos = {m: i for i, m in enumerate(ids)}
-    masked = D.copy()
-    np.fill_diagonal(masked, np.inf)
-    # each model's nearest relative (ties: by id, as everywhere, see ``nearest_k``)
-    nearest = nearest_k(masked, 1, ids)[:, 0] if n > 1 else np.zeros(n, dtype=int)
-    findings: list[LineageFinding] = []
-    confirmed_d: list[float] = []
+    indexed = set(ids)
+    nearest = {m: rel.nearest(m) for m in ids} if n > 1 else {}
+    twins: dict[str, set[str]] = {}
+    for c, t in copies.items():  # exact copies are the model itself: they take no rank from it
+        twins.setdefault(c, set()).add(t)
+        twins.setdefault(t, set()).add(c)
 
+    # every declared pair, in order; the ranks are asked for all at once (a neighbour graph
+    # fetches the exact rows it lacks in blocks)
+    slots: list[LineageFinding | tuple[str, str]] = []
+    queries = []
     descendants = declared_descendants(ids, declared)
     for child in ids:
-        i = pos[child]
-        nn = ids[nearest[i]] if n > 1 else None
-        nn_d = float(masked[i, nearest[i]]) if n > 1 else None
+        nn, nn_d = nearest.get(child, (None, None))
         for parent in declared.get(child, ()):
             if parent == child:
                 continue
-            if parent not in pos:
-                findings.append(LineageFinding("not_indexed", child, parent, None, None, nn, nn_d,
-                                               "declared base model is not in the index"))
+            if parent not in indexed:
+                slots.append(LineageFinding("not_indexed", child, parent, None, None, nn, nn_d,
+                                            "declared base model is not in the index"))
                 continue
-            d = float(D[i, pos[parent]])
             # the parent's own declared lineage, the child's other declared bases and the
             # child's exact copies (they are the child) do not compete with it for a rank
-            twins = {c for c, t in copies.items() if t == child} | {t for c, t in copies.items() if c == child}
-            aside = (descendants.get(parent, set()) | set(declared.get(child, ())) | twins) - {parent, child}
-            row = masked[i].copy()
-            row[[pos[m] for m in aside if m in pos]] = np.inf
-            rank = 1 + int(np.sum(row < d))  # models strictly closer than the parent
-            frac = (rank - 1) / max(1, n - 1)
-            if rank <= confirm_rank or frac <= confirm_fraction:
-                kind, why = "confirmed", f"declared base is relative #{rank} of {n - 1}"
-                confirmed_d.append(d)
-            elif frac >= suspicious_fraction and nn_d is not None and d >= ratio * nn_d:
-                kind = "suspicious"
-                why = (f"declared base is relative #{rank} of {n - 1}, {d / max(nn_d, 1e-12):.1f}x "
-                       f"the distance to the nearest model {nn}")
-            else:
-                kind, why = "unclear", f"declared base is relative #{rank} of {n - 1}"
-            findings.append(LineageFinding(kind, child, parent, d, rank, nn, nn_d, why))
+            aside = (descendants.get(parent, set()) | set(declared.get(child, ())) | twins.get(child, set())
+                     ) - {parent, child}
+            slots.append((child, parent))
+            queries.append((child, parent, frozenset(aside)))
+    answers = iter(rel.ranks(queries))
+    findings: list[LineageFinding] = []
+    confirmed_d: list[float] = []
+    for slot in slots:
+        if isinstance(slot, LineageFinding):
+            findings.append(slot)
+            continue
+        child, parent = slot
+        d, rank = next(answers)
+        nn, nn_d = nearest.get(child, (None, None))
+        frac = (rank - 1) / max(1, n - 1)
+        if rank <= confirm_rank or frac <= confirm_fraction:
+            kind, why = "confirmed", f"declared base is relative #{rank} of {n - 1}"
+            confirmed_d.append(d)
+        elif frac >= suspicious_fraction and nn_d is not None and d >= ratio * nn_d:
+            kind = "suspicious"
+            why = (f"declared base is relative #{rank} of {n - 1}, {d / max(nn_d, 1e-12):.1f}x "
+                   f"the distance to the nearest model {nn}")
+        else:
+            kind, why = "unclear", f"declared base is relative #{rank} of {n - 1}"
+        findings.append(LineageFinding(kind, child, parent, d, rank, nn, nn_d, why))
 
     if close_distance is None:
         if confirmed_d:
             close_distance = ratio * float(np.median(confirmed_d))
         elif n > 2:
-            close_distance = float(np.percentile(D[np.triu_indices(n, 1)], 5))
+            close_distance = rel.low_distance(5)
         else:
             close_distance = 0.0
 
@@ -160,13 +303,11 @@ def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious
         return b in da or a in db or bool(da & db)
 
     seen: set[frozenset] = set()
+    close: list[tuple[str, str, float]] = []
     for model in ids:
         if n < 2:
             break
-        i = pos[model]
-        j = int(nearest[i])
-        other = ids[j]
-        d = float(masked[i, j])
+        other, d = nearest[model]
         pair = frozenset((model, other))
         if (d > close_distance or related(model, other) or pair in seen
                 or copies.get(model) == other or copies.get(other) == model):
@@ -180,10 +321,12 @@ def _check(D, ids, declared, created, confirm_rank, confirm_fraction, suspicious
                 child, relative = other, model
         elif declared.get(model) and not declared.get(other):
             child, relative = other, model
-        ci = pos[child]
+        close.append((child, relative, d))
+    ranks = rel.ranks([(child, relative, frozenset()) for child, relative, _ in close])
+    for (child, relative, d), (_, rank) in zip(close, ranks):
         claim = "declares no base model" if not declared.get(child) else "does not declare it"
+        nn, nn_d = nearest[child]
         findings.append(LineageFinding(
-            "undeclared", child, relative, d, 1 + int(np.sum(masked[ci] < d)), ids[nearest[ci]],
-            float(masked[ci, nearest[ci]]),
+            "undeclared", child, relative, d, rank, nn, nn_d,
             f"sits {d:.3f} from {relative} (close distance {close_distance:.3f}) but {claim}"))
     return findings

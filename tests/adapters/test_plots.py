@@ -42,7 +42,8 @@ def test_distance_by_relation_groups_declared_pairs():
     models = [{"id": "a/ft", "base_models": ["a/base"], "base_model_relation": "finetune"},
               {"id": "a/q", "base_models": ["a/base"], "base_model_relation": "quantized"},
               {"id": "a/base"}, {"id": "b/x"}]
-    groups = relation_distances(ids, d, models)
+    at = {m: i for i, m in enumerate(ids)}
+    groups = relation_distances(ids, lambda pairs: [d[at[a], at[b]] for a, b in pairs], models)
     assert groups["finetune"] == [0.1] and groups["quantized"] == [0.02]
     assert sorted(groups["no declared relation"]) == [0.12, 0.9, 0.9, 0.9]
     root = ET.fromstring(distance_by_relation(groups))

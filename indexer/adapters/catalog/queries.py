@@ -319,6 +319,19 @@ class CatalogQueries:
         (None: all of them, the full matrix). Loading the alleles is O(total alleles), each row
         one sparse product, O(n); the full matrix is O(n^2) time and memory. The models are
         those of the index's probes (``index_layout``: its parameters and backend)."""
+        index = self.allele_index(genome_hash)
+        if not len(index):
+            return [], [], np.zeros((0, 0))
+        wanted = index.ids if of is None else list(of)
+        missing = [m for m in wanted if m not in index]
+        if missing:
+            raise PhylolmError(f"{missing[0]!r} is not in the index (not indexed, or a different genome)")
+        at = np.array([index.row_of(m) for m in wanted], dtype=np.int64)
+        return index.ids, wanted, index.distance_block(at, np.arange(len(index)))
+
+    def allele_index(self, genome_hash: str, of: Sequence[str] | None = None):
+        """The stored alleles of the index's models (``of``: only those among them) as an
+        ``AlleleIndex``, rows in id order. O(their alleles) time and memory."""
         from indexer.core.distance import AlleleIndex
 
         layout = self.index_layout()
@@ -326,19 +339,32 @@ class CatalogQueries:
             raise PhylolmError("this catalog does not record which probes its index uses "
                                "(an exact index: its `distances` hold every pair)")
         genome = self._first("select n_genes from genomes where hash = ?", [genome_hash])
-        ids, counts = self.indexed_alleles(genome_hash, layout.params_hash, layout.backend,
-                                           int(genome[0])) if genome else ([], [])
-        if not ids:
-            return [], [], np.zeros((0, 0))
-        index = AlleleIndex(n_samples=counts[0].n_samples, values=False)
-        for m, c in sorted(zip(ids, counts), key=lambda mc: mc[0]):
-            index.add_unscored(m, c.counts, c.n_samples)
-        wanted = index.ids if of is None else list(of)
-        missing = [m for m in wanted if m not in index]
-        if missing:
-            raise PhylolmError(f"{missing[0]!r} is not in the index (not indexed, or a different genome)")
-        at = np.array([index.row_of(m) for m in wanted], dtype=np.int64)
-        return index.ids, wanted, index.distance_block(at, np.arange(len(index)))
+        rows = self.indexed_probes(genome_hash, layout.params_hash, layout.backend) if genome else []
+        if of is not None:
+            wanted = set(of)
+            rows = [r for r in rows if r[0] in wanted]
+        alleles = self.load_alleles([p for _, p, _ in rows], int(genome[0])) if rows else {}
+        index = AlleleIndex(n_samples=alleles[rows[0][1]].n_samples if rows else 32, values=False)
+        for m, probe, _ in sorted(rows):
+            index.add_unscored(m, alleles[probe].counts, alleles[probe].n_samples)
+        return index
+
+    def stored_neighbours(self, genome_hash: str) -> dict[str, list[tuple[str, float]]]:
+        """Every model's stored pairs (the ``distances`` view, both directions): model ->
+        [(other, distance)]. In a sparse index, the neighbour graph: O(n k)."""
+        out: dict[str, list[tuple[str, float]]] = {}
+        for a, b, d in self._all("select model_a, model_b, distance from distances where genome_hash = ?",
+                                 [genome_hash]):
+            out.setdefault(a, []).append((b, float(d)))
+        return out
+
+    def distance_view(self, alleles=None) -> "DistanceView":
+        """The distances between the indexed models of the newest tree's genome, read at the
+        cost of what is asked (``distance_view.DistanceView``); ``alleles``: the writer's own
+        ``AlleleIndex`` of a sparse index, so that exact rows need not load the alleles."""
+        from indexer.adapters.catalog.distance_view import DistanceView
+
+        return DistanceView(self, alleles)
 
     def nearest_exact(self, model_id: str, k: int, genome_hash: str) -> list[tuple[str, float, float]]:
         """``nearest`` computed from the alleles (``exact_distances``: one full row), not read

@@ -274,6 +274,7 @@ class CatalogView(Protocol):
     def scores_table(self): ...
     def nearest_by_model(self, k: int, genome_hash: str | None = None) -> dict[str, list[tuple[str, float]]]: ...
     def complete_matrix(self) -> tuple[int | None, list[str], np.ndarray]: ...
+    def distance_view(self, alleles=None): ...
     def mean_scores(self) -> dict[tuple[str, str], float]: ...
     def cv_groups(self, ids: Sequence[str]) -> dict[str, str]: ...
 
@@ -301,13 +302,18 @@ def _write_table(table, path: Path, fmt: str) -> None:
 
 def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
            lineage: Sequence[Mapping] | None = None, generated_at: datetime | None = None,
-           hub_url: str = DEFAULT_HUB_URL, heldout: Sequence[Mapping] = ()) -> dict[str, Path]:
+           hub_url: str = DEFAULT_HUB_URL, heldout: Sequence[Mapping] = (), alleles=None) -> dict[str, Path]:
     """Write the publish files into ``out_dir`` (created if needed); returns name -> path.
 
     ``catalog`` is a view of a catalog (see ``CatalogView``). ``lineage`` findings (dicts) may
     be passed in; when None they are computed from the catalog's declared base models.
     ``hub_url`` is where the explorer's cards link a model's Hub page. ``heldout``: rows of
     a held-out check (model_id, benchmark, estimate, low, high, measured), shown in both pages.
+    ``alleles``: the writer's in-memory ``AlleleIndex`` of a sparse index (see ``distance_view``).
+
+    The distances are read through one ``catalog.distance_view``: nothing here is O(n^2) on
+    a sparse index (the lineage check runs on its neighbour graph, the plots and the
+    held-out check on the pairs and the scored models they show).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,14 +337,15 @@ def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
     _write_table(catalog.scores_table(), out / "scores.parquet", "parquet")
     written["scores.parquet"] = out / "scores.parquet"
 
+    view = catalog.distance_view(alleles)
     if lineage is None:
-        lineage = lineage_from_catalog(catalog)
+        lineage = lineage_from_catalog(catalog, view)
     _write_table(_lineage_table(lineage), out / "lineage.parquet", "parquet")
     written["lineage.parquet"] = out / "lineage.parquet"
 
     estimates, scores = catalog.estimates(), catalog.scores()
     nearest = catalog.nearest_by_model(k_nearest, genome_hash)
-    plots = plots_from_catalog(catalog)
+    plots = plots_from_catalog(catalog, view)
     (out / "plots").mkdir(exist_ok=True)
     for name, (_, svg) in zip(PLOT_FILES, plots.items()):
         _atomic_write_text(out / name, svg + "\n")
@@ -394,7 +401,7 @@ def _atomic_write_gzip(path: Path, lines) -> None:
 _HELDOUT_MEMO: dict[str, list[dict]] = {}  # one entry: the last (scores, distances) seen by this process
 
 
-def heldout_estimates(catalog: CatalogView, *, method: str | None = None) -> list[dict]:
+def heldout_estimates(catalog: CatalogView, view=None, *, method: str | None = None) -> list[dict]:
     """Leave-one-family-out estimates of every measured score (the families are the
     estimators' CV groups): each family's scores hidden in turn and predicted from the
     other scored models, as ``indexer.core.predict.validation`` evaluates (on the scored
@@ -403,17 +410,16 @@ def heldout_estimates(catalog: CatalogView, *, method: str | None = None) -> lis
 
     It depends only on the scored models (their distances, scores and groups), so an export
     after an unscored insert reuses the last result of this process (``_HELDOUT_MEMO``): a
-    streaming job refits it when scores change, not on every publish."""
+    streaming job refits it when scores change, not on every publish. ``view``: the
+    catalog's ``distance_view`` (made when None); only the scored models' matrix is read."""
     from indexer.core.predict import DEFAULT_METHOD
 
-    _, ids, d = catalog.complete_matrix()
+    view = view if view is not None else catalog.distance_view()
     mean = catalog.mean_scores()
-    scored = sorted({m for (m, _) in mean} & set(ids))
+    scored, sub = view.among(sorted({m for (m, _) in mean}))
     benches = sorted({b for (m, b) in mean if m in set(scored)})
     if not benches or len(scored) < 3:
         return []
-    at = {m: i for i, m in enumerate(ids)}
-    sub = d[np.ix_([at[m] for m in scored], [at[m] for m in scored])]
     groups = catalog.cv_groups(scored)
     fam = [groups[m] for m in scored]
     y = np.array([[mean.get((m, b), np.nan) for b in benches] for m in scored])
@@ -446,11 +452,12 @@ def _heldout(ids: list[str], d: np.ndarray, y: np.ndarray, fam: list[str], bench
     return rows
 
 
-def plots_from_catalog(catalog: CatalogView) -> dict[str, str]:
-    """caption -> SVG of the three plots (``plots``), in the order of ``PLOT_FILES``."""
-    rows = heldout_estimates(catalog)
-    _, ids, d = catalog.complete_matrix()
-    groups = relation_distances(ids, d, catalog.explorer_models())
+def plots_from_catalog(catalog: CatalogView, view=None) -> dict[str, str]:
+    """caption -> SVG of the three plots (``plots``), in the order of ``PLOT_FILES``;
+    ``view``: the catalog's ``distance_view`` (made when None)."""
+    view = view if view is not None else catalog.distance_view()
+    rows = heldout_estimates(catalog, view)
+    groups = relation_distances(view.ids, view.pairs, catalog.explorer_models())
     return {"Estimated vs measured, leave one family out": estimated_vs_measured(rows),
             "Coverage of the 90% intervals": interval_coverage(rows),
             "Distance to the declared base model, per relation kind": distance_by_relation(groups)}
@@ -489,11 +496,15 @@ def estimate_records(catalog: CatalogView, ids: Sequence[str], distances: np.nda
                      method=e.method, snapshot=snapshot) for e in estimates]
 
 
-def lineage_from_catalog(catalog: CatalogView) -> list[dict]:
-    """The lineage check on the catalog's distances and declared base models."""
-    from indexer.core.lineage import check_lineage
+def lineage_from_catalog(catalog: CatalogView, view=None) -> list[dict]:
+    """The lineage check on the catalog's distances and declared base models; ``view``: the
+    catalog's ``distance_view`` (made when None). On a sparse index the check reads the
+    neighbour graph, and an exact row only for a declared base outside its child's
+    neighbours (``indexer.core.lineage.NeighbourRelatives``)."""
+    from indexer.core.lineage import check_relatives
 
-    _, ids, d = catalog.complete_matrix()
+    view = view if view is not None else catalog.distance_view()
+    ids = set(view.ids)
     models = catalog.model_rows()
     declared = {m["id"]: list(m["base_models"] or []) for m in models}
     created = {m["id"]: m["created_at"] for m in models if m["created_at"] is not None}
@@ -506,4 +517,6 @@ def lineage_from_catalog(catalog: CatalogView) -> list[dict]:
             twin = first.setdefault(tuple(m["weight_hashes"]), m["id"])
             if twin != m["id"]:
                 copies[m["id"]] = twin
-    return [f.as_dict() for f in check_lineage(d, ids, declared, created, copies=copies)] if len(ids) > 1 else []
+    if len(ids) < 2:
+        return []
+    return [f.as_dict() for f in check_relatives(view.relatives(), declared, created, copies=copies)]

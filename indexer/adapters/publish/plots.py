@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -141,13 +141,15 @@ def distance_by_relation(groups: Mapping[str, Sequence[float]], *, width: int = 
     return _svg(width, axis_y + 34, body, title)
 
 
-def relation_distances(ids: Sequence[str], D: np.ndarray, models: Sequence[Mapping], *,
-                       max_unrelated: int = 2000, seed: int = 0) -> dict[str, list[float]]:
-    """Per declared relation kind, the distances of models to their declared base models in
-    ``D`` (ids order); ``"no declared relation"``: a sample of pairs neither of which
-    declares the other (up to ``max_unrelated``, fixed ``seed``)."""
+def relation_distances(ids: Sequence[str], pair_distances: Callable[[Sequence[tuple[str, str]]], Sequence[float]],
+                       models: Sequence[Mapping], *, max_unrelated: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """Per declared relation kind, the distances of models to their declared base models
+    (``pair_distances`` of (model, base) pairs, both among ``ids``); ``"no declared
+    relation"``: a sample of pairs neither of which declares the other (up to
+    ``max_unrelated``, fixed ``seed``). O(declared pairs + max_unrelated) distances asked."""
     at = {m: i for i, m in enumerate(ids)}
-    out: dict[str, list[float]] = {}
+    kinds: list[str] = []
+    declared: list[tuple[str, str]] = []
     related: set[tuple[int, int]] = set()
     for m in models:
         i = at.get(m["id"])
@@ -155,9 +157,11 @@ def relation_distances(ids: Sequence[str], D: np.ndarray, models: Sequence[Mappi
             j = at.get(b)
             if i is None or j is None:
                 continue
-            out.setdefault(m.get("base_model_relation") or "declared (no kind)", []).append(float(D[i, j]))
+            kinds.append(m.get("base_model_relation") or "declared (no kind)")
+            declared.append((m["id"], b))
             related |= {(i, j), (j, i)}
     n = len(ids)
+    pairs: list[tuple[int, int]] = []
     if n > 1:
         rng = np.random.default_rng(seed)
         a = rng.integers(0, n, 4 * max_unrelated)
@@ -165,7 +169,11 @@ def relation_distances(ids: Sequence[str], D: np.ndarray, models: Sequence[Mappi
         pairs = [(int(x), int(y)) for x, y in zip(a, b) if x != y and (x, y) not in related]
         if n * (n - 1) <= 2 * max_unrelated:  # small: every pair, once
             pairs = [(x, y) for x in range(n) for y in range(x + 1, n) if (x, y) not in related]
-        vals = [float(D[x, y]) for x, y in pairs[:max_unrelated]]
-        if vals:
-            out["no declared relation"] = vals
+        pairs = pairs[:max_unrelated]
+    values = [float(v) for v in pair_distances(declared + [(ids[x], ids[y]) for x, y in pairs])]
+    out: dict[str, list[float]] = {}
+    for kind, v in zip(kinds, values):
+        out.setdefault(kind, []).append(v)
+    if pairs:
+        out["no declared relation"] = values[len(declared):]
     return out
