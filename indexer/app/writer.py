@@ -146,7 +146,7 @@ class IndexWriter:
         others = list(self.index.ids)
         with self.estimator.index_lock:  # a background refit reads the index (sparse mode)
             result = self.index.insert(model.id, probe.alleles.counts)
-        if result.rows is not None:  # sparse mode: the k nearest only
+        if result.rows is not None:  # sparse mode: its k nearest and the lists it entered
             others = [others[j] for j in result.rows.tolist()]
         sim = np.asarray(result.similarity)
         dist = result.distance

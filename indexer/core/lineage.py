@@ -146,23 +146,25 @@ class MatrixRelatives:
 
 class NeighbourRelatives:
     """``Relatives`` read from a neighbour graph: each model's stored neighbours with their
-    exact distances (the sparse index keeps each model's k nearest at its insert, and the
-    later models that took it among theirs). A rank whose other model is among the stored
-    neighbours is counted there; any other query asks ``rows`` for exact rows, in blocks of
+    exact distances (the sparse index stores, per insert, the new model's k nearest and the
+    earlier models whose k nearest it entered, so each model's ``k`` nearest stored pairs are
+    its current list). A rank whose other model is among those ``k`` is counted there (None:
+    every stored pair counts); any other query asks ``rows`` for exact rows, in blocks of
     ``block`` models: ``rows(models)`` returns their distances to every model of ``ids``, in
     that order (an array of len(models) x n).
 
-    The stored neighbours stand for the row up to their farthest: a later model that came
-    that close but did not take this one among its own k nearest is not counted, so a rank
-    counted in the graph can be lower than the full row's (rarely: the graph's recall).
+    The k nearest stored stand for the row up to the k-th: a model the graph's search missed
+    (its recall, about 0.99 at k = 32) is not counted, so a rank counted there can be lower
+    than the full row's.
     """
 
     def __init__(self, ids: Sequence[str], neighbours: Mapping[str, Sequence[tuple[str, float]]],
-                 rows: Callable[[Sequence[str]], np.ndarray], *, block: int = 256, seed: int = 0):
+                 rows: Callable[[Sequence[str]], np.ndarray], *, k: int | None = None, block: int = 256,
+                 seed: int = 0):
         self.ids = list(ids)
         self._pos = {m: i for i, m in enumerate(self.ids)}
-        self._stored = {m: sorted(((float(d), o) for o, d in neighbours.get(m, ()) if o != m and o in self._pos))
-                        for m in self.ids}
+        self._stored = {m: sorted(((float(d), o) for o, d in neighbours.get(m, ()) if o != m and o in self._pos)
+                                  )[:k] for m in self.ids}
         self._rows = rows
         self._block = block
         self._seed = seed

@@ -19,7 +19,8 @@ gene's alleles, and each of them is shown by a large share of all models, so its
 lists cover nearly every model and scoring them is the full sparse product again.
 
 A new model is also offered to the lists of all its re-scored candidates (it replaces their
-k-th neighbour when closer), so the lists of earlier models follow the index as it grows;
+k-th neighbour when closer; ``entered`` names them after each insert), so the lists of
+earlier models follow the index as it grows;
 with the ``exact`` backend every list is exactly the k nearest, by construction. The exact full row stays
 available on demand (``exact_row``), but is not stored. Memory: O(n k) for the lists, plus
 O(n x buckets x genes) float32 for the sketches and O(n M) for the HNSW graph.
@@ -130,6 +131,8 @@ class NeighbourGraph:
         closer = d < self._dist[cand, -1]  # the new model displaces these candidates' k-th
         for j, dj in zip(cand[closer].tolist(), d[closer].tolist()):
             self._offer(j, row, dj)
+        # the earlier models whose lists it entered, for a store of the graph to keep them too
+        self.entered = Neighbours(cand[closer], np.exp(-d[closer]), d[closer])
         if self.backend == "hnsw":
             self._ann_add(row, cols, vals)
         return found

@@ -45,7 +45,7 @@ class InsertResult:
     nni_moves: int
     rebuilt: bool
     timings_ms: dict[str, float] = field(default_factory=dict)  # distance, placement, nni, rebuild
-    rows: np.ndarray | None = None  # sparse mode: the rows similarity/distance refer to (k nearest)
+    rows: np.ndarray | None = None  # sparse mode: the rows similarity/distance refer to (see below)
 
     @property
     def insert_ms(self) -> float:
@@ -166,9 +166,15 @@ class PhyloIndex:
         upd = self.incremental.insert(model_id, found.rows, found.distance)
         ids = self.ids
         near = found.rows[: self.n_neighbours].tolist()
-        return InsertResult(model_id, found.similarity, found.distance, [ids[j] for j in near],
+        # its k nearest, then the earlier models whose k nearest it entered (beyond its own):
+        # every pair of the graph, so that a store of them holds each model's current list
+        entered = self.graph.entered
+        more = ~np.isin(entered.rows, found.rows)
+        return InsertResult(model_id, np.concatenate([found.similarity, entered.similarity[more]]),
+                            np.concatenate([found.distance, entered.distance[more]]), [ids[j] for j in near],
                             found.distance[: len(near)].tolist(), upd.placement, upd.sister, upd.nni_moves,
-                            upd.rebuilt, {"distance": distance_ms, **upd.timings_ms}, rows=found.rows)
+                            upd.rebuilt, {"distance": distance_ms, **upd.timings_ms},
+                            rows=np.concatenate([found.rows, entered.rows[more]]))
 
     def rebuild(self) -> Tree:
         """Replace the tree by a neighbour-joining tree of the current matrix."""

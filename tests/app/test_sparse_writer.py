@@ -52,8 +52,10 @@ def test_each_insert_stores_its_k_nearest_and_a_whole_tree_every_tree_every(eco,
     n = 40
     writer = _index_all(tmp_path / "c.duckdb", eco, n)
     con = writer.catalog.con
-    # k pairs per model, not n: the i-th insert adds min(i, K) pairs, each pair stored once
-    assert con.execute("select count(*) from distance_pairs").fetchone()[0] == sum(min(i, K) for i in range(n))
+    # O(k) pairs per model, not n: the i-th insert adds its min(i, K) nearest and the earlier
+    # models whose K nearest it entered; each pair is stored once
+    stored = con.execute("select count(*) from distance_pairs").fetchone()[0]
+    assert sum(min(i, K) for i in range(n)) < stored <= 2 * sum(min(i, K) for i in range(n)) < n * (n - 1) // 2
     per_model = dict(con.execute("""select m, count(*) from (select model_b as m from distance_pairs
                                      union all select model_a from distance_pairs) group by m""").fetchall())
     assert max(per_model.values()) > K  # a model is also listed by later models' k nearest
@@ -62,15 +64,18 @@ def test_each_insert_stores_its_k_nearest_and_a_whole_tree_every_tree_every(eco,
     at = {m: i for i, m in enumerate(ids)}
     for a, b, dist in con.execute("select model_a, model_b, distance from distance_pairs").fetchall():
         assert dist == pytest.approx(d[at[a], at[b]], abs=1e-12)
-    # ... and they are each model's K nearest among the models indexed before it
+    # ... the nearest of them to the earlier models are each model's K nearest among the models
+    # indexed before it, and the nearest K of all are its K nearest now (the graph's lists)
     order = {m: i for i, m in enumerate(eco.ids)}
     for j in range(K + 1, n):
         m = eco.ids[j]
         want = sorted(d[at[m], at[x]] for x in eco.ids[:j])[:K]
         pairs = con.execute("select model_a, model_b, distance from distance_pairs where model_a = ? or model_b = ?",
                             [m, m]).fetchall()
-        got_earlier = sorted(dist for a, b, dist in pairs if order[b if a == m else a] < j)
+        got_earlier = sorted(dist for a, b, dist in pairs if order[b if a == m else a] < j)[:K]
         assert got_earlier == pytest.approx(want, abs=1e-12)
+        now = sorted(d[at[m], at[x]] for x in eco.ids[:n] if x != m)[:K]
+        assert sorted(dist for _, _, dist in pairs)[:K] == pytest.approx(now, abs=1e-12)
     # whole trees: at least one every TREE_EVERY snapshots, placement records between
     rows = con.execute("select newick is null, stats from tree_snapshots order by snapshot_id").fetchall()
     assert len(rows) == n
@@ -108,10 +113,15 @@ def test_a_restart_reinserts_after_the_newest_whole_tree_with_the_same_lists(eco
     assert {m: [x for x, _ in v] for m, v in after.items()} == {m: [x for x, _ in v] for m, v in before.items()}
     for m, near in after.items():  # the same products, summed in another order
         assert [x for _, x in near] == pytest.approx([x for _, x in before[m]], abs=1e-12)
-    # it goes on where it stopped: the next insert is one more model, K more pairs
+    # it goes on where it stopped: the next insert is one more model, with its K nearest and
+    # the lists it entered (the same lists as before the restart: each pair not stored yet)
+    count = "select count(*) from distance_pairs"
+    stored = again.catalog.con.execute(count).fetchone()[0]
     assert again.apply(simulated_outcome(again, eco, n)).n_models == n + 1
-    assert again.catalog.con.execute("select count(*) from distance_pairs").fetchone()[0] == \
-        sum(min(i, K) for i in range(n + 1))
+    new = eco.ids[n]
+    entered = [m for m in again.index.ids if m != new and new in {x for x, _ in again.index.nearest(m, K)}]
+    assert again.catalog.con.execute(count).fetchone()[0] == \
+        stored + len({x for x, _ in again.index.nearest(new, K)} | set(entered))
     again.close()
 
 

@@ -11,7 +11,7 @@ stored where it can, and computes the rest from the alleles of just the models a
 * ``rows(models)``: exact full rows, one sparse product each, O(n); the alleles of every
   model are loaded once for them (or the writer's own in-memory ``AlleleIndex`` is used);
 * ``relatives()``: the lineage check's ``Relatives``: the matrix, or the neighbour graph
-  with exact rows on demand (``indexer.core.lineage.NeighbourRelatives``).
+  (each model's k nearest stored pairs) with exact rows on demand (``indexer.core.lineage.NeighbourRelatives``).
 
 All the SQL is the catalog's named queries (``queries.CatalogQueries``).
 """
@@ -104,4 +104,4 @@ class DistanceView:
         """What the lineage check reads (``indexer.core.lineage``)."""
         if not self.sparse:
             return MatrixRelatives(self._D, self.ids)
-        return NeighbourRelatives(self.ids, self.neighbours(), self.rows)
+        return NeighbourRelatives(self.ids, self.neighbours(), self.rows, k=self._q.index_layout().k)
