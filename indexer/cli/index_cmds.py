@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         exact: Annotated[bool, typer.Option(
             "--exact", help="Compute the model's full row now from the stored alleles (one sparse product) "
                             "instead of reading `distances`: a sparse index stores each model's k nearest "
-                            "at its insert, and a model indexed later is there only if it listed this one.")] = False,
+                            "as the candidate search finds them (about 0.99 recall), not its whole row.")] = False,
         json: JsonOpt = False,
     ) -> None:
         """The K models nearest to MODEL_ID by PhyloLM distance (from the `distances` view, or

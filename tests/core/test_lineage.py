@@ -105,3 +105,57 @@ def test_validation():
         check_lineage(np.zeros((2, 3)), ["a/b", "c/d"], {})
     with pytest.raises(ValueError):
         check_lineage(np.zeros((2, 2)), ["a/b", "c/d"], {}, ratio=1.0)
+
+
+def _graph_world(n: int = 600, k: int = 8, seed: int = 4):
+    """Points in the plane as models: the full matrix, and each model's k nearest as the
+    graph a sparse index stores."""
+    rng = np.random.default_rng(seed)
+    p = rng.normal(size=(n, 2))
+    d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1))
+    ids = [f"m/{i:04d}" for i in range(n)]
+    masked = d + np.diag(np.full(n, np.inf))
+    graph = {ids[i]: [(ids[j], float(d[i, j])) for j in np.argsort(masked[i])[:k]] for i in range(n)}
+    pos = {m: i for i, m in enumerate(ids)}
+    asked: list[int] = []
+
+    def rows(models, among):
+        asked.append(len(among))
+        return d[np.ix_([pos[m] for m in models], [pos[m] for m in among])]
+
+    return ids, d, graph, rows, asked
+
+
+def test_neighbour_graph_ranks_equal_the_matrix_within_k_and_on_exact_rows():
+    from indexer.core.lineage import MatrixRelatives, NeighbourRelatives
+
+    ids, d, graph, rows, asked = _graph_world()
+    rng = np.random.default_rng(1)
+    queries = [(ids[a], ids[b], frozenset(ids[c] for c in rng.integers(0, len(ids), 3)))
+               for a, b in rng.integers(0, len(ids), (300, 2)) if a != b]
+    queries += [(m, o, frozenset()) for m in ids[:50] for o, _ in graph[m]]  # inside the graph
+    graph_rel = NeighbourRelatives(ids, graph, rows, k=8)
+    assert graph_rel.ranks(queries) == MatrixRelatives(d, ids).ranks(queries)
+    assert set(asked) == {len(ids)}  # the queries outside the graph read exact rows
+    assert all(graph_rel.nearest(m) == MatrixRelatives(d, ids).nearest(m) for m in ids)
+
+
+def test_past_the_sample_size_ranks_outside_the_graph_are_estimated_within_their_error():
+    from indexer.core.lineage import MatrixRelatives, NeighbourRelatives
+
+    ids, d, graph, rows, asked = _graph_world()
+    sample = 150
+    rel = NeighbourRelatives(ids, graph, rows, k=8, sample=sample, seed=2)
+    rng = np.random.default_rng(3)
+    queries = [(ids[a], ids[b], frozenset()) for a, b in rng.integers(0, len(ids), (400, 2)) if a != b]
+    queries = [q for q in queries if q[1] not in {o for o, _ in graph[q[0]]}]
+    got, want = rel.ranks(queries), MatrixRelatives(d, ids).ranks(queries)
+    assert max(asked) <= sample + 256  # the sample and the batch's other models, never every model
+    n = len(ids) - 1
+    errors = []
+    for (dg, rg, s), (dw, rw, _) in zip(got, want):
+        assert dg == dw and s == sample and rg > 8  # exact distance; beyond the graph's k
+        p = (rw - 1) / n
+        errors.append(abs(rg - rw) / n / max(np.sqrt(p * (1 - p) / sample), 1 / sample))
+    # each estimate within 4.5 standard errors of its share (normal tails: 1 in 150,000 beyond)
+    assert max(errors) < 4.5 and np.mean(errors) < 1.2

@@ -8,8 +8,9 @@ stored where it can, and computes the rest from the alleles of just the models a
 * ``among(ids)``: the matrix of a few models (the scored ones): O(their alleles + len(ids)^2);
 * ``pairs(pairs)``: the stored distance of a pair in the neighbour graph, else computed from
   the two models' alleles;
-* ``rows(models)``: exact full rows, one sparse product each, O(n); the alleles of every
-  model are loaded once for them (or the writer's own in-memory ``AlleleIndex`` is used);
+* ``rows(models, among)``: exact distances from some models to others (None: to every
+  model, full rows, O(n) each); only their alleles are loaded (or the writer's own
+  in-memory ``AlleleIndex`` is used);
 * ``relatives()``: the lineage check's ``Relatives``: the matrix, or the neighbour graph
   (each model's k nearest stored pairs) with exact rows on demand (``indexer.core.lineage.NeighbourRelatives``).
 
@@ -84,15 +85,20 @@ class DistanceView:
             out[todo] = distance_from_similarity(np.clip(sim, 0.0, 1.0))
         return out
 
-    def rows(self, models: Sequence[str]) -> np.ndarray:
-        """Exact rows: each model's distance to every model of ``ids`` (len(models) x n)."""
+    def rows(self, models: Sequence[str], among: Sequence[str] | None = None) -> np.ndarray:
+        """Exact distances from each of ``models`` to each of ``among`` (None: every model of
+        ``ids``): len(models) x len(among), one sparse product a row."""
+        among = self.ids if among is None else among
         if not self.sparse:
-            return self._D[[self._pos[m] for m in models]]
-        if self._alleles is None:
-            self._alleles = self._q.allele_index(self.genome_hash)
+            return self._D[np.ix_([self._pos[m] for m in models], [self._pos[m] for m in among])]
         index = self._alleles
-        cols = np.array([index.row_of(m) for m in self.ids], dtype=np.int64)
-        return index.distance_block(np.array([index.row_of(m) for m in models], dtype=np.int64), cols)
+        if index is None:
+            if among is self.ids:  # every model's alleles: loaded once, kept for the next rows
+                index = self._alleles = self._q.allele_index(self.genome_hash)
+            else:
+                index = self._q.allele_index(self.genome_hash, sorted({*models, *among}))
+        return index.distance_block(np.array([index.row_of(m) for m in models], dtype=np.int64),
+                                    np.array([index.row_of(m) for m in among], dtype=np.int64))
 
     def neighbours(self) -> dict[str, list[tuple[str, float]]]:
         """Each model's stored pairs (the neighbour graph of a sparse index), read once."""

@@ -41,7 +41,8 @@ _ESTIMATES_SQL = ("select model_id, benchmark, estimate, low, high, method, snap
 
 class IndexLayout(NamedTuple):
     """How a catalog's index is kept: ``mode`` exact (``distances`` holds every pair) or
-    sparse (each model's ``k`` nearest at its insert), and the probes it is built from."""
+    sparse (each model's ``k`` nearest, kept as later models enter them), and the probes it
+    is built from."""
 
     mode: str
     k: int | None = None
@@ -368,7 +369,8 @@ class CatalogQueries:
 
     def nearest_exact(self, model_id: str, k: int, genome_hash: str) -> list[tuple[str, float, float]]:
         """``nearest`` computed from the alleles (``exact_distances``: one full row), not read
-        from ``distances``, which in a sparse index holds each model's k nearest at its insert."""
+        from ``distances``, which in a sparse index holds each model's k nearest as found by
+        the candidate search."""
         from indexer.core.distance import nearest_k
 
         ids, _, d = self.exact_distances(genome_hash, [model_id])
