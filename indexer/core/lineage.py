@@ -42,7 +42,7 @@ summed over the bases: at most O(n^2), for one long chain of declarations).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -62,7 +62,7 @@ class LineageFinding:
     detail: str
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}  # flat: no asdict deep copy
 
 
 def check_lineage(D: np.ndarray, ids: Sequence[str], declared: Mapping[str, Sequence[str]],

@@ -93,10 +93,11 @@ class DistanceView:
             return self._D[np.ix_([self._pos[m] for m in models], [self._pos[m] for m in among])]
         index = self._alleles
         if index is None:
-            if among is self.ids:  # every model's alleles: loaded once, kept for the next rows
+            wanted = sorted({*models, *among})
+            if 2 * len(wanted) > len(self.ids):  # most models: all of them, loaded once and kept
                 index = self._alleles = self._q.allele_index(self.genome_hash)
             else:
-                index = self._q.allele_index(self.genome_hash, sorted({*models, *among}))
+                index = self._q.allele_index(self.genome_hash, wanted)
         return index.distance_block(np.array([index.row_of(m) for m in models], dtype=np.int64),
                                     np.array([index.row_of(m) for m in among], dtype=np.int64))
 
