@@ -209,10 +209,7 @@ class IndexWriter:
     def _advance_watermark(self, model: ModelRecord) -> None:
         if model.created_at is None:
             return
-        current = self.catalog.get_meta("watermark")
-        stamp = model.created_at.astimezone(timezone.utc).isoformat()
-        if current is None or stamp > current:
-            self.catalog.set_meta("watermark", stamp)
+        self.catalog.raise_meta("watermark", model.created_at.astimezone(timezone.utc).isoformat())
 
     def publish(self) -> None:
         """Refresh the read-only snapshot and, if configured, the publish folder. A sparse

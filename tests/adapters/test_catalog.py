@@ -328,3 +328,45 @@ def test_failed_attempts_count_per_revision(tmp_path):
         cat.upsert_models([ModelRecord(id="a/b", revision="r2", status=ModelStatus.failed, reason="boom")])
         assert cat.con.execute("select attempts from models").fetchall() == [(1,)]  # a new revision starts over
         assert done() == 0
+
+
+def test_a_few_models_upserted_by_key_equal_a_batch(tmp_path):
+    """``upsert_models`` takes a few models one by one (the writer's path) and more in one
+    batch (a listing's): the same records give the same rows either way, attempts and kept
+    weight hashes included."""
+    from indexer.adapters.catalog.store import ROW_UPSERT_MAX
+
+    t0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    steps = [
+        [ModelRecord(id=f"o/m{i:02d}", revision="r1", created_at=t0, author="o", base_models=["o/base"],
+                     base_model_relation="finetune", size_bytes=10 * i, downloads=i, likes=1, priority=0.5,
+                     weight_hashes=["h1", "h2"] if i % 2 else [], status=ModelStatus.discovered)
+         for i in range(ROW_UPSERT_MAX + 4)],
+        # a failure of the same revision (one attempt; hashes kept though the record lacks them),
+        # and a new revision of another (attempts start over, hashes dropped)
+        [ModelRecord(id="o/m01", revision="r1", status=ModelStatus.failed, reason="boom"),
+         ModelRecord(id="o/m03", revision="r2", status=ModelStatus.failed, reason="boom")],
+        [ModelRecord(id="o/m01", revision="r1", status=ModelStatus.failed, reason="again"),
+         ModelRecord(id="o/m05", revision="r1", status=ModelStatus.indexed, gguf_file="x.gguf", copy_of="o/m02")],
+    ]
+    tables = []
+    for how in ("rows", "batch"):
+        with Catalog(tmp_path / f"{how}.duckdb", create=True) as cat:
+            for records in steps:
+                if how == "rows":
+                    for r in records:
+                        cat.upsert_models([r])
+                else:  # padded past ROW_UPSERT_MAX with untouched records: one batch statement
+                    pad = [ModelRecord(id=f"z/pad{j:02d}", status=ModelStatus.discovered)
+                           for j in range(ROW_UPSERT_MAX + 1)]
+                    cat.upsert_models(records + pad)
+            tables.append(cat.con.execute(
+                "select * exclude (updated_at) from models where id not like 'z/%' order by id").fetchall())
+    assert tables[0] == tables[1]
+    by_id = {r[0]: r for r in tables[0]}
+    cols = ["id", "revision", "created_at", "author", "base_models", "base_model_relation", "license",
+            "pipeline_tag", "size_bytes", "status", "reason", "attempts"]
+    m01, m03 = dict(zip(cols, by_id["o/m01"])), dict(zip(cols, by_id["o/m03"]))
+    assert (m01["attempts"], m01["status"], m01["reason"]) == (2, "failed", "again")
+    assert (m03["attempts"], m03["revision"]) == (1, "r2")
+    assert by_id["o/m01"][-4] == ["h1", "h2"] and by_id["o/m03"][-4] is None  # weight_hashes
