@@ -4,8 +4,9 @@
 A sparse catalog's full matrix is O(n^2) (80 GB at 100,000 models), so the export must not
 ask for it: the lineage check runs on the neighbour graph (exact rows only for a declared
 base outside its child's neighbours), the plots on the pairs they show, the held-out check
-on the scored models. Its findings are checked against the dense check on the full matrix
-computed here from the same alleles.
+on the scored models; `phylolm estimate` fits on a bounded reference set. The findings and
+the estimates are checked against the dense path on the full matrix computed here from the
+same alleles.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import pytest
 
 from indexer.adapters.catalog import open_read_only
 from indexer.adapters.catalog.queries import CatalogQueries
-from indexer.adapters.publish import export
+from indexer.adapters.publish import estimates_from_catalog, export
 from indexer.app.job import JobConfig, ProbeOutcome
 from indexer.app.writer import IndexWriter
 from indexer.core.distance import AlleleIndex
 from indexer.core.lineage import check_lineage
+from indexer.core.predict import estimate_scores
 from indexer.core.simulate import simulate_probes
 from schemas.records import ProbeParams, Score
 from tests.helpers.outcomes import simulated_outcome
@@ -48,7 +50,7 @@ def _key(f: dict) -> tuple:
     return f["kind"], f["model_id"], f["other_id"]
 
 
-def test_a_sparse_export_reads_no_full_matrix_and_its_lineage_matches_the_dense_check(tmp_path, monkeypatch):
+def test_a_sparse_export_reads_no_full_matrix_and_matches_the_dense_path(tmp_path, monkeypatch):
     eco = simulate_probes(N, seed=11, n_genes=24, n_samples=16)
     index = AlleleIndex(n_samples=eco.n_samples, values=False)
     for i in sorted(range(N), key=lambda i: eco.ids[i]):
@@ -96,6 +98,15 @@ def test_a_sparse_export_reads_no_full_matrix_and_its_lineage_matches_the_dense_
     # the same from the catalog alone (`phylolm export`: the alleles loaded, not the writer's)
     with open_read_only(path) as reader:
         again = export(reader, tmp_path / "pub2")
+        # `phylolm estimate`: the reference fit's estimates; below max_anchors models every
+        # model is an anchor, so they are the dense path's on the full matrix
+        estimates = {(e.model_id, e.benchmark): e for e in estimates_from_catalog(reader)}
+        dense = estimate_scores(d, ids, reader.mean_scores(), groups=reader.cv_groups(ids))
+    assert set(estimates) == {(e.model_id, e.benchmark) for e in dense} == {(m, "arc") for m in ids
+                                                                            if m not in set(scored)}
+    for e in dense:
+        got_e = estimates[(e.model_id, e.benchmark)]
+        assert (got_e.estimate, got_e.low, got_e.high) == pytest.approx((e.estimate, e.low, e.high), abs=1e-6)
     alone = pq.read_table(again["lineage.parquet"]).to_pylist()
     assert [(_key(f), f["rank"], f["nearest_id"]) for f in alone] == [(_key(f), f["rank"], f["nearest_id"])
                                                                         for f in got]

@@ -273,7 +273,6 @@ class CatalogView(Protocol):
     def explorer_models(self) -> list[dict]: ...
     def scores_table(self): ...
     def nearest_by_model(self, k: int, genome_hash: str | None = None) -> dict[str, list[tuple[str, float]]]: ...
-    def complete_matrix(self) -> tuple[int | None, list[str], np.ndarray]: ...
     def distance_view(self, alleles=None): ...
     def mean_scores(self) -> dict[tuple[str, str], float]: ...
     def cv_groups(self, ids: Sequence[str]) -> dict[str, str]: ...
@@ -469,9 +468,29 @@ def estimates_from_catalog(catalog: CatalogView, *, method: str | None = None, c
 
     The estimates name the newest tree snapshot. Models whose row of the matrix is
     incomplete are left out (they are not yet fully indexed). See ``estimate_records``.
+    A sparse index has no whole matrix: there the estimates are those of the writer's refit
+    (``indexer.core.predict.refresh``: a fit on a bounded reference set, each model estimated
+    from its distances to that set, O(n x reference) distances in all), not O(n^2).
     """
-    snapshot, ids, d = catalog.complete_matrix()
-    return estimate_records(catalog, ids, d, snapshot, method=method, changed=changed, cache=cache)
+    view = catalog.distance_view()
+    if view.sparse:
+        return _estimates_on_reference(catalog, view, method)
+    ids, d = view.among(view.ids)
+    return estimate_records(catalog, ids, d, view.snapshot, method=method, changed=changed, cache=cache)
+
+
+def _estimates_on_reference(catalog: CatalogView, view, method: str | None) -> list:
+    from indexer.core.predict import DEFAULT_METHOD
+    from indexer.core.predict.refresh import estimate_all, fit_reference
+    from schemas.records import Estimate
+
+    scores = catalog.mean_scores()
+    if not scores or len(view) < 2:
+        return []
+    fit = fit_reference(view.ids, scores, view.rows, method or DEFAULT_METHOD, catalog.cv_groups(view.ids))
+    return [Estimate(model_id=e.model_id, benchmark=e.benchmark, estimate=e.estimate, low=e.low, high=e.high,
+                     method=e.method, snapshot=view.snapshot)
+            for e in estimate_all(fit, view.ids, view.rows, scores)]
 
 
 def estimate_records(catalog: CatalogView, ids: Sequence[str], distances: np.ndarray, snapshot: int | None, *,
