@@ -162,6 +162,52 @@ class AlleleIndex:
         self._data = np.empty(1024, dtype=np.float64) if values else None
         self._nnz = 0
 
+    @classmethod
+    def from_arrays(cls, ids: Sequence[str], lengths: np.ndarray, genes: np.ndarray, alleles: np.ndarray,
+                    names: Sequence[str], counts: np.ndarray, *, n_genes: int, n_samples: int,
+                    values: bool = True) -> "AlleleIndex":
+        """An index of many models at once, from flat arrays (a catalog's alleles, loaded in
+        bulk): model ``ids[i]`` owns the next ``lengths[i]`` entries of ``genes``, ``alleles``
+        (codes into ``names``, the allele strings) and ``counts``. The same index as adding
+        the models one by one, up to the numbering of the columns (sorted by (gene, allele
+        code) here, by first sight there: no product changes but for summation order).
+        O(entries log entries), vectorised: no Python loop over the alleles."""
+        index = cls(n_genes=n_genes, n_samples=n_samples, values=values)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        genes, alleles = np.asarray(genes, dtype=np.int64), np.asarray(alleles, dtype=np.int64)
+        raw = np.asarray(counts, dtype=np.int64)
+        n, total = len(ids), int(lengths.sum()) if len(lengths) else 0
+        if lengths.shape != (n,) or genes.shape != (total,) or alleles.shape != (total,) or raw.shape != (total,):
+            raise ValueError("need one length per model and one gene, allele and count per entry")
+        if len(set(ids)) != n:
+            raise ValueError("model ids must be distinct")
+        if n and lengths.min() < 1:
+            raise ValueError("a model with no alleles cannot be compared")
+        if total and (genes.min() < 0 or genes.max() >= n_genes):
+            raise ValueError(f"gene numbers must lie in [0, {n_genes})")
+        if total and (raw.min() < 1 or raw.max() > MAX_COUNT):
+            raise ValueError(f"allele counts must be whole numbers from 1 to {MAX_COUNT}")
+        key = genes * max(len(names), 1) + alleles
+        uniq, cols = np.unique(key, return_inverse=True)
+        index._keys = [(int(k // max(len(names), 1)), names[int(k % max(len(names), 1))]) for k in uniq]
+        index._columns = {k: c for c, k in enumerate(index._keys)}
+        row = np.repeat(np.arange(n), lengths)
+        order = np.lexsort((cols, row))  # rows in turn, columns sorted within each
+        index._indices = cols[order].astype(np.int32)
+        index._counts = raw[order].astype(np.uint16)
+        index._indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        sq = np.add.reduceat(raw[order].astype(np.float64) ** 2, index._indptr[:-1]) if n else np.empty(0)
+        index._inv_norm = 1.0 / np.sqrt(sq)
+        if values:
+            index._data = index._counts * np.repeat(index._inv_norm, lengths)
+        index._nnz = total
+        index._ids = list(ids)
+        index._row_of = {m: i for i, m in enumerate(index._ids)}
+        # room to grow, as the buffers of an index filled one model at a time
+        index._indptr = np.resize(index._indptr, max(2 * (n + 2), 1024))
+        index._inv_norm = np.resize(index._inv_norm, max(2 * (n + 2), 1024))
+        return index
+
     # -- reading -----------------------------------------------------------------
     @property
     def ids(self) -> list[str]:

@@ -115,3 +115,30 @@ def test_nearest_k_breaks_ties_by_id():
     m = np.array([[np.inf, 1.0, 1.0], [1.0, np.inf, 2.0], [1.0, 2.0, np.inf]])
     assert nearest_k(m, 1, ["o/c", "o/b", "o/a"])[:, 0].tolist() == [2, 0, 0]  # row 0: o/a before o/b
     assert nearest_k(m, 2, ["o/c", "o/b", "o/a"]).tolist() == [[2, 1], [0, 2], [0, 1]]
+
+
+@pytest.mark.parametrize("values", [True, False])
+def test_bulk_loading_from_arrays_equals_adding_one_by_one(values):
+    rng = np.random.default_rng(11)
+    models = [random_counts(rng) for _ in range(40)]
+    ids = [f"org/m-{i:02d}" for i in range(40)]
+    one = AlleleIndex(n_samples=32, values=values)
+    for m, c in zip(ids, models):
+        one.add_unscored(m, c)
+    names = sorted({a for c in models for g in c for a in g})
+    code = {a: i for i, a in enumerate(names)}
+    genes = [g for c in models for g, per in enumerate(c) for _ in per]
+    alleles = [code[a] for c in models for per in c for a in per]
+    counts = [x for c in models for per in c for x in per.values()]
+    lengths = [sum(len(per) for per in c) for c in models]
+    bulk = AlleleIndex.from_arrays(ids, lengths, genes, alleles, names, counts, n_genes=40, n_samples=32,
+                                   values=values)
+    assert bulk.ids == ids and bulk.n_columns == one.n_columns
+    assert np.max(np.abs(bulk.distance_matrix() - one.distance_matrix())) <= 1e-12
+    # it keeps growing as an index filled one model at a time
+    extra = random_counts(rng)
+    assert np.max(np.abs(bulk.add("org/new", extra) - one.add("org/new", extra))) <= 1e-12
+    with pytest.raises(ValueError, match="counts"):
+        AlleleIndex.from_arrays(ids[:1], [1], [0], [0], names, [0], n_genes=40, n_samples=32)
+    with pytest.raises(ValueError, match="gene numbers"):
+        AlleleIndex.from_arrays(ids[:1], [1], [40], [0], names, [3], n_genes=40, n_samples=32)

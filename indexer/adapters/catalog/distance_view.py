@@ -9,8 +9,8 @@ stored where it can, and computes the rest from the alleles of just the models a
 * ``pairs(pairs)``: the stored distance of a pair in the neighbour graph, else computed from
   the two models' alleles;
 * ``rows(models, among)``: exact distances from some models to others (None: to every
-  model, full rows, O(n) each); only their alleles are loaded (or the writer's own
-  in-memory ``AlleleIndex`` is used);
+  model, full rows, O(n) each); every model's alleles are loaded once for them, in bulk (or
+  the writer's own in-memory ``AlleleIndex`` is used);
 * ``relatives()``: the lineage check's ``Relatives``: the matrix, or the neighbour graph
   (each model's k nearest stored pairs) with exact rows on demand (``indexer.core.lineage.NeighbourRelatives``).
 
@@ -91,13 +91,9 @@ class DistanceView:
         among = self.ids if among is None else among
         if not self.sparse:
             return self._D[np.ix_([self._pos[m] for m in models], [self._pos[m] for m in among])]
+        if self._alleles is None:  # asked in blocks: every model's alleles, loaded once and kept
+            self._alleles = self._q.allele_index(self.genome_hash)
         index = self._alleles
-        if index is None:
-            wanted = sorted({*models, *among})
-            if 2 * len(wanted) > len(self.ids):  # most models: all of them, loaded once and kept
-                index = self._alleles = self._q.allele_index(self.genome_hash)
-            else:
-                index = self._q.allele_index(self.genome_hash, wanted)
         return index.distance_block(np.array([index.row_of(m) for m in models], dtype=np.int64),
                                     np.array([index.row_of(m) for m in among], dtype=np.int64))
 

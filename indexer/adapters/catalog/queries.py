@@ -332,7 +332,10 @@ class CatalogQueries:
 
     def allele_index(self, genome_hash: str, of: Sequence[str] | None = None):
         """The stored alleles of the index's models (``of``: only those among them) as an
-        ``AlleleIndex``, rows in id order. O(their alleles) time and memory."""
+        ``AlleleIndex``, rows in id order: one query read as Arrow columns and built in bulk
+        (``AlleleIndex.from_arrays``), O(their alleles) time and memory."""
+        import pyarrow.compute as pc
+
         from indexer.core.distance import AlleleIndex
 
         layout = self.index_layout()
@@ -344,11 +347,27 @@ class CatalogQueries:
         if of is not None:
             wanted = set(of)
             rows = [r for r in rows if r[0] in wanted]
-        alleles = self.load_alleles([p for _, p, _ in rows], int(genome[0])) if rows else {}
-        index = AlleleIndex(n_samples=alleles[rows[0][1]].n_samples if rows else 32, values=False)
-        for m, probe, _ in sorted(rows):
-            index.add_unscored(m, alleles[probe].counts, alleles[probe].n_samples)
-        return index
+        rows = sorted(rows)
+        if not rows:
+            return AlleleIndex(n_samples=32, values=False)
+        want = pa.table({"model_id": [m for m, _, _ in rows], "probe": [p for _, p, _ in rows]})
+        self.con.register("_want", want)
+        try:
+            samples = {int(n) for (n,) in self._all(
+                "select distinct p.n_samples from probes p join _want w on p.probe_id = w.probe")}
+            table = self._arrow(
+                """select w.model_id, a.gene, a.allele, a.count from alleles a join _want w on a.probe = w.probe
+                   order by w.model_id, a.gene""")
+        finally:
+            self.con.unregister("_want")
+        if len(samples) != 1:
+            raise PhylolmError(f"the index's probes disagree on their number of samples ({sorted(samples)})")
+        lengths = dict(zip(*(c.to_pylist() for c in pc.value_counts(table["model_id"]).flatten())))
+        codes = pc.dictionary_encode(table["allele"].combine_chunks())
+        return AlleleIndex.from_arrays(
+            [m for m, _, _ in rows], np.array([lengths.get(m, 0) for m, _, _ in rows], dtype=np.int64),
+            table["gene"].to_numpy(), codes.indices.to_numpy(zero_copy_only=False), codes.dictionary.to_pylist(),
+            table["count"].to_numpy(), n_genes=int(genome[0]), n_samples=samples.pop(), values=False)
 
     def stored_neighbours(self, genome_hash: str) -> dict[str, list[tuple[str, float]]]:
         """Every model's stored pairs (the ``distances`` view, both directions): model ->
