@@ -185,11 +185,21 @@ def main() -> int:
 
         key = lambda f: (f["kind"], f["model_id"], f["other_id"])  # noqa: E731
         got, want = {key(f): f for f in lineage}, {key(f): f for f in dense}
-        same = sum(1 for k, f in got.items() if k in want and want[k]["rank"] == f["rank"])
+        both = [(f, want[k]) for k, f in got.items() if k in want]
+        sampled = [(f, w) for f, w in both if "sampled" in (f["detail"] or "")]
+        exact = [(f, w) for f, w in both if "sampled" not in (f["detail"] or "")]
         kinds: dict[str, int] = {}
         for f in lineage:
             kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
-        result["findings"] = {"graph": len(got), "dense": len(want), "same_kind_and_rank": same, "kinds": kinds}
+        # a finding's kind is part of its key: a pair in both has the same kind in both
+        result["findings"] = {
+            "graph": len(got), "dense": len(want), "same_kind": len(both), "kinds": kinds,
+            "exact_ranks": len(exact), "exact_ranks_equal": sum(1 for f, w in exact if f["rank"] == w["rank"]),
+            "sampled_ranks": len(sampled),
+            "sampled_rank_share_error_mean": (sum(abs(f["rank"] - w["rank"]) for f, w in sampled)
+                                              / max(1, len(sampled)) / max(1, args.models - 1)),
+            "sampled_rank_share_error_max": max((abs(f["rank"] - w["rank"]) / max(1, args.models - 1)
+                                                 for f, w in sampled), default=0.0)}
         result["former_over_now"] = (result["former"]["total_ms"]
                                      / (now["view_ms"] + now["lineage_ms"] + now["plots_inputs_ms"]))
         print(json.dumps(result), flush=True)
