@@ -32,11 +32,11 @@ class DistanceView:
     def __init__(self, queries, alleles=None):
         self._q = queries
         self.snapshot, _, self.genome_hash = queries.latest_snapshot()
-        self.sparse = queries.index_layout().mode == "sparse" and self.genome_hash is not None
+        self._layout = layout = queries.index_layout()
+        self.sparse = layout.mode == "sparse" and self.genome_hash is not None
         self._neighbours: dict[str, list[tuple[str, float]]] | None = None
         self._alleles = None
         if self.sparse:
-            layout = queries.index_layout()
             self.ids = sorted(m for m, _, _ in queries.indexed_probes(self.genome_hash, layout.params_hash,
                                                                        layout.backend))
             if alleles is not None and len(alleles) == len(self.ids) and all(m in alleles for m in self.ids):
@@ -107,4 +107,4 @@ class DistanceView:
         """What the lineage check reads (``indexer.core.lineage``)."""
         if not self.sparse:
             return MatrixRelatives(self._D, self.ids)
-        return NeighbourRelatives(self.ids, self.neighbours(), self.rows, k=self._q.index_layout().k)
+        return NeighbourRelatives(self.ids, self.neighbours(), self.rows, k=self._layout.k)
