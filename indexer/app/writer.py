@@ -83,8 +83,11 @@ class IndexWriter:
     def _load_index(self) -> None:
         """The in-memory index, rebuilt from the catalog, and how many inserts have passed
         since the newest full tree."""
+        from indexer.core.lineage import FarRanks
+
         self.index = _reload(self)
         self._since_tree = self.catalog.placements_since_tree(self.genome.hash)
+        self._far_ranks = FarRanks()  # the export's lineage counts, valid for this index only
 
     def _tree_record(self, result, stats: dict) -> str | None:
         """The Newick to store with an insert: the whole tree (exact mode: always; sparse
@@ -122,7 +125,7 @@ class IndexWriter:
 
     def apply(self, outcome: ProbeOutcome) -> UpdateSummary:
         model = outcome.model
-        if self.is_done(model) and (outcome.probe is None or model.id in self.index.ids):
+        if (outcome.probe is None or model.id in self.index.ids) and self.is_done(model):  # no lookup for a new leaf
             m = self.catalog.get_model(model.id)
             return UpdateSummary(model.id, "unchanged", m.reason, n_models=len(self.index.ids))
         reason = None
@@ -228,7 +231,8 @@ class IndexWriter:
             # A sparse index's exact rows (the lineage check's) come from the alleles already
             # in memory. Only this thread appends to them, so reading needs no lock.
             sparse = getattr(self.index, "mode", "exact") == "sparse"
-            export(self.catalog, self.config.publish_dir, alleles=self.index.alleles if sparse else None)
+            export(self.catalog, self.config.publish_dir, alleles=self.index.alleles if sparse else None,
+                   far_ranks=self._far_ranks if sparse else None)
 
     def close(self) -> None:
         if self._closed:

@@ -146,6 +146,44 @@ class MatrixRelatives:
         return float(np.percentile(self._D[np.triu_indices(len(self.ids), 1)], percentile))
 
 
+class FarRanks:
+    """What one lineage check leaves for the next over the same, grown, index (a streaming
+    job checks again at every publish): per far query (model, other, aside) its exact
+    distance d and how many of the reference models (``NeighbourRelatives``: every model, or
+    the fixed sample past ``sample`` + 1) are closer than d. The next check computes only
+    the distances from those queries' models to the references that entered or left the set
+    since (the new models while every model counts; the sample's rare changes after), and
+    new queries in full: O(far queries x changed references) instead of O(far queries x
+    sample). The counts equal a fresh check's (tested): the distances are exact and a count
+    only adds the entered references closer than d and removes the departed ones.
+
+    Kept in memory by its owner (the publisher keeps one per catalog); ``max_entries``
+    bounds it (past it, it starts again empty)."""
+
+    def __init__(self, max_entries: int = 1_000_000):
+        self.ids: frozenset[str] = frozenset()  # the index the entries were counted on
+        self.refs: frozenset[str] = frozenset()
+        self.entries: dict[tuple[str, str, frozenset], tuple[float, int]] = {}
+        self.max_entries = max_entries
+        self.computed = 0  # distances computed through this memo (a figure for benchmarks)
+
+    def clear(self) -> None:
+        self.ids, self.refs, self.entries = frozenset(), frozenset(), {}
+
+
+def bottom_sample(ids: Sequence[str], size: int, seed: int) -> list[str]:
+    """The ``size`` ids with the smallest keyed hash (BLAKE2b, key ``seed``): a uniform random
+    sample that a growing index keeps, a new model entering it only when its hash is among
+    the ``size`` smallest (probability size / n), so checks on a stream read nearly the same
+    sample. O(n log size)."""
+    import hashlib
+    import heapq
+
+    key = int(seed).to_bytes(8, "little", signed=True)
+    return sorted(heapq.nsmallest(size, ids, key=lambda m: hashlib.blake2b(m.encode(), key=key,
+                                                                          digest_size=8).digest()))
+
+
 class NeighbourRelatives:
     """``Relatives`` read from a neighbour graph: each model's stored neighbours with their
     exact distances (the sparse index stores, per insert, the new model's k nearest and the
@@ -158,16 +196,18 @@ class NeighbourRelatives:
     among)`` for exact distances (an array len(models) x len(among)), in blocks of ``block``
     models. Up to ``sample`` + 1 models, ``among`` is every model: the rank is exact, and it
     costs O(n) a query. Past that, ``among`` is a fixed random sample of ``sample`` models
-    (``seed``) and the query's other model: the distance is exact, and the rank is estimated
-    from the share of the sample closer than it (never below the count in the graph), O(sample)
-    a query, so the check stays O(n k + queries x sample) at any n. The estimate's standard
-    error on the rank's share of the index is sqrt(p (1 - p) / sample), 0.0096 at p = 0.25
-    and sample = 2,048 (the suspicious threshold), which the findings say.
+    (``bottom_sample``, keyed by ``seed``) and the query's other model: the distance is exact,
+    and the rank is estimated from the share of the sample closer than it (never below the
+    count in the graph), O(sample) a query, so the check stays O(n k + queries x sample) at
+    any n. The estimate's standard error on the rank's share of the index is
+    sqrt(p (1 - p) / sample), 0.0096 at p = 0.25 and sample = 2,048 (the suspicious
+    threshold), which the findings say. ``memo`` (``FarRanks``), when given, carries the far
+    queries' counts from the last check to this one.
     """
 
     def __init__(self, ids: Sequence[str], neighbours: Mapping[str, Sequence[tuple[str, float]]],
                  rows: Callable[[Sequence[str], Sequence[str]], np.ndarray], *, k: int | None = None,
-                 block: int = 256, sample: int = 2048, seed: int = 0):
+                 block: int = 256, sample: int = 2048, seed: int = 0, memo: FarRanks | None = None):
         self.ids = list(ids)
         self._pos = {m: i for i, m in enumerate(self.ids)}
         self._stored = {m: sorted(((float(d), o) for o, d in neighbours.get(m, ()) if o != m and o in self._pos)
@@ -175,9 +215,8 @@ class NeighbourRelatives:
         self._rows = rows
         self._block = block
         self._rng = np.random.default_rng(seed)
-        self._sample = None
-        if len(self.ids) > sample + 1:
-            self._sample = sorted(self._rng.choice(self.ids, size=sample, replace=False).tolist())
+        self._sample = bottom_sample(self.ids, sample, seed) if len(self.ids) > sample + 1 else None
+        self._memo = memo if memo is not None else FarRanks()
 
     def nearest(self, model: str) -> tuple[str, float]:
         stored = self._stored[model]
@@ -199,28 +238,70 @@ class NeighbourRelatives:
                 far.append(q)
                 continue
             out[q] = (d, 1 + sum(1 for x, o in stored if x < d and o not in aside), None)
-        for a in range(0, len(far), self._block):
-            batch = far[a:a + self._block]
-            models = sorted({queries[q][0] for q in batch})
-            among = self.ids if self._sample is None else sorted(set(self._sample)
-                                                                 | {queries[q][1] for q in batch})
+        counts = self._far_counts([queries[q] for q in far])
+        refs = self._memo.refs
+        for q in far:
+            model, other, aside = queries[q]
+            d, closer = counts[queries[q]]
+            if self._sample is None:
+                out[q] = (d, 1 + closer, None)
+                continue
+            skip = set(aside) | {model, other}
+            n_refs = len(refs) - sum(1 for m in skip if m in refs)
+            share = closer / n_refs if n_refs else 0.0
+            pool = len(self.ids) - 1 - len((set(aside) & self._pos.keys()) - {model})
+            in_graph = 1 + sum(1 for x, o in self._stored[model] if x < d and o not in aside)
+            out[q] = (d, max(in_graph, 1 + int(round(share * (pool - 1)))), len(self._sample))
+        return out
+
+    def _far_counts(self, queries) -> dict:
+        """(d, the references outside aside, model and other closer than d) per far query,
+        through the memo: its entries are brought to this check's references first."""
+        memo = self._memo
+        ids = frozenset(self.ids)
+        if not memo.ids <= ids or len(memo.entries) > memo.max_entries:
+            memo.clear()  # a model left the index (a rolled-back insert): start again
+        refs = frozenset(self.ids if self._sample is None else self._sample)
+        entered, left = refs - memo.refs, memo.refs - refs
+        if memo.entries and (entered or left):
+            self._update(list(memo.entries), sorted(entered), sorted(left))
+        memo.ids, memo.refs = ids, refs
+        todo = sorted({q for q in queries if q not in memo.entries})
+        among_refs = sorted(refs)
+        for a in range(0, len(todo), self._block):
+            batch = todo[a:a + self._block]
+            models = sorted({m for m, _, _ in batch})
+            among = sorted(set(among_refs) | {o for _, o, _ in batch})
             at, col = {m: r for r, m in enumerate(models)}, {m: c for c, m in enumerate(among)}
             block = self._exact(models, among)
-            for q in batch:
-                model, other, aside = queries[q]
-                d = float(block[at[model], col[other]])
-                if self._sample is None:
-                    row = block[at[model]].copy()
-                    row[[col[m] for m in (*aside, model) if m in col]] = np.inf
-                    out[q] = (d, 1 + int(np.sum(row < d)), None)
-                    continue
-                skip = set(aside) | {model, other}
-                refs = [col[m] for m in self._sample if m not in skip]
-                share = float(np.mean(block[at[model], refs] < d)) if refs else 0.0
-                pool = len(self.ids) - 1 - len((set(aside) & self._pos.keys()) - {model})
-                in_graph = 1 + sum(1 for x, o in self._stored[model] if x < d and o not in aside)
-                out[q] = (d, max(in_graph, 1 + int(round(share * (pool - 1)))), len(self._sample))
-        return out
+            memo.computed += block.size
+            ref_cols = np.array([col[m] for m in among_refs])
+            for model, other, aside in batch:
+                row = block[at[model]]
+                d = float(row[col[other]])
+                closer = int(np.sum(row[ref_cols] < d))
+                closer -= sum(1 for m in set(aside) | {model, other} if m in refs and row[col[m]] < d)
+                memo.entries[(model, other, aside)] = (d, closer)
+        return memo.entries
+
+    def _update(self, keys, entered: list[str], left: list[str]) -> None:
+        memo = self._memo
+        changed = entered + left
+        col = {m: c for c, m in enumerate(changed)}
+        sign = np.array([1] * len(entered) + [-1] * len(left))
+        for a in range(0, len(keys), self._block * 4):
+            batch = keys[a:a + self._block * 4]
+            models = sorted({m for m, _, _ in batch})
+            at = {m: r for r, m in enumerate(models)}
+            block = self._exact(models, changed)
+            memo.computed += block.size
+            for key in batch:
+                model, other, aside = key
+                d, closer = memo.entries[key]
+                row = block[at[model]]
+                delta = int(np.sum(sign[row < d]))
+                delta -= sum(int(sign[col[m]]) for m in set(aside) | {model, other} if m in col and row[col[m]] < d)
+                memo.entries[key] = (d, closer + delta)
 
     def low_distance(self, percentile: float) -> float:
         """From the exact rows of up to 8 models drawn with a fixed seed: the percentile of

@@ -71,11 +71,15 @@ def test_a_sparse_export_reads_no_full_matrix_and_matches_the_dense_path(tmp_pat
         out = simulated_outcome(writer, eco, i)
         model = out.model.model_copy(update={"base_models": declared.get(out.model.id, [])})
         assert writer.apply(ProbeOutcome(model, out.probe)).status == "indexed"
+        if i in (40, 41, 60):  # a streaming job's exports: each check carries the last one's far ranks
+            writer.publish()
     # scores for a third of the models, in two families: the held-out check reads their matrix
     scored = eco.ids[::3]
     writer.catalog.import_scores([Score(model_id=m, benchmark="arc", value=0.3 + 0.01 * i, source="test")
                                   for i, m in enumerate(scored)])
     writer.publish()
+    carried = writer._far_ranks
+    assert carried.entries and carried.refs == frozenset(ids)  # the final check carried them
     writer.close()
 
     got = pq.read_table(pub / "lineage.parquet").to_pylist()

@@ -159,3 +159,42 @@ def test_past_the_sample_size_ranks_outside_the_graph_are_estimated_within_their
         errors.append(abs(rg - rw) / n / max(np.sqrt(p * (1 - p) / sample), 1 / sample))
     # each estimate within 4.5 standard errors of its share (normal tails: 1 in 150,000 beyond)
     assert max(errors) < 4.5 and np.mean(errors) < 1.2
+
+
+def test_far_ranks_carried_between_checks_of_a_growing_index_equal_a_fresh_check():
+    """A streaming job checks at every publish with the last check's counts (``FarRanks``):
+    through exact rows, the switch to the sample and the sample's changes, and an index that
+    lost a model (a rolled-back insert), its ranks equal a fresh check's, while it computes
+    only the distances to the references that changed."""
+    from indexer.core.lineage import FarRanks, NeighbourRelatives
+
+    ids, d, _, rows, _ = _graph_world(n=600)
+    rng = np.random.default_rng(5)
+    memo, sample, k = FarRanks(), 150, 8
+    for n in (60, 100, 151, 152, 153, 240, 239, 400, 401, 600):
+        prefix = ids[:n]
+        masked = d[:n, :n] + np.diag(np.full(n, np.inf))
+        graph = {m: [(prefix[j], float(d[i, j])) for j in np.argsort(masked[i])[:k]] for i, m in enumerate(prefix)}
+        queries = [(prefix[a], prefix[b], frozenset(prefix[c] for c in rng.integers(0, n, 2)))
+                   for a, b in np.random.default_rng(n % 7).integers(0, n, (40, 2)) if a != b]
+        queries += [(prefix[i], prefix[max(i - 30, 0)], frozenset()) for i in range(31, n, 3)]  # stable claims
+        computed = memo.computed
+        carried = NeighbourRelatives(prefix, graph, rows, k=k, sample=sample, memo=memo).ranks(queries)
+        fresh_memo = FarRanks()
+        fresh = NeighbourRelatives(prefix, graph, rows, k=k, sample=sample, memo=fresh_memo).ranks(queries)
+        assert carried == fresh, n
+        if n == 401:  # one insert on: the same far queries but 40, and the same sample
+            assert memo.computed - computed < fresh_memo.computed / 3, (memo.computed - computed)
+
+
+def test_bottom_sample_is_uniform_and_kept_as_the_index_grows():
+    from indexer.core.lineage import bottom_sample
+
+    ids = [f"o/m{i:05d}" for i in range(20000)]
+    first = set(bottom_sample(ids[:10000], 500, seed=0))
+    grown = set(bottom_sample(ids, 500, seed=0))
+    assert len(first) == len(grown) == 500
+    # a model of the first half stays in the sample unless a newer one pushes it out
+    assert first >= {m for m in grown if m < ids[10000]}
+    assert 180 < len(grown - first) < 320  # about half of the grown sample is new (binomial, sd 11)
+    assert set(bottom_sample(ids, 500, seed=1)) != grown

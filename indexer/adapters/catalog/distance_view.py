@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from indexer.core.distance import distance_from_similarity
-from indexer.core.lineage import MatrixRelatives, NeighbourRelatives, Relatives
+from indexer.core.lineage import FarRanks, MatrixRelatives, NeighbourRelatives, Relatives
 
 
 class DistanceView:
@@ -103,8 +103,9 @@ class DistanceView:
             self._neighbours = self._q.stored_neighbours(self.genome_hash) if self.genome_hash else {}
         return self._neighbours
 
-    def relatives(self) -> Relatives:
-        """What the lineage check reads (``indexer.core.lineage``)."""
+    def relatives(self, far_ranks: FarRanks | None = None) -> Relatives:
+        """What the lineage check reads (``indexer.core.lineage``); ``far_ranks``: the last
+        check's far ranks on this index (a sparse index's writer keeps them between exports)."""
         if not self.sparse:
             return MatrixRelatives(self._D, self.ids)
-        return NeighbourRelatives(self.ids, self.neighbours(), self.rows, k=self._layout.k)
+        return NeighbourRelatives(self.ids, self.neighbours(), self.rows, k=self._layout.k, memo=far_ranks)

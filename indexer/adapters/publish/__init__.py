@@ -301,14 +301,17 @@ def _write_table(table, path: Path, fmt: str) -> None:
 
 def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
            lineage: Sequence[Mapping] | None = None, generated_at: datetime | None = None,
-           hub_url: str = DEFAULT_HUB_URL, heldout: Sequence[Mapping] = (), alleles=None) -> dict[str, Path]:
+           hub_url: str = DEFAULT_HUB_URL, heldout: Sequence[Mapping] = (), alleles=None,
+           far_ranks=None) -> dict[str, Path]:
     """Write the publish files into ``out_dir`` (created if needed); returns name -> path.
 
     ``catalog`` is a view of a catalog (see ``CatalogView``). ``lineage`` findings (dicts) may
     be passed in; when None they are computed from the catalog's declared base models.
     ``hub_url`` is where the explorer's cards link a model's Hub page. ``heldout``: rows of
     a held-out check (model_id, benchmark, estimate, low, high, measured), shown in both pages.
-    ``alleles``: the writer's in-memory ``AlleleIndex`` of a sparse index (see ``distance_view``).
+    ``alleles``: the writer's in-memory ``AlleleIndex`` of a sparse index (see ``distance_view``);
+    ``far_ranks``: its ``indexer.core.lineage.FarRanks``, which the lineage check updates from
+    one export to the next instead of counting the far ranks again.
 
     The distances are read through one ``catalog.distance_view``: nothing here is O(n^2) on
     a sparse index (the lineage check runs on its neighbour graph, the plots and the
@@ -338,7 +341,7 @@ def export(catalog: CatalogView, out_dir: str | Path, *, k_nearest: int = 3,
 
     view = catalog.distance_view(alleles)
     if lineage is None:
-        lineage = lineage_from_catalog(catalog, view)
+        lineage = lineage_from_catalog(catalog, view, far_ranks)
     _write_table(_lineage_table(lineage), out / "lineage.parquet", "parquet")
     written["lineage.parquet"] = out / "lineage.parquet"
 
@@ -515,11 +518,12 @@ def estimate_records(catalog: CatalogView, ids: Sequence[str], distances: np.nda
                      method=e.method, snapshot=snapshot) for e in estimates]
 
 
-def lineage_from_catalog(catalog: CatalogView, view=None) -> list[dict]:
+def lineage_from_catalog(catalog: CatalogView, view=None, far_ranks=None) -> list[dict]:
     """The lineage check on the catalog's distances and declared base models; ``view``: the
     catalog's ``distance_view`` (made when None). On a sparse index the check reads the
     neighbour graph, and an exact row only for a declared base outside its child's
-    neighbours (``indexer.core.lineage.NeighbourRelatives``)."""
+    neighbours (``indexer.core.lineage.NeighbourRelatives``; ``far_ranks``: the last check's
+    counts for those, brought up to date rather than counted again)."""
     from indexer.core.lineage import check_relatives
 
     view = view if view is not None else catalog.distance_view()
@@ -538,4 +542,4 @@ def lineage_from_catalog(catalog: CatalogView, view=None) -> list[dict]:
                 copies[m["id"]] = twin
     if len(ids) < 2:
         return []
-    return [f.as_dict() for f in check_relatives(view.relatives(), declared, created, copies=copies)]
+    return [f.as_dict() for f in check_relatives(view.relatives(far_ranks), declared, created, copies=copies)]
