@@ -19,6 +19,7 @@ from indexer.errors import PhylolmError
 
 METHODS = ("incremental", "nj")
 FORMATS = ("newick", "ascii", "json")
+NJ_MAX_DEFAULT = 20_000  # a 3 GiB matrix; NJ of it takes hours on 2 cores
 
 
 def register(app: typer.Typer) -> None:
@@ -62,9 +63,17 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Option(help="incremental (as maintained) | nj (fresh build).")] = "incremental",
         fmt: Annotated[str, typer.Option("--format", help="newick | ascii | json.")] = "newick",
         genome: Annotated[str | None, typer.Option(help="Genome hash (or prefix); default: the latest tree's.")] = None,
+        nj_max: Annotated[int, typer.Option(
+            "--nj-max", help="With --method nj on a sparse index: the most models to join. Its matrix is "
+                             "computed from the alleles (n x n x 8 bytes) and NJ is O(n^3): about a minute "
+                             "at 5,000 models here.")] = NJ_MAX_DEFAULT,
     ) -> None:
         """The index's tree: the incrementally maintained one, or a fresh neighbour-joining
-        build of the current distance matrix. Leaves are model ids."""
+        build of the current distance matrix. Leaves are model ids.
+
+        A sparse index (`index_mode = sparse`) stores each model's k nearest, not every
+        pair: there `--method nj` computes the whole matrix from the stored alleles first,
+        up to --nj-max models."""
         from indexer.adapters.catalog import open_read_only
         from indexer.core.tree import neighbor_joining, parse_newick
 
@@ -80,7 +89,8 @@ def register(app: typer.Typer) -> None:
                     raise PhylolmError("no tree in the catalog yet; index some models first")
                 t = parse_newick(row[1])
             else:
-                ids, dist = _complete(reader.distance_matrix(genome_hash))
+                ids, dist = (_sparse_matrix(reader, genome_hash, nj_max) if reader.index_layout().mode == "sparse"
+                             else _complete(reader.distance_matrix(genome_hash)))
                 if len(ids) < 2:
                     raise PhylolmError("fewer than two models have distances; nothing to join")
                 t = neighbor_joining(dist, ids)
@@ -211,6 +221,20 @@ def _pick_genome(reader, genome: str | None) -> str:
     if genome_hash is None:
         raise PhylolmError("the catalog has no distances yet; index some models first")
     return genome_hash
+
+
+def _sparse_matrix(reader, genome_hash: str, nj_max: int) -> tuple[list[str], np.ndarray]:
+    """A sparse index's whole matrix, computed from its alleles (``exact_distances``), or a
+    refusal before any of it is allocated when there are more than ``nj_max`` models."""
+    layout = reader.index_layout()
+    n = len(reader.indexed_probes(genome_hash, layout.params_hash, layout.backend))
+    if n > nj_max:
+        raise PhylolmError(
+            f"a fresh NJ of this sparse index needs all {n:,} x {n:,} distances "
+            f"({n * n * 8 / 2**30:.1f} GiB) computed from the alleles and O(n^3) time; "
+            f"pass --nj-max {n} to run it anyway, or read the maintained tree (--method incremental)")
+    ids, _, dist = reader.exact_distances(genome_hash)
+    return ids, dist
 
 
 def _complete(matrix: tuple[list[str], np.ndarray]) -> tuple[list[str], np.ndarray]:

@@ -5,6 +5,7 @@ from indexer.adapters.catalog import Catalog
 from indexer.core.phylo_index import PhyloIndex
 from indexer.core.simulate import simulate
 from indexer.core.tree import parse_newick
+from indexer.core.tree.compare import robinson_foulds
 
 
 def test_simulate_writes_a_hub_and_the_truth(cli, tmp_path):
@@ -136,6 +137,13 @@ def test_backfill_on_the_sparse_index_then_read_it(cli, tmp_path):
         assert abs(g["distance"] - w["distance"]) < 1e-9 and abs(g["similarity"] - w["similarity"]) < 1e-9
     tree = cli("tree", "--catalog", "sparse.duckdb")
     assert tree.returncode == 0 and parse_newick(tree.stdout.strip()).n_leaves == n
+    # a fresh NJ of the sparse index joins the whole matrix computed from its alleles: the
+    # same tree as NJ of the exact catalog's stored pairs (same alleles, same distances)
+    nj = {c: cli("tree", "--method", "nj", "--catalog", c) for c in ("sparse.duckdb", "exact.duckdb")}
+    assert all(r.returncode == 0 for r in nj.values()), nj["sparse.duckdb"].stderr
+    assert robinson_foulds(*(parse_newick(r.stdout.strip()) for r in nj.values())) == 0
+    refused = cli("tree", "--method", "nj", "--nj-max", "10", "--catalog", "sparse.duckdb")
+    assert refused.returncode == 2 and "--nj-max 24" in refused.stderr and "Traceback" not in refused.stderr
     layout = {r["key"]: r["value"] for r in sql("sparse.duckdb", "select key, value from meta "
                                                                  "where key like 'index_%'")}
     assert (layout["index_mode"], layout["index_k"]) == ("sparse", "4")
