@@ -1,7 +1,7 @@
 """The export folder of a sparse index: what it costs now, against the whole-matrix path it replaced.
 
     python benchmarks/bench_export.py [--models 5000] [--k 32] [--genes 128] [--samples 32]
-                                      [--scored 0.01] [--seed 0] [--out DIR]
+                                      [--scored 0.01] [--more 100] [--seed 0] [--out DIR]
 
 Streams simulated models (``simulate_probes``: real-like allele diversity, about 17 distinct
 alleles per gene at N = 32) through the real ``IndexWriter`` in the sparse mode, a quarter
@@ -18,6 +18,10 @@ Then, on that catalog, side by side:
   (``CatalogQueries.exact_distances``), the dense lineage check, the plots' pairs and the
   held-out check's block read from it. ``former_over_now`` compares the two on the same
   work (the lineage check and the plots' distances; the held-out fit is the same in both).
+
+Then ``--more`` models more stream in, and the next export's lineage check runs twice on
+the grown index: with the far ranks the last check left (``FarRanks``, as the writer keeps
+them between publishes) and fresh, the baseline (``streaming`` in the output).
 
 Prints one JSON object: times (ms), the peak memory each path allocated (tracemalloc: numpy
 buffers are counted), the findings of both checks and how many agree (kind and rank), and
@@ -73,8 +77,10 @@ def _true_relatives(eco) -> list[int | None]:
 
 
 def build(folder: Path, args):
-    """The sparse catalog: every model through ``IndexWriter.apply``; returns the writer.
-    A quarter of the models declare their true relative, a quarter a random earlier model."""
+    """The sparse catalog: every model through ``IndexWriter.apply``; returns the writer and
+    a function that applies model i (the stream goes on past ``--models`` up to ``--more``
+    later). A quarter of the models declare their true relative, a quarter a random earlier
+    model."""
     import numpy as np
 
     from indexer.app.job import JobConfig, ProbeOutcome
@@ -83,14 +89,14 @@ def build(folder: Path, args):
     from schemas.records import ProbeParams, Score
     from tests.helpers.outcomes import simulated_outcome
 
-    eco = simulate_probes(args.models, seed=args.seed, n_genes=args.genes, n_samples=args.samples)
+    eco = simulate_probes(args.models + args.more, seed=args.seed, n_genes=args.genes, n_samples=args.samples)
     relative = _true_relatives(eco)
     rng = np.random.default_rng(args.seed)
     writer = IndexWriter(JobConfig(catalog=folder / "sparse.duckdb", backend="simulated", n_genes=args.genes,
                                    params=ProbeParams(n_samples=args.samples), index_mode="sparse",
                                    index_k=args.k, tree_every=100))
-    t = time.perf_counter()
-    for i in range(args.models):
+
+    def add(i: int) -> None:
         out = simulated_outcome(writer, eco, i)
         bases: list[str] = []
         if i >= 2 and i % 4 == 0 and relative[i] is not None:
@@ -98,13 +104,17 @@ def build(folder: Path, args):
         elif i >= 2 and i % 4 == 1:
             bases = [eco.ids[int(rng.integers(0, i))]]
         writer.apply(ProbeOutcome(out.model.model_copy(update={"base_models": bases}), out.probe))
+
+    t = time.perf_counter()
+    for i in range(args.models):
+        add(i)
         if (i + 1) % max(1, args.models // 5) == 0:
             print(f"built {i + 1}/{args.models} ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
     scored = rng.choice(args.models, size=max(3, int(args.scored * args.models)), replace=False)
     writer.catalog.import_scores([Score(model_id=eco.ids[int(i)], benchmark="arc",
                                         value=float(0.3 + 0.4 * rng.random()), source="bench") for i in scored])
     writer.publish()
-    return writer
+    return writer, add
 
 
 def main() -> int:
@@ -116,6 +126,9 @@ def main() -> int:
     ap.add_argument("--scored", type=float, default=0.01,
                     help="share of models with a measured score (the held-out check's fit, the same in both "
                          "paths, grows as its cube)")
+    ap.add_argument("--more", type=int, default=100,
+                    help="models streamed in after the comparison: the next export's lineage check, "
+                         "with the last check's far ranks carried and without")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="keep the catalog and exports in this folder")
     args = ap.parse_args()
@@ -130,7 +143,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.out or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        writer = build(folder, args)
+        writer, add = build(folder, args)
         cat, alleles = writer.catalog, writer.index.alleles
         result: dict = {"models": args.models, "k": args.k, "genes": args.genes, "samples": args.samples,
                         "scored": args.scored}
@@ -202,8 +215,35 @@ def main() -> int:
                                                  for f, w in sampled), default=0.0)}
         result["former_over_now"] = (result["former"]["total_ms"]
                                      / (now["view_ms"] + now["lineage_ms"] + now["plots_inputs_ms"]))
+        if args.more:
+            result["streaming"] = _streaming(writer, add, args)
         print(json.dumps(result), flush=True)
     return 0
+
+
+def _streaming(writer, add, args) -> dict:
+    """A streaming job's next export: the check at this publish (its far ranks kept, as the
+    writer keeps them), ``--more`` inserts, then the next check with them carried, against a
+    fresh check of the same grown index (the baseline); both timed, their findings compared."""
+    from indexer.adapters.publish import lineage_from_catalog
+    from indexer.core.lineage import FarRanks
+
+    writer.reopen()
+    cat = writer.catalog
+    memo = FarRanks()
+    lineage_from_catalog(cat, cat.distance_view(writer.index.alleles), memo)
+    for i in range(args.models, args.models + args.more):
+        add(i)
+    view = cat.distance_view(writer.index.alleles)
+    before = memo.computed
+    carried, carried_ms, _ = _timed(lambda: lineage_from_catalog(cat, view, memo))
+    fresh_memo = FarRanks()
+    fresh, fresh_ms, _ = _timed(lambda: lineage_from_catalog(cat, view, fresh_memo))
+    writer.close()
+    return {"models": args.models + args.more, "more": args.more, "far_queries": len(memo.entries),
+            "carried_lineage_ms": carried_ms, "fresh_lineage_ms": fresh_ms,
+            "carried_distances": memo.computed - before, "fresh_distances": fresh_memo.computed,
+            "fresh_over_carried": fresh_ms / carried_ms, "findings_equal": carried == fresh}
 
 
 if __name__ == "__main__":
