@@ -136,7 +136,9 @@ class _CatalogWriterFn(beam.DoFn):
     so two workers of a multi-process or cluster runner never write at once; between bundles
     a worker keeps only its in-memory index, reused when no other worker wrote meanwhile
     (``IndexWriter.reopen``). Publishing (snapshot, export, report) is throttled to once per
-    ``publish_every`` seconds within a bundle and always done at its end."""
+    ``publish_every`` seconds within a bundle and always done at its end; within a bundle
+    the publish folder is refreshed only within ``export_share`` of the writer's time
+    (``IndexWriter.publish``), at its end always."""
 
     QUEUED_BATCH = 5000
 
@@ -215,7 +217,7 @@ class _CatalogWriterFn(beam.DoFn):
             summary = writer.apply(outcome)
             self._dirty = True
             if time.monotonic() - self._last_publish >= self.publish_every:
-                writer.publish()
+                writer.publish(final=False)  # the publish folder within its share of the time
                 self._last_publish = time.monotonic()
                 self._dirty = False
         except BaseException:

@@ -51,6 +51,7 @@ class JobConfig:
     index_mode: str = defaults.INDEX_MODE  # exact | sparse (indexer.app.writer)
     index_k: int = defaults.INDEX_K
     tree_every: int = defaults.TREE_EVERY
+    export_share: float = defaults.EXPORT_SHARE  # publish_dir's share of the writer's time (IndexWriter.publish)
 
     def load_genome(self) -> genome_lib.Genome:
         g = genome_lib.load(self.genome)

@@ -40,7 +40,12 @@ class Settings(BaseModel):
     temperature: float = Field(_paper("temperature"), gt=0, description="sampling temperature")
     max_tokens: int = Field(_paper("max_tokens"), ge=1, description="new tokens per sample")
     seed: int = Field(_paper("seed"), ge=0, description="sampling seed recorded with each probe")
-    publish_dir: Path | None = Field(None, description="folder refreshed after every update (export + report)")
+    publish_dir: Path | None = Field(None, description="folder of exported files (export + report): refreshed "
+                                                        "at the end of each bundle, and between at most "
+                                                        "`export_share` of the writer's time")
+    export_share: float = Field(defaults.EXPORT_SHARE, gt=0, le=1,
+                                description="the most of the writer's time that refreshing publish_dir may "
+                                            "take between bundle ends (1: after every publish)")
     cache_dir: Path = Field(defaults.CACHE_DIR, description="downloads, the zoo")
     max_weights_gb: float = Field(defaults.MAX_WEIGHTS_GB, gt=0,
                                   description="skip models whose weights exceed this (from metadata)")
@@ -163,4 +168,5 @@ def job_config(s: Settings, hub_url: str | None, **extra: Any):
                      genome=s.genome, n_genes=s.genes, params=params, cache_dir=s.cache_dir.expanduser(),
                      publish_dir=s.publish_dir.resolve() if s.publish_dir else None,
                      max_bytes=defaults.max_bytes(s.max_weights_gb), author=s.author,
-                     index_mode=s.index_mode, index_k=s.index_k, tree_every=s.tree_every, **extra)
+                     index_mode=s.index_mode, index_k=s.index_k, tree_every=s.tree_every,
+                     export_share=s.export_share, **extra)

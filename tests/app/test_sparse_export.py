@@ -119,3 +119,38 @@ def test_a_sparse_export_reads_no_full_matrix_and_matches_the_dense_path(tmp_pat
     # the held-out check ran on the scored models' exact distances: one point a scored model
     svg = (pub / "plots" / "estimated-vs-measured.svg").read_text()
     assert svg.count('class="point"') == len(scored)
+
+
+def test_the_export_folder_takes_at_most_its_share_of_the_writers_time(tmp_path):
+    """Within a run (``publish(final=False)``) the publish folder, written whole, is refreshed
+    only when the time since the last export is at least (1/share - 1) times that export's
+    length; the read-only snapshot is published every time, and a final publish always
+    exports. The two shares here make the decision independent of the machine's speed:
+    1.0 (always due) and 1e-9 (due a billion export-lengths after the last one)."""
+    import json
+
+    eco = simulate_probes(12, seed=4, n_genes=8, n_samples=8)
+
+    def run(share: float, folder):
+        pub = folder / "pub"
+        writer = IndexWriter(JobConfig(catalog=folder / "c.duckdb", backend="simulated", n_genes=8,
+                                       params=ProbeParams(n_samples=8), index_mode="sparse", index_k=4,
+                                       publish_dir=pub, export_share=share))
+        refreshed, shown = [], []
+        for i in range(12):
+            writer.apply(simulated_outcome(writer, eco, i))
+            if i >= 2:
+                refreshed.append(writer.publish(final=False))
+                shown.append(json.loads((pub / "manifest.json").read_text())["snapshot"])
+        published = writer.catalog.latest_snapshot()[0]
+        assert writer.publish(final=True)
+        final = json.loads((pub / "manifest.json").read_text())["snapshot"]
+        writer.close()
+        return refreshed, shown, published, final
+
+    refreshed, shown, published, final = run(1.0, tmp_path / "always")
+    assert all(refreshed) and len(set(shown)) == len(shown) and final == published
+    refreshed, shown, published, final = run(1e-9, tmp_path / "rare")
+    assert refreshed == [True] + [False] * 9  # the first export, then none within the run
+    assert set(shown) == {shown[0]} and shown[0] < published
+    assert final == published  # the bundle's end brings the folder up to date

@@ -253,6 +253,7 @@ def test_openai_backend_against_a_real_vllm_server(zoo_dir, reference):
 
 @needs_vllm
 @pytest.mark.vllm
+@pytest.mark.slow  # about 5 min cold on 2 CPU cores (LoRA decoding on the CPU build): run with -m vllm
 def test_vllm_serves_a_lora_adapter_on_its_base_engine(zoo_dir, tmp_path):
     """The LoRA path of the worker on the CPU build: the base's engine with enable_lora and
     max_lora_rank from the adapter's r, every gene sent with a LoRARequest. Its alleles agree
