@@ -63,7 +63,7 @@ def bench_refresh(models: int = 10_000, scored: int = 1000, max_anchors: int | N
     """
     import time
 
-    from indexer.bench.index import _one_blas_thread
+    from indexer.core.blas import one_blas_thread
     from indexer.core.predict import DEFAULT_METHOD
     from indexer.core.predict.refresh import DEFAULT_MAX_ANCHORS, fit_reference
     from indexer.core.simulate import simulate_probes
@@ -88,7 +88,7 @@ def bench_refresh(models: int = 10_000, scored: int = 1000, max_anchors: int | N
         add = lambda i: alleles.add_unscored(eco.ids[i], eco.counts(i))  # noqa: E731
     else:
         raise ValueError("index: alleles or sparse")
-    with _one_blas_thread():
+    with one_blas_thread():
         for i in range(base):
             add(i)
     index_s = time.perf_counter() - t0
@@ -118,7 +118,7 @@ def bench_refresh(models: int = 10_000, scored: int = 1000, max_anchors: int | N
     ref_s = time.perf_counter() - t0
     dist_ms, pred_ms, total_ms = [], [], []
     check = []
-    with _one_blas_thread():
+    with one_blas_thread():
         for i in range(base, models):
             add(i)
             t1 = time.perf_counter()

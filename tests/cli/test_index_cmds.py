@@ -149,3 +149,17 @@ def test_backfill_on_the_sparse_index_then_read_it(cli, tmp_path):
     assert (layout["index_mode"], layout["index_k"]) == ("sparse", "4")
     bad = cli("backfill", *job, "--catalog", "sparse.duckdb")
     assert bad.returncode == 2 and "sparse, k = 4" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_estimates_refresh_reports_its_figures(cli):
+    """`bench estimates --refresh-at N`: the sparse mode's per-insert estimate refresh on a
+    simulated index, through the real entry point (a small N: the figures are read, not timed)."""
+    r = cli("bench", "estimates", "--refresh-at", "300", "--scored", "40", "--queries", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert (res["models"], res["queries"], res["scored_models"]) == (300, 10, 40)
+    assert res["reference_models"] == 290  # every model outside the timed inserts: fewer than max_anchors
+    assert 0 < res["refresh_ms"]["median"] <= res["refresh_ms"]["max"]
+    assert res["max_abs_diff_vs_similarity_block"] < 1e-9  # the reference rows' distances are exact
+    bad = cli("bench", "estimates", "--refresh-at", "300", "--queries", "300")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
