@@ -123,15 +123,15 @@ class IndexWriter:
             newest = max((m for m in todo if m.created_at is not None), key=lambda m: m.created_at, default=None)
             if newest is not None:
                 self._advance_watermark(newest)
-        n = len(self.index.ids)
+        n = len(self.index)
         return [UpdateSummary(m.id, "unchanged" if m.id in done else m.status.value, m.reason, n_models=n)
                 for m in models]
 
     def apply(self, outcome: ProbeOutcome) -> UpdateSummary:
         model = outcome.model
-        if (outcome.probe is None or model.id in self.index.ids) and self.is_done(model):  # no lookup for a new leaf
+        if (outcome.probe is None or model.id in self.index) and self.is_done(model):  # no lookup for a new leaf
             m = self.catalog.get_model(model.id)
-            return UpdateSummary(model.id, "unchanged", m.reason, n_models=len(self.index.ids))
+            return UpdateSummary(model.id, "unchanged", m.reason, n_models=len(self.index))
         reason = None
         if outcome.probe is None and model.copy_of and model.status == ModelStatus.discovered:
             outcome, reason = self._copy(model)
@@ -140,26 +140,28 @@ class IndexWriter:
             with self.catalog.transaction():
                 self.catalog.upsert_models([model])
                 self._advance_watermark(model)
-            return UpdateSummary(model.id, model.status.value, model.reason, n_models=len(self.index.ids))
+            return UpdateSummary(model.id, model.status.value, model.reason, n_models=len(self.index))
         probe = outcome.probe
         if probe.genome_hash != self.genome.hash:
             raise PhylolmError(f"probe of {model.id} used genome {probe.genome_hash[:12]}, "
                                f"this index uses {self.genome.hash[:12]}: results are never mixed")
-        if model.id in self.index.ids:  # a new revision of an indexed model: keep the first leaf
+        if model.id in self.index:  # a new revision of an indexed model: keep the first leaf
             with self.catalog.transaction():
                 self.catalog.add_probe(probe)
                 self._advance_watermark(model)
-            return UpdateSummary(model.id, "indexed", "new revision probed; leaf kept", n_models=len(self.index.ids))
-        others = list(self.index.ids)
+            return UpdateSummary(model.id, "indexed", "new revision probed; leaf kept", n_models=len(self.index))
+        # exact mode: the new row is against every earlier model (O(n) anyway); sparse mode:
+        # the rows it names (no O(n) copy of the ids)
+        others = None if getattr(self.index, "mode", "exact") == "sparse" else self.index.ids
         with self.estimator.index_lock:  # a background refit reads the index (sparse mode)
             result = self.index.insert(model.id, probe.alleles.counts)
         if result.rows is not None:  # sparse mode: its k nearest and the lists it entered
-            others = [others[j] for j in result.rows.tolist()]
+            others = self.index.ids_at(result.rows.tolist())
         sim = np.asarray(result.similarity)
         dist = result.distance
         nearest = tuple(zip(result.neighbours, result.neighbour_distances))
         stats = {"timings_ms": dict(result.timings_ms), "rebuilt": bool(result.rebuilt),
-                 "n_leaves": len(self.index.ids)}
+                 "n_leaves": len(self.index)}
         failpoint("before_write")
         try:
             with self.catalog.transaction():
@@ -170,7 +172,7 @@ class IndexWriter:
                 newick = self._tree_record(result, stats)
                 snapshot = self.catalog.add_tree_snapshot(
                     self.genome.hash, newick, "incremental",
-                    "rebuild" if result.rebuilt else "insert", len(self.index.ids), model.id, stats)
+                    "rebuild" if result.rebuilt else "insert", len(self.index), model.id, stats)
                 self.estimator.refresh(self.catalog, self.index, snapshot,
                                        changed={model.id, *result.neighbours}, new_id=model.id)
                 self._advance_watermark(model)
@@ -184,7 +186,7 @@ class IndexWriter:
         self._since_tree = 0 if newick is not None else self._since_tree + 1
         failpoint("after_write")
         self.estimator.after_write(self.catalog, self.index, snapshot)
-        return UpdateSummary(model.id, "indexed", reason, snapshot, len(self.index.ids),
+        return UpdateSummary(model.id, "indexed", reason, snapshot, len(self.index),
                              nearest,
                              tuple(result.timings_ms.items()), bool(result.rebuilt))
 
@@ -196,7 +198,7 @@ class IndexWriter:
         rows = self.catalog.indexed_probes(self.genome.hash, self.config.params.digest(), self.config.backend,
                                            model_id=twin)
         row = rows[0][1:] if rows else None
-        if row is None or twin not in self.index.ids:
+        if row is None or twin not in self.index:
             return ProbeOutcome(_with(model.model_copy(update={"copy_of": None}), ModelStatus.failed,
                                       f"identical weights to {twin}, which has no probe in this index yet")), None
         alleles = self.catalog.load_alleles([row[0]], len(self.genome))[row[0]]
@@ -232,7 +234,7 @@ class IndexWriter:
         if self._since_tree and self.index.tree is not None:
             with self.catalog.transaction():
                 self.catalog.add_tree_snapshot(self.genome.hash, self.index.newick(), "incremental", "publish",
-                                               len(self.index.ids), None, {"n_leaves": len(self.index.ids)})
+                                               len(self.index), None, {"n_leaves": len(self.index)})
             self._since_tree = 0
         self.catalog.publish_snapshot()
         failpoint("mid_publish")

@@ -219,6 +219,10 @@ class AlleleIndex:
     def __contains__(self, model_id: str) -> bool:
         return model_id in self._row_of
 
+    def ids_at(self, rows) -> list[str]:
+        """The ids of ``rows``, without the O(n) copy ``ids`` makes (the insert path's)."""
+        return [self._ids[j] for j in rows]
+
     def row_of(self, model_id: str) -> int:
         return self._row_of[model_id]
 

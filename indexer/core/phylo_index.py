@@ -96,6 +96,12 @@ class PhyloIndex:
     def __len__(self) -> int:
         return len(self.alleles)
 
+    def __contains__(self, model_id: str) -> bool:  # O(1); ``model_id in ids`` copies and scans
+        return model_id in self.alleles
+
+    def ids_at(self, rows) -> list[str]:
+        return self.alleles.ids_at(rows)
+
     @property
     def tree(self) -> Tree | None:
         return self.incremental.tree
@@ -164,14 +170,13 @@ class PhyloIndex:
         found = self.graph.insert(model_id, counts, self.n_samples)
         distance_ms = (time.perf_counter() - t0) * 1e3
         upd = self.incremental.insert(model_id, found.rows, found.distance)
-        ids = self.ids
         near = found.rows[: self.n_neighbours].tolist()
         # its k nearest, then the earlier models whose k nearest it entered (beyond its own):
         # every pair of the graph, so that a store of them holds each model's current list
         entered = self.graph.entered
         more = ~np.isin(entered.rows, found.rows)
         return InsertResult(model_id, np.concatenate([found.similarity, entered.similarity[more]]),
-                            np.concatenate([found.distance, entered.distance[more]]), [ids[j] for j in near],
+                            np.concatenate([found.distance, entered.distance[more]]), self.ids_at(near),
                             found.distance[: len(near)].tolist(), upd.placement, upd.sister, upd.nni_moves,
                             upd.rebuilt, {"distance": distance_ms, **upd.timings_ms},
                             rows=np.concatenate([found.rows, entered.rows[more]]))

@@ -108,6 +108,17 @@ class Tree:
         out[nodes] = np.cumsum(diff[:n])
         return out
 
+    def subtree_depths(self, v: int) -> np.ndarray:
+        """Path length from ``v`` to every node of its subtree, in the order of ``subtree(v)``:
+        ``depths`` restricted to the subtree's preorder slice, O(size of the subtree)."""
+        start, size = int(self.pos[v]), int(self.size[v])
+        nodes = self.order[start:start + size]
+        lengths = self.length[nodes].copy()
+        lengths[0] = 0.0  # v's own edge lies above it
+        diff = np.bincount(np.arange(size), weights=lengths, minlength=size + 1)
+        diff -= np.bincount(self.pos[nodes] - start + self.size[nodes], weights=lengths, minlength=size + 1)
+        return np.cumsum(diff[:size])
+
     def copy(self) -> "Tree":
         t = Tree.__new__(Tree)
         t.parent, t.length = self.parent.copy(), self.length.copy()

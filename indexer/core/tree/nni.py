@@ -202,12 +202,10 @@ def _refit_lengths(tree: Tree, b: int, avg: np.ndarray, n: dict, groups: tuple, 
     node_z = next(c for c in tree.children[int(tree.parent[b])] if c != b) if n[z] else -1
     # which child of b holds which group: match by leaf counts is ambiguous, so by identity
     nodes = {x: node_x, y: node_y, z: node_z}
-    dep = tree.depths()
 
-    def height(v: int) -> float:  # mean path length from v down to its leaves
+    def height(v: int) -> float:  # mean path length from v down to its leaves, O(its subtree)
         sub = tree.subtree(v)
-        leaves = sub[is_leaf[sub]]
-        return float(dep[leaves].mean() - dep[v])
+        return float(tree.subtree_depths(v)[is_leaf[sub]].mean())
 
     def mix(g: int, h1: int, h2: int) -> float:  # average from g to the union of h1, h2
         return (n[h1] * avg[g, h1] + n[h2] * avg[g, h2]) / (n[h1] + n[h2])

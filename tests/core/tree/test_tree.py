@@ -233,3 +233,12 @@ def test_insertions_and_swaps_keep_the_layout_consistent():
     depths = t.depths()
     slow = t.copy().reindex()
     assert np.allclose(depths[slow.order], slow.depths()[slow.order])
+
+
+def test_subtree_depths_are_the_whole_trees_depths_below_each_node():
+    rng = np.random.default_rng(3)
+    t = random_tree(60, rng)
+    dep = t.depths()
+    for v in t.order.tolist():
+        sub = t.subtree(v)
+        np.testing.assert_allclose(t.subtree_depths(v), dep[sub] - dep[v], atol=1e-12)
