@@ -150,7 +150,7 @@ def test_the_lineage_checker_gives_the_verdicts_the_relations_promise(zoo_index)
     ids = zoo_index.ids
     declared = {m.id: m.declared_base for m in ZOO}
     created = {m.id: m.created_at for m in ZOO}
-    from indexer.testbed.zoo_relations import exact_copies
+    from indexer.testbed.zoo_relations import copies, exact_copies
 
     # the exact copy as the index knows it: from the Hub's hashes
     findings = check_lineage(zoo_index.distance_matrix(), ids, declared, created, copies=exact_copies())
@@ -163,8 +163,16 @@ def test_the_lineage_checker_gives_the_verdicts_the_relations_promise(zoo_index)
     assert ("undeclared", near_copy.id, near_copy.parents[0]) in kinds
     for copy, twin in exact_copies().items():  # named as a copy (not again as undeclared)
         assert ("exact_copy", copy, twin) in kinds and ("undeclared", copy, twin) not in kinds
+    # The liar is tied to its true parent by an undeclared finding, the parent or a re-upload
+    # of it (a near-copy stands for its original, as in ``zoo_relations.kin``): the Q8_0
+    # GGUF of the parent sits within the probe's noise of it (0.187 against 0.190 from the
+    # liar in one cold run, 0.183 against 0.175 in another), and the checker names the later
+    # upload of a close pair as the child, so the pair may come either way round.
     liar = next(m for m in ZOO if m.planted and m.declared_base)
-    assert ("undeclared", liar.id, liar.parents[0]) in kinds  # its true parent, named
+    parent = liar.parents[0]
+    family = {parent} | {c for c, orig in copies().items() if orig == parent}
+    tied = {(a, b) for kind, a, b in kinds if kind == "undeclared"}
+    assert any((liar.id, p) in tied or (p, liar.id) in tied for p in family), (family, sorted(tied))
 
 
 def test_gemma_hangs_on_the_longest_edge(zoo_index):
