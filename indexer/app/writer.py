@@ -51,7 +51,6 @@ class IndexWriter:
         self.estimator = _Estimator()
         self._export_seconds = 0.0  # how long the last export of publish_dir took
         self._export_ended = float("-inf")  # when it ended (time.monotonic)
-        self.exports = 0  # exports written by this writer
         self._closed = False
         self._closed_at: tuple | None = None  # the catalog's generation when closed (None: unknown)
 
@@ -150,13 +149,12 @@ class IndexWriter:
                 self.catalog.add_probe(probe)
                 self._advance_watermark(model)
             return UpdateSummary(model.id, "indexed", "new revision probed; leaf kept", n_models=len(self.index))
-        # exact mode: the new row is against every earlier model (O(n) anyway); sparse mode:
-        # the rows it names (no O(n) copy of the ids)
-        others = None if getattr(self.index, "mode", "exact") == "sparse" else self.index.ids
         with self.estimator.index_lock:  # a background refit reads the index (sparse mode)
             result = self.index.insert(model.id, probe.alleles.counts)
-        if result.rows is not None:  # sparse mode: its k nearest and the lists it entered
-            others = self.index.ids_at(result.rows.tolist())
+        # the models of the new row: sparse mode, its k nearest and the lists it entered;
+        # exact mode, every earlier model (O(n) there anyway); no copy of every id in sparse
+        others = self.index.ids_at(result.rows.tolist() if result.rows is not None
+                                   else range(len(result.similarity)))
         sim = np.asarray(result.similarity)
         dist = result.distance
         nearest = tuple(zip(result.neighbours, result.neighbour_distances))
@@ -250,7 +248,6 @@ class IndexWriter:
                far_ranks=self._far_ranks if sparse else None)
         self._export_ended = time.monotonic()
         self._export_seconds = self._export_ended - started
-        self.exports += 1
         return True
 
     def _export_due(self) -> bool:

@@ -89,7 +89,8 @@ def register(app: typer.Typer) -> None:
                     raise PhylolmError("no tree in the catalog yet; index some models first")
                 t = parse_newick(row[1])
             else:
-                ids, dist = (_sparse_matrix(reader, genome_hash, nj_max) if reader.index_layout().mode == "sparse"
+                layout = reader.index_layout()
+                ids, dist = (_sparse_matrix(reader, layout, genome_hash, nj_max) if layout.mode == "sparse"
                              else _complete(reader.distance_matrix(genome_hash)))
                 if len(ids) < 2:
                     raise PhylolmError("fewer than two models have distances; nothing to join")
@@ -223,10 +224,10 @@ def _pick_genome(reader, genome: str | None) -> str:
     return genome_hash
 
 
-def _sparse_matrix(reader, genome_hash: str, nj_max: int) -> tuple[list[str], np.ndarray]:
+def _sparse_matrix(reader, layout, genome_hash: str, nj_max: int) -> tuple[list[str], np.ndarray]:
     """A sparse index's whole matrix, computed from its alleles (``exact_distances``), or a
-    refusal before any of it is allocated when there are more than ``nj_max`` models."""
-    layout = reader.index_layout()
+    refusal before any of it is allocated when there are more than ``nj_max`` models
+    (``layout``: the catalog's ``index_layout``)."""
     n = len(reader.indexed_probes(genome_hash, layout.params_hash, layout.backend))
     if n > nj_max:
         raise PhylolmError(

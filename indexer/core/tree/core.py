@@ -96,21 +96,17 @@ class Tree:
         return [self.label[u] for u in self.subtree(v) if not self.children[u]]
 
     def depths(self) -> np.ndarray:
-        """Path length from the root to every node, in O(n) numpy: each edge length is added
-        to the preorder range of its subtree (difference array, then a prefix sum)."""
-        n = self.order.shape[0]
-        nodes = self.order
-        lengths = self.length[nodes].copy()
-        lengths[0] = 0.0  # order[0] is the root: its own length lies on no path
-        diff = np.bincount(np.arange(n), weights=lengths, minlength=n + 1)
-        diff -= np.bincount(self.pos[nodes] + self.size[nodes], weights=lengths, minlength=n + 1)
+        """Path length from the root to every node, in O(n) numpy (``subtree_depths`` of the
+        root, ``order[0]``, scattered to node ids)."""
         out = np.zeros(self.n_nodes)
-        out[nodes] = np.cumsum(diff[:n])
+        if self.order.shape[0]:
+            out[self.order] = self.subtree_depths(int(self.order[0]))
         return out
 
     def subtree_depths(self, v: int) -> np.ndarray:
-        """Path length from ``v`` to every node of its subtree, in the order of ``subtree(v)``:
-        ``depths`` restricted to the subtree's preorder slice, O(size of the subtree)."""
+        """Path length from ``v`` to every node of its subtree, in the order of ``subtree(v)``,
+        O(size of the subtree): each edge length is added to the preorder range of the
+        subtree below it (difference array, then a prefix sum)."""
         start, size = int(self.pos[v]), int(self.size[v])
         nodes = self.order[start:start + size]
         lengths = self.length[nodes].copy()
