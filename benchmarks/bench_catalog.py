@@ -2,8 +2,8 @@
 
     python benchmarks/bench_catalog.py [--models 5000] [--modes sparse,exact] [--exact-max 2000]
                                        [--publish-every 100] [--k 32] [--tree-every 100]
-                                       [--genes 128] [--samples 32] [--copy-every 1] [--seed 0]
-                                       [--out DIR]
+                                       [--genes 128] [--samples 32] [--copy-every 1]
+                                       [--memory-limit 2GB] [--seed 0] [--out DIR]
 
 Streams simulated models (``simulate_probes``: real-like allele diversity, about 17 distinct
 alleles per gene at N = 32) one at a time through ``IndexWriter.apply``, each one catalog
@@ -15,7 +15,8 @@ catalog at the same moment (every ``--copy-every``-th publish: at tens of thousa
 the copy itself takes seconds). Prints one JSON object per mode: apply latency percentiles
 (overall and per fifth of the run), publish time (and the baseline's, with the ratio), rows
 each publish wrote, apply + amortised publish per model, catalog and published bytes per
-model, the rows each table holds, and the peak RSS of the process so far. The
+model, the rows each table holds, the peak RSS of the process, and at the end of each fifth
+the RSS then and what DuckDB's buffer manager holds (``duckdb_memory()``, by tag). The
 exact mode runs only up to ``--exact-max`` models (its full rows grow with n), on the same
 models, as the baseline to read the sparse figures against. No scores are imported, so no
 estimates are fitted. Figures only: nothing is asserted.
@@ -23,6 +24,7 @@ estimates are fitted. Figures only: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -68,6 +70,22 @@ def _full_copy_ms(con, target: Path) -> float:
     return ms
 
 
+def _rss_mib() -> float:
+    """The process's resident memory now (not the peak), in MiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _duckdb_mib(con) -> dict:
+    """What DuckDB's buffer manager holds, by tag (base tables, indexes, ...), in MiB."""
+    rows = con.execute("select tag, memory_usage_bytes from duckdb_memory() where memory_usage_bytes > 0").fetchall()
+    return {tag.lower(): round(b / 2**20, 1) for tag, b in rows}
+
+
 def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -83,8 +101,12 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
     cfg = JobConfig(catalog=path, backend="simulated", n_genes=args.genes,
                     params=ProbeParams(n_samples=args.samples), index_mode=mode, index_k=args.k,
                     tree_every=args.tree_every)
+    if args.memory_limit:
+        cfg = dataclasses.replace(cfg, catalog_memory_limit=args.memory_limit)
     writer = IndexWriter(cfg)
+    memory_limit = writer.catalog.con.execute("select current_setting('memory_limit')").fetchone()[0]
     apply_ms, publish_ms, copy_ms, publish_rows, copied_at = [], [], [], [], []
+    memory_by_fifth = []  # RSS now and DuckDB's share of it, at the end of each fifth
     stretch = max(1, n // 5)
     for i in range(n):
         outcome = _outcome(writer, eco, i)  # building the records is not the writer's time
@@ -100,6 +122,8 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
                 copy_ms.append(_full_copy_ms(writer.catalog.con, folder / f"{mode}.copy.duckdb"))
                 copied_at.append(len(publish_ms) - 1)
         if (i + 1) % stretch == 0:
+            memory_by_fifth.append({"models": i + 1, "rss_mib": round(_rss_mib()), "peak_rss_mib": round(_peak_rss_mib()),
+                                    "duckdb_mib": _duckdb_mib(writer.catalog.con)})
             print(f"{mode}: {i + 1}/{n} applied, median {statistics.median(apply_ms[-stretch:]):.1f} ms "
                   f"over the last {stretch}", file=sys.stderr, flush=True)
     rows = {t: writer.catalog.con.execute(f"select count(*) from {t}").fetchone()[0]  # our own table names
@@ -127,7 +151,8 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
         "through_catalog_ms_median": statistics.median(apply_ms) + sum(publish_ms) / n,
         "catalog_bytes_per_model": size / n, "published_bytes_per_model": snap / n,
         "rows": rows, "whole_trees": trees,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "memory_by_fifth": memory_by_fifth, "memory_limit": memory_limit,
+        "peak_rss_mib": _peak_rss_mib(),
     }
 
 
@@ -143,6 +168,9 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--copy-every", type=int, default=1,
                     help="time the full-copy baseline beside every N-th publish (and the last)")
+    ap.add_argument("--memory-limit", default=None,
+                    help="DuckDB's memory_limit on the writer's connection (e.g. 1GB); "
+                         "the setting catalog_memory_limit's default if unset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="keep the catalogs in this folder")
     args = ap.parse_args()

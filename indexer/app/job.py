@@ -52,6 +52,7 @@ class JobConfig:
     index_k: int = defaults.INDEX_K
     tree_every: int = defaults.TREE_EVERY
     export_share: float = defaults.EXPORT_SHARE  # publish_dir's share of the writer's time (IndexWriter.publish)
+    catalog_memory_limit: str | None = defaults.CATALOG_MEMORY_LIMIT  # DuckDB's, on the writer's connection
 
     def load_genome(self) -> genome_lib.Genome:
         g = genome_lib.load(self.genome)

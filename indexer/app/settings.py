@@ -46,6 +46,11 @@ class Settings(BaseModel):
     export_share: float = Field(defaults.EXPORT_SHARE, gt=0, le=1,
                                 description="the most of the writer's time that refreshing publish_dir may "
                                             "take between bundle ends (1: after every publish)")
+    catalog_memory_limit: str = Field(defaults.CATALOG_MEMORY_LIMIT,
+                                      pattern=r"(?i)^\s*\d+(\.\d+)?\s*([kmgt]i?b?|bytes)\s*$",
+                                      description="the most memory DuckDB keeps for the writer's connection "
+                                                  "to the catalog (e.g. 512MB, 4GB); the operating system "
+                                                  "caches the file besides")
     cache_dir: Path = Field(defaults.CACHE_DIR, description="downloads, the zoo")
     max_weights_gb: float = Field(defaults.MAX_WEIGHTS_GB, gt=0,
                                   description="skip models whose weights exceed this (from metadata)")
@@ -169,4 +174,4 @@ def job_config(s: Settings, hub_url: str | None, **extra: Any):
                      publish_dir=s.publish_dir.resolve() if s.publish_dir else None,
                      max_bytes=defaults.max_bytes(s.max_weights_gb), author=s.author,
                      index_mode=s.index_mode, index_k=s.index_k, tree_every=s.tree_every,
-                     export_share=s.export_share, **extra)
+                     export_share=s.export_share, catalog_memory_limit=s.catalog_memory_limit, **extra)

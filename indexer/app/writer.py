@@ -57,7 +57,8 @@ class IndexWriter:
     def _connect(self):
         from indexer.adapters.catalog import Catalog
 
-        return Catalog(self.config.catalog, create=True, wait_s=WRITER_OPEN_WAIT_S)
+        return Catalog(self.config.catalog, create=True, wait_s=WRITER_OPEN_WAIT_S,
+                       memory_limit=self.config.catalog_memory_limit)
 
     def reopen(self) -> None:
         """Take the catalog back after ``close``; rebuild the in-memory state if it changed."""

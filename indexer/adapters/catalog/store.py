@@ -65,10 +65,15 @@ class Catalog(CatalogQueries):
     ``Catalog(path)`` opens an existing catalog, upgrading an older schema in place;
     ``Catalog(path, create=True)`` also creates a new one. ``con`` is the connection itself,
     for tests that inspect the schema; the application goes through the named methods.
+    ``memory_limit`` (DuckDB's, e.g. ``"1GB"``) bounds the pages the connection keeps in
+    memory; by default DuckDB lets them grow to 80 % of the machine's RAM, which a
+    long-running writer on a large catalog reaches.
     """
 
-    def __init__(self, path: str | Path, *, create: bool = False, wait_s: float = 0.0):
+    def __init__(self, path: str | Path, *, create: bool = False, wait_s: float = 0.0,
+                 memory_limit: str | None = None):
         self.path = catalog_file(path)
+        self._config = {"memory_limit": memory_limit} if memory_limit else {}
         self._depth = 0
         self.last_publish_rows = 0  # rows the last publish_snapshot wrote (its parts and merges)
         self._mean_scores: dict | None = None  # kept between inserts: only import_scores changes them
@@ -85,6 +90,8 @@ class Catalog(CatalogQueries):
                     f"only one process may write it — query the published snapshot with `phylolm sql`"
                 ) from None
             raise PhylolmError(f"cannot open catalog {self.path}: {e}") from None
+        except (duckdb.InvalidInputException, duckdb.ParserException) as e:
+            raise PhylolmError(f"catalog memory limit {memory_limit!r}: {str(e).splitlines()[0]}") from None
         except duckdb.Error as e:
             raise PhylolmError(f"{self.path} is not a DuckDB catalog ({str(e).splitlines()[0]})") from None
         self._migrate()
@@ -96,7 +103,7 @@ class Catalog(CatalogQueries):
         delay = 0.05
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                return duckdb.connect(str(self.path), config=self._config)
             except duckdb.IOException as e:
                 if not is_lock_error(e) or time.monotonic() + delay > deadline:
                     raise
