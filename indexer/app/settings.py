@@ -9,6 +9,7 @@ when used, and never stored or printed.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,6 @@ class Settings(BaseModel):
                                 description="the most of the writer's time that refreshing publish_dir may "
                                             "take between bundle ends (1: after every publish)")
     catalog_memory_limit: str = Field(defaults.CATALOG_MEMORY_LIMIT,
-                                      pattern=r"(?i)^\s*\d+(\.\d+)?\s*([kmgt]i?b?|bytes)\s*$",
                                       description="the most memory DuckDB keeps for the writer's connection "
                                                   "to the catalog (e.g. 512MB, 4GB); the operating system "
                                                   "caches the file besides")
@@ -81,6 +81,14 @@ class Settings(BaseModel):
     priority: str = Field(defaults.PRIORITY,
                           description="priority terms and weights: downloads, likes (log10), related "
                                       "(a base model is indexed), size (GB), age (days)")
+
+    @field_validator("catalog_memory_limit")
+    @classmethod
+    def _a_size(cls, v: str) -> str:
+        # DuckDB's own units; checked here so a typo is one line at start-up, not a failed open
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([kmgt]i?b?|bytes)\s*", v, re.I):
+            raise ValueError(f"{v!r} is not a size such as 512MB, 4GB or 1.5GiB")
+        return v.strip()
 
     @field_validator("priority")
     @classmethod

@@ -37,6 +37,15 @@ def test_missing_catalog_is_a_clear_error(tmp_path):
         Catalog(tmp_path / "absent.duckdb")
 
 
+def test_memory_limit_bounds_the_connection_and_a_bad_one_is_refused(tmp_path):
+    with Catalog(tmp_path / "c.duckdb", create=True, memory_limit="512MB") as cat:
+        assert cat.con.execute("select current_setting('memory_limit')").fetchone()[0] == "488.2 MiB"
+    with pytest.raises(PhylolmError, match="memory limit 'lots'"):
+        Catalog(tmp_path / "c.duckdb", memory_limit="lots")
+    with Catalog(tmp_path / "c.duckdb") as cat:  # the file is unharmed
+        assert cat.schema_version() == SCHEMA_VERSION
+
+
 def test_older_catalog_is_upgraded(tmp_path):
     path = tmp_path / "v1.duckdb"
     con = duckdb.connect(str(path))

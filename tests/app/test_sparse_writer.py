@@ -141,3 +141,19 @@ def test_a_catalog_keeps_the_mode_it_was_made_with(eco, tmp_path):
     assert con.execute("select count(*) from distance_pairs").fetchone()[0] == 10
     assert con.execute("select count(*) from tree_snapshots where newick is null").fetchone()[0] == 0
     w.close()
+
+
+def test_the_writer_connection_has_the_configured_memory_limit(eco, tmp_path):
+    """``catalog_memory_limit`` from the settings reaches the writer's DuckDB connection, and
+    a value DuckDB would refuse is refused when the settings are read."""
+    from indexer.app.settings import Settings, job_config
+
+    cfg = job_config(Settings(catalog=tmp_path / "c.duckdb", backend="simulated", catalog_memory_limit="256MB"),
+                     None)
+    writer = IndexWriter(cfg)
+    try:
+        assert writer.catalog.con.execute("select current_setting('memory_limit')").fetchone()[0] == "244.1 MiB"
+    finally:
+        writer.close()
+    with pytest.raises(ValueError, match="not a size"):
+        Settings(catalog_memory_limit="2")
