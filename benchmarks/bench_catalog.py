@@ -15,7 +15,8 @@ catalog at the same moment (every ``--copy-every``-th publish: at tens of thousa
 the copy itself takes seconds). Prints one JSON object per mode: apply latency percentiles
 (overall and per fifth of the run), publish time (and the baseline's, with the ratio), rows
 each publish wrote, apply + amortised publish per model, catalog and published bytes per
-model, the rows each table holds, the peak RSS of the process, and at the end of each fifth
+model, the rows each table holds, the peak RSS of the process (and its RSS before the
+writer opened: the simulated probes are the bench's, not the writer's), at the end of each fifth
 the RSS then and what DuckDB's buffer manager holds (``duckdb_memory()``, by tag). The
 exact mode runs only up to ``--exact-max`` models (its full rows grow with n), on the same
 models, as the baseline to read the sparse figures against. No scores are imported, so no
@@ -101,6 +102,7 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
     cfg = JobConfig(catalog=path, backend="simulated", n_genes=args.genes,
                     params=ProbeParams(n_samples=args.samples), index_mode=mode, index_k=args.k,
                     tree_every=args.tree_every)
+    rss_before = _rss_mib()  # the simulated probes, the bench's own: not the writer's memory
     if args.memory_limit:
         cfg = dataclasses.replace(cfg, catalog_memory_limit=args.memory_limit)
     writer = IndexWriter(cfg)
@@ -152,7 +154,7 @@ def run_mode(mode: str, eco, n: int, args, folder: Path) -> dict:
         "catalog_bytes_per_model": size / n, "published_bytes_per_model": snap / n,
         "rows": rows, "whole_trees": trees,
         "memory_by_fifth": memory_by_fifth, "memory_limit": memory_limit,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": _peak_rss_mib(), "rss_before_writer_mib": round(rss_before),
     }
 
 
