@@ -1,4 +1,4 @@
--- The catalog's schema, version 7. Table and column names are a contract (DESIGN section 3):
+-- The catalog's schema, version 8. Table and column names are a contract (DESIGN section 3):
 -- columns may grow, names do not change. Older catalogs are upgraded by the forward
 -- migrations in schemas/migrations.py.
 
@@ -121,6 +121,18 @@ CREATE TABLE IF NOT EXISTS tree_snapshots (
     n_leaves       INTEGER NOT NULL,
     newick         VARCHAR,  -- NULL: a placement record (sparse index: between full trees; see stats)
     stats          JSON
+);
+
+-- The tree as it stands, one row per genome, replaced (not appended) at each publish of a
+-- sparse index: readers get every indexed model in the tree without a whole Newick appended
+-- to tree_snapshots per publish (O(n) bytes each, O(n^2) over a backfill). `snapshot_id`:
+-- the newest tree_snapshots row it includes.
+CREATE TABLE IF NOT EXISTS current_tree (
+    genome_hash VARCHAR PRIMARY KEY,
+    snapshot_id INTEGER NOT NULL,
+    n_leaves    INTEGER NOT NULL,
+    newick      VARCHAR NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
 CREATE TABLE IF NOT EXISTS scores (

@@ -6,7 +6,7 @@ newer version is refused (this build does not know its tables).
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # version reached -> statements that take a catalog from (version - 1) to it.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -55,4 +55,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP TABLE alleles",
         "ALTER TABLE alleles_v7 RENAME TO alleles",
     ),
+    # v8: `current_tree`, the tree as it stands, replaced at each publish of a sparse index
+    # (before, each publish appended a whole Newick to tree_snapshots). The schema creates
+    # the table; an older catalog's newest whole tree stays readable where it is.
+    8: (),
 }

@@ -31,7 +31,11 @@ PRIORITY = "downloads=1,likes=2,related=2,size=-0.5"  # the queue's priority ter
 # models) or sparse (each model's k nearest; the Hub-scale index, deploy/SCALE.md).
 INDEX_MODE = "exact"
 INDEX_K = 32  # sparse mode: the nearest models kept per model (exact distances)
-TREE_EVERY = 100  # sparse mode: a whole tree stored every so many inserts (and before a publish)
+TREE_EVERY = 100  # sparse mode: a whole tree stored every so many inserts at least
+# ... or every this share of the index's size when that is more: the whole trees stored then
+# add up to about 1 / TREE_SHARE Newicks' worth of bytes per model (O(n) in all, where a
+# fixed interval made them O(n^2)); a restart re-inserts at most this share of the models.
+TREE_SHARE = 0.02
 # The export folder (publish_dir) is rewritten whole, O(n): between two bundle ends it is
 # refreshed at most this share of the writer's time (13 s an export at 20,000 models).
 EXPORT_SHARE = 0.1

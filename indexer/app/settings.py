@@ -76,8 +76,9 @@ class Settings(BaseModel):
     index_k: int = Field(defaults.INDEX_K, ge=2, le=1024,
                          description="sparse index: nearest models kept per model (exact distances)")
     tree_every: int = Field(defaults.TREE_EVERY, ge=1,
-                            description="sparse index: store the whole tree every N inserts (and before "
-                                        "each publish); the inserts between store their placement")
+                            description="sparse index: store the whole tree every N inserts, or every 2 % "
+                                        "of the index's size when that is more; the inserts between "
+                                        "store their placement, and a publish replaces `current_tree`")
     priority: str = Field(defaults.PRIORITY,
                           description="priority terms and weights: downloads, likes (log10), related "
                                       "(a base model is indexed), size (GB), age (days)")

@@ -5,19 +5,23 @@ resumes from the catalog alone.
 
 ``index_mode = "sparse"`` (the Hub-scale index, ``PhyloIndex(mode="sparse")``) stores per
 insert the model's k nearest instead of its full row, and its whole tree every
-``tree_every`` inserts (and before each publish) with a placement record for the inserts
-between; a restart loads the newest full tree and re-inserts the models after it.
+``tree_every`` inserts, or every ``TREE_SHARE`` of the index's size when that is more (so
+the whole trees stored add up to O(n) bytes, not O(n^2)), with a placement record for the
+inserts between. A publish replaces the ``current_tree`` row instead of appending a whole
+tree. A restart loads the newest whole tree and re-inserts the models after it.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import time
 from datetime import datetime, timezone
 
 import numpy as np
 from indexer.errors import PhylolmError
 from schemas.records import ModelRecord, ModelStatus, ProbeRecord
+from indexer.app import defaults
 from indexer.app.failpoints import failpoint
 from indexer.app.job import JobConfig, PollReport, ProbeOutcome, UpdateSummary, probe_id_for, with_status as _with
 
@@ -91,16 +95,19 @@ class IndexWriter:
 
         self.index = _reload(self)
         self._since_tree = self.catalog.placements_since_tree(self.genome.hash)
+        self._current_tree_n = None  # the index's size when this writer last replaced current_tree
         self._far_ranks = FarRanks()  # the export's lineage counts, valid for this index only
 
     def _tree_record(self, result, stats: dict) -> str | None:
         """The Newick to store with an insert: the whole tree (exact mode: always; sparse
-        mode: after a rebuild, and every ``tree_every`` inserts), else None, and ``stats``
-        then holds the placement (a placement record: the tree is the newest full one plus
-        the later inserts, which a resume re-inserts)."""
+        mode: after a rebuild, and every ``tree_every`` inserts or ``TREE_SHARE`` of the
+        index's size, whichever is more), else None, and ``stats`` then holds the placement
+        (a placement record: the tree is the newest full one plus the later inserts, which a
+        resume re-inserts)."""
         cfg = self.config
+        every = max(cfg.tree_every, math.ceil(defaults.TREE_SHARE * len(self.index)))
         if cfg.index_mode == "exact" or result.rebuilt or result.placement is None \
-                or self._since_tree + 1 >= cfg.tree_every:
+                or self._since_tree + 1 >= every:
             return self.index.newick()
         p = result.placement
         stats["placement"] = {"sister": list(result.sister), "x": float(p.x), "pendant": float(p.pendant),
@@ -221,8 +228,8 @@ class IndexWriter:
 
     def publish(self, *, final: bool = True) -> bool:
         """Refresh the read-only snapshot and, if configured, the publish folder. A sparse
-        index stores its whole tree first when inserts have passed since the last one, so
-        what readers get always has every indexed model in its tree.
+        index first replaces its ``current_tree`` when inserts have passed since the last
+        whole tree, so what readers get always has every indexed model in its tree.
 
         The snapshot is written by appends (cheap, every call). The publish folder's files
         are written whole, O(n) (13 s at 20,000 models): a publish within a bundle
@@ -230,11 +237,10 @@ class IndexWriter:
         least ``(1 / export_share - 1)`` times that export's length, so exporting takes at
         most ``export_share`` of the writer's time however large the index grows; a final
         publish (a bundle's end) always does. Returns whether the folder was refreshed."""
-        if self._since_tree and self.index.tree is not None:
+        if self._since_tree and self.index.tree is not None and self._current_tree_n != len(self.index):
             with self.catalog.transaction():
-                self.catalog.add_tree_snapshot(self.genome.hash, self.index.newick(), "incremental", "publish",
-                                               len(self.index), None, {"n_leaves": len(self.index)})
-            self._since_tree = 0
+                self.catalog.set_current_tree(self.genome.hash, self.index.newick(), len(self.index))
+            self._current_tree_n = len(self.index)
         self.catalog.publish_snapshot()
         failpoint("mid_publish")
         if self.config.publish_dir is None or not (final or self._export_due()):

@@ -8,6 +8,8 @@ same neighbour lists; a catalog is never continued in the other mode.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -85,12 +87,16 @@ def test_each_insert_stores_its_k_nearest_and_a_whole_tree_every_tree_every(eco,
         gaps.append(run)
     assert max(gaps) == TREE_EVERY - 1 and sum(r for r, _ in rows) > n // 2
     assert all('"placement"' in s and '"sister"' in s for r, s in rows if r)
-    # publishing stores the whole tree first: readers get every indexed model in it
+    # publishing replaces current_tree first (nothing appended): readers get every indexed
+    # model in the tree, as of the newest placement record
+    whole_before = con.execute("select count(newick) from tree_snapshots").fetchone()[0]
     writer.publish()
     snap_id, newick, _ = writer.catalog.latest_snapshot()
     assert set(parse_newick(newick).leaf_node) == set(eco.ids[:n])
-    assert con.execute("select reason, newick is not null from tree_snapshots where snapshot_id = ?",
-                       [snap_id]).fetchone() == ("publish", True)
+    assert snap_id == con.execute("select max(snapshot_id) from tree_snapshots").fetchone()[0]
+    assert con.execute("select newick is null from tree_snapshots where snapshot_id = ?", [snap_id]).fetchone()[0]
+    assert con.execute("select count(*), max(n_leaves) from current_tree").fetchone() == (1, n)
+    assert con.execute("select count(newick) from tree_snapshots").fetchone()[0] == whole_before
     layout = writer.catalog.index_layout()
     assert (layout.mode, layout.k, layout.backend) == ("sparse", K, "simulated")
     # the full matrix on demand, for readers that need it (estimates, plots, the lineage check)
@@ -157,3 +163,34 @@ def test_the_writer_connection_has_the_configured_memory_limit(eco, tmp_path):
         writer.close()
     with pytest.raises(ValueError, match="not a size"):
         Settings(catalog_memory_limit="2")
+
+
+def test_whole_trees_are_spaced_by_the_index_size_so_their_bytes_grow_linearly(tmp_path):
+    """Past ``tree_every / TREE_SHARE`` models a whole tree comes every ``TREE_SHARE`` of the
+    index's size, and publishing many times replaces one ``current_tree`` row: the Newick
+    bytes stored stay within a constant times the newest tree's, where a whole tree every
+    ``tree_every`` inserts (and one per publish) made them grow with n squared."""
+    from indexer.app.defaults import TREE_SHARE
+
+    eco = simulate_probes(300, seed=5, n_genes=16, n_samples=8)
+    every = 3  # tree_every / TREE_SHARE = 150: the share takes over half way
+    writer = IndexWriter(_config(tmp_path / "c.duckdb", eco, tree_every=every))
+    for i in range(len(eco.ids)):
+        writer.apply(simulated_outcome(writer, eco, i))
+        if i % 10 == 9:
+            writer.publish()
+    con = writer.catalog.con
+    whole = con.execute("select n_leaves from tree_snapshots where newick is not null and reason = 'insert' "
+                        "order by snapshot_id").fetchall()
+    gaps = [b - a for (a,), (b,) in zip(whole, whole[1:])]
+    late = [g for (a,), g in zip(whole, gaps) if a > every / TREE_SHARE]
+    assert late and all(g >= math.ceil(TREE_SHARE * a) - 1 for (a,), g in zip(whole, gaps) if a > every / TREE_SHARE)
+    assert len(whole) < len(eco.ids) / every  # fewer than a fixed interval stores
+    assert con.execute("select count(*) from tree_snapshots where reason = 'publish'").fetchone()[0] == 0
+    assert con.execute("select count(*), max(n_leaves) from current_tree").fetchone() == (1, len(eco.ids))
+    # a restart resumes from current_tree, the newest tree: nothing was inserted after it
+    current = con.execute("select newick from current_tree").fetchone()[0]
+    writer.close()
+    again = IndexWriter(_config(tmp_path / "c.duckdb", eco, tree_every=every))
+    assert again.index.newick() == current
+    again.close()

@@ -11,8 +11,9 @@ since the one before:
   rewrote it) is written whole again. An UPDATE in place would not be seen: none is made.
 * ``models`` and ``estimates`` change rows in place, each stamped ``updated_at``: the rows
   updated since; a reader sees the newest version of each key.
-* The small tables (``meta``, ``genomes``, ``genes``, ``polls``, ``scores``): whole, and only
-  when their content hash changed.
+* The small tables (``meta``, ``genomes``, ``genes``, ``polls``, ``scores``) and
+  ``current_tree`` (one Newick per genome, replaced at each publish): whole, and only when
+  their content hash changed.
 
 Parts merge like a binary counter: two parts of one level become one of the next (up to
 ``MAX_MERGE_ROWS``), so a table keeps few parts and a row is rewritten a bounded number of
@@ -44,7 +45,7 @@ MAX_MERGE_ROWS = 4_000_000
 # table -> the key whose newest version a reader sees ("latest" tables), or the kind
 APPEND_TABLES = ("probes", "alleles", "distance_pairs", "tree_snapshots")
 LATEST_TABLES = {"models": ("id",), "estimates": ("model_id", "benchmark", "method")}
-WHOLE_TABLES = ("meta", "genomes", "genes", "polls", "scores")
+WHOLE_TABLES = ("meta", "genomes", "genes", "polls", "scores", "current_tree")
 PUBLISHED_TABLES = (*WHOLE_TABLES, *APPEND_TABLES, *LATEST_TABLES)
 
 

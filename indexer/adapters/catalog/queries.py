@@ -27,7 +27,8 @@ MAX_ATTEMPTS = 3  # a revision whose probe failed this often is not retried
 # the catalog: callers ask ``is_done`` or ``done_revisions``.
 _DONE_SQL = f"(status in ('indexed', 'skipped') or (status = 'failed' and attempts >= {MAX_ATTEMPTS}))"
 
-TABLES = ("models", "genomes", "genes", "probes", "alleles", "distances", "tree_snapshots", "scores", "estimates")
+TABLES = ("models", "genomes", "genes", "probes", "alleles", "distances", "tree_snapshots", "current_tree", "scores",
+          "estimates")
 # The tables whose sizes `phylolm status` shows: a fixed allow-list, the only identifiers that
 # are ever put into a query's text.
 SIZED_TABLES = ("probes", "alleles", "distance_pairs", "tree_snapshots", "scores", "estimates")
@@ -59,6 +60,7 @@ class CatalogQueries:
 
     con: duckdb.DuckDBPyConnection
     path: Path
+    _has_current_tree: bool | None = None  # whether the schema has it (``_trees_sql``), asked once
 
     def close(self) -> None:
         self.con.close()
@@ -416,10 +418,23 @@ class CatalogQueries:
             [genome_hash, genome_hash])[0])
 
     # ---- trees --------------------------------------------------------------------------
+    def _trees_sql(self) -> str:
+        """Every stored whole tree: the snapshots with a Newick (placement records carry
+        none) and the ``current_tree`` rows, which a sparse index's publish replaces (an
+        incremental tree as of their ``snapshot_id``). A catalog or published snapshot from
+        before ``current_tree`` (schema 8) has only the former."""
+        whole = "select snapshot_id, genome_hash, method, newick from tree_snapshots where newick is not null"
+        if self._has_current_tree is None:
+            self._has_current_tree = bool(self._first(
+                "select count(*) from information_schema.tables where table_name = 'current_tree'")[0])
+        if not self._has_current_tree:
+            return whole
+        return f"{whole} union all select snapshot_id, genome_hash, 'incremental', newick from current_tree"
+
     def latest_tree(self, genome_hash: str | None = None,
                     method: str | None = "incremental") -> tuple[int, str] | None:
-        """(snapshot_id, newick) of the newest tree snapshot made by ``method`` (None: any)
-        for ``genome_hash`` (None: any)."""
+        """(snapshot_id, newick) of the newest whole tree made by ``method`` (None: any) for
+        ``genome_hash`` (None: any)."""
         clauses, args = [], []
         if method is not None:
             clauses.append("method = ?")
@@ -427,15 +442,15 @@ class CatalogQueries:
         if genome_hash:
             clauses.append("genome_hash = ?")
             args.append(genome_hash)
-        where = " and ".join(["newick is not null", *clauses])  # placement records carry no tree
-        row = self._first(f"select snapshot_id, newick from tree_snapshots where {where} "
+        where = " and ".join(clauses) or "true"
+        row = self._first(f"select snapshot_id, newick from ({self._trees_sql()}) where {where} "
                           "order by snapshot_id desc limit 1", args)
         return (int(row[0]), row[1]) if row else None
 
     def latest_snapshot(self) -> tuple[int | None, str | None, str | None]:
-        """(snapshot_id, newick, genome_hash) of the newest tree snapshot with a tree, or Nones."""
-        row = self._first("select snapshot_id, newick, genome_hash from tree_snapshots "
-                          "where newick is not null order by snapshot_id desc limit 1")
+        """(snapshot_id, newick, genome_hash) of the newest whole tree, or Nones."""
+        row = self._first(f"select snapshot_id, newick, genome_hash from ({self._trees_sql()}) "
+                          "order by snapshot_id desc limit 1")
         return (int(row[0]), row[1], row[2]) if row else (None, None, None)
 
     # ---- scores and estimates -----------------------------------------------------------

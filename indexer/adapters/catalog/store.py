@@ -334,6 +334,15 @@ class Catalog(CatalogQueries):
              json.dumps(stats) if stats is not None else None])
         return int(row[0])
 
+    def set_current_tree(self, genome_hash: str, newick: str, n_leaves: int) -> int:
+        """Replace ``genome_hash``'s ``current_tree`` with ``newick``, as of the newest tree
+        snapshot (whose id it returns): one row per genome, so publishing the tree costs
+        O(n) each time and nothing that adds up over publishes."""
+        (snapshot,) = self._first("select coalesce(max(snapshot_id), 0) from tree_snapshots")
+        self.con.execute("insert or replace into current_tree (genome_hash, snapshot_id, n_leaves, newick, updated_at) "
+                         "values (?, ?, ?, ?, now())", [genome_hash, snapshot, n_leaves, newick])
+        return int(snapshot)
+
     # ---- scores and estimates ----------------------------------------------------------
     def mean_scores(self) -> dict[tuple[str, str], float]:
         """``CatalogQueries.mean_scores``, read once and kept until scores are imported: the
