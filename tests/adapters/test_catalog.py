@@ -180,6 +180,32 @@ def test_v6_catalog_gains_placement_records(tmp_path):
                                "and constraint_type = 'PRIMARY KEY'").fetchone()[0] == 0
 
 
+def test_v7_catalog_gains_current_tree_and_the_newest_tree_is_the_newer_of_the_two(tmp_path):
+    """v7 -> v8: ``current_tree`` (one row per genome, replaced at each publish of a sparse
+    index) is added; the newest tree is the newer, by snapshot id, of it and the newest
+    whole tree in tree_snapshots."""
+    path = tmp_path / "v7.duckdb"
+    Catalog(path, create=True).close()
+    con = duckdb.connect(str(path))
+    con.execute("drop table current_tree")
+    con.execute("update meta set value = '7' where key = 'schema_version'")
+    con.execute("insert into tree_snapshots (genome_hash, method, reason, n_leaves, newick) "
+                "values ('g', 'incremental', 'insert', 3, '(a,b,c);')")
+    con.close()
+    with Catalog(path) as cat:
+        assert cat.schema_version() == SCHEMA_VERSION >= 8
+        whole = cat.latest_tree("g")
+        assert cat.latest_snapshot() == (whole[0], "(a,b,c);", "g")
+        record = cat.add_tree_snapshot("g", None, "incremental", "insert", 4, "d", {"placement": {"sister": ["a"]}})
+        assert cat.set_current_tree("g", "(a,b,(c,d));", 4) == record
+        assert cat.latest_tree("g") == (record, "(a,b,(c,d));") == cat.latest_snapshot()[:2]
+        assert cat.latest_tree("g", method="nj") is None  # current_tree is the incremental tree
+        assert cat.set_current_tree("g", "((a,b),c,d);", 4) == record  # replaced, not added
+        assert cat.con.execute("select count(*), any_value(newick) from current_tree").fetchone() == (1, "((a,b),c,d);")
+        later = cat.add_tree_snapshot("g", "(a,(b,c),d);", "incremental", "insert", 4)
+        assert cat.latest_snapshot()[:2] == (later, "(a,(b,c),d);")
+
+
 def test_newer_catalog_is_refused(tmp_path):
     path = tmp_path / "future.duckdb"
     Catalog(path, create=True).close()

@@ -74,10 +74,13 @@ def _manifest(path) -> dict:
 
 @pytest.mark.parametrize("mode", ["exact", "sparse"])
 def test_published_equals_the_catalog_after_every_publish(eco, tmp_path, mode):
-    with _writing(tmp_path / "c.duckdb", eco, mode) as writer:
+    with JobLock(tmp_path / "c.duckdb"), _writing(tmp_path / "c.duckdb", eco, mode) as writer:
         for i in range(12):
             _add(writer, eco, [i])
             _assert_same(writer)
+            with open_read_only(tmp_path / "c.duckdb") as reader:  # a job holds the file: the snapshot
+                assert reader.latest_snapshot() == writer.catalog.latest_snapshot()
+                assert reader.latest_snapshot()[1] == writer.index.newick()  # every model, between whole trees too
         writer.catalog.set_status(eco.ids[0], ModelStatus.failed, "re-checked")  # a row changed in place
         writer.publish()
         _assert_same(writer)

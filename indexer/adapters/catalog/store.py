@@ -73,7 +73,6 @@ class Catalog(CatalogQueries):
     def __init__(self, path: str | Path, *, create: bool = False, wait_s: float = 0.0,
                  memory_limit: str | None = None):
         self.path = catalog_file(path)
-        self._config = {"memory_limit": memory_limit} if memory_limit else {}
         self._depth = 0
         self.last_publish_rows = 0  # rows the last publish_snapshot wrote (its parts and merges)
         self._mean_scores: dict | None = None  # kept between inserts: only import_scores changes them
@@ -90,10 +89,16 @@ class Catalog(CatalogQueries):
                     f"only one process may write it — query the published snapshot with `phylolm sql`"
                 ) from None
             raise PhylolmError(f"cannot open catalog {self.path}: {e}") from None
-        except (duckdb.InvalidInputException, duckdb.ParserException) as e:
-            raise PhylolmError(f"catalog memory limit {memory_limit!r}: {str(e).splitlines()[0]}") from None
         except duckdb.Error as e:
             raise PhylolmError(f"{self.path} is not a DuckDB catalog ({str(e).splitlines()[0]})") from None
+        if memory_limit:
+            # SET, not connect(config=...): this process could then open no other connection
+            # to the file (a reader's) with another configuration
+            try:
+                self.con.execute(f"set memory_limit = '{memory_limit.replace(chr(39), '')}'")
+            except duckdb.Error as e:
+                self.con.close()
+                raise PhylolmError(f"catalog memory limit {memory_limit!r}: {str(e).splitlines()[0]}") from None
         self._migrate()
 
     def _connect(self, wait_s: float) -> duckdb.DuckDBPyConnection:
@@ -103,7 +108,7 @@ class Catalog(CatalogQueries):
         delay = 0.05
         while True:
             try:
-                return duckdb.connect(str(self.path), config=self._config)
+                return duckdb.connect(str(self.path))
             except duckdb.IOException as e:
                 if not is_lock_error(e) or time.monotonic() + delay > deadline:
                     raise
