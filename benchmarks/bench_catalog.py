@@ -171,7 +171,7 @@ def main() -> int:
     ap.add_argument("--copy-every", type=int, default=1,
                     help="time the full-copy baseline beside every N-th publish (and the last)")
     ap.add_argument("--memory-limit", default=None,
-                    help="DuckDB's memory_limit on the writer's connection (e.g. 1GB); "
+                    help="DuckDB's memory_limit on the writer's connection (e.g. 4GB); "
                          "the setting catalog_memory_limit's default if unset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="keep the catalogs in this folder")

@@ -39,10 +39,10 @@ TREE_SHARE = 0.02
 # The export folder (publish_dir) is rewritten whole, O(n): between two bundle ends it is
 # refreshed at most this share of the writer's time (13 s an export at 20,000 models).
 EXPORT_SHARE = 0.1
-# DuckDB's buffer pool on the writer's connection. DuckDB's own default is 80 % of the RAM,
-# which a writer on a large catalog fills with cached pages (the OS keeps its own cache of
-# the file besides); the insert path touches a few recent pages per transaction.
-CATALOG_MEMORY_LIMIT = "2GB"
+# DuckDB's memory limit on the writer's connection; None: DuckDB's own (80 % of the RAM).
+# Not capped by default: DuckDB refuses work past the limit rather than slowing down (a
+# 2GB cap failed a publish's Parquet merge at 50,000 models, OutOfMemoryException).
+CATALOG_MEMORY_LIMIT: str | None = None
 
 
 def max_bytes(weights_gb: float) -> int:

@@ -47,10 +47,10 @@ class Settings(BaseModel):
     export_share: float = Field(defaults.EXPORT_SHARE, gt=0, le=1,
                                 description="the most of the writer's time that refreshing publish_dir may "
                                             "take between bundle ends (1: after every publish)")
-    catalog_memory_limit: str = Field(defaults.CATALOG_MEMORY_LIMIT,
-                                      description="the most memory DuckDB keeps for the writer's connection "
-                                                  "to the catalog (e.g. 512MB, 4GB); the operating system "
-                                                  "caches the file besides")
+    catalog_memory_limit: str | None = Field(defaults.CATALOG_MEMORY_LIMIT,
+                                             description="DuckDB's memory limit on the writer's connection "
+                                                         "(e.g. 4GB; default: DuckDB's own, 80 % of the RAM); "
+                                                         "work past it fails, it does not slow down")
     cache_dir: Path = Field(defaults.CACHE_DIR, description="downloads, the zoo")
     max_weights_gb: float = Field(defaults.MAX_WEIGHTS_GB, gt=0,
                                   description="skip models whose weights exceed this (from metadata)")
@@ -85,8 +85,10 @@ class Settings(BaseModel):
 
     @field_validator("catalog_memory_limit")
     @classmethod
-    def _a_size(cls, v: str) -> str:
+    def _a_size(cls, v: str | None) -> str | None:
         # DuckDB's own units; checked here so a typo is one line at start-up, not a failed open
+        if v is None:
+            return None
         if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([kmgt]i?b?|bytes)\s*", v, re.I):
             raise ValueError(f"{v!r} is not a size such as 512MB, 4GB or 1.5GiB")
         return v.strip()

@@ -65,9 +65,8 @@ class Catalog(CatalogQueries):
     ``Catalog(path)`` opens an existing catalog, upgrading an older schema in place;
     ``Catalog(path, create=True)`` also creates a new one. ``con`` is the connection itself,
     for tests that inspect the schema; the application goes through the named methods.
-    ``memory_limit`` (DuckDB's, e.g. ``"1GB"``) bounds the pages the connection keeps in
-    memory; by default DuckDB lets them grow to 80 % of the machine's RAM, which a
-    long-running writer on a large catalog reaches.
+    ``memory_limit`` (DuckDB's, e.g. ``"4GB"``; None: DuckDB's own, 80 % of the RAM) bounds
+    the memory of the connection's database; work past it fails, it does not slow down.
     """
 
     def __init__(self, path: str | Path, *, create: bool = False, wait_s: float = 0.0,
