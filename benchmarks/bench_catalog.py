@@ -3,7 +3,7 @@
     python benchmarks/bench_catalog.py [--models 5000] [--modes sparse,exact] [--exact-max 2000]
                                        [--publish-every 100] [--k 32] [--tree-every 100]
                                        [--genes 128] [--samples 32] [--copy-every 1]
-                                       [--memory-limit 2GB] [--seed 0] [--out DIR]
+                                       [--memory-limit SIZE] [--seed 0] [--out DIR]
 
 Streams simulated models (``simulate_probes``: real-like allele diversity, about 17 distinct
 alleles per gene at N = 32) one at a time through ``IndexWriter.apply``, each one catalog

@@ -94,7 +94,8 @@ class Catalog(CatalogQueries):
             # SET, not connect(config=...): this process could then open no other connection
             # to the file (a reader's) with another configuration
             try:
-                self.con.execute(f"set memory_limit = '{memory_limit.replace(chr(39), '')}'")
+                quoted = memory_limit.replace("'", "")  # a value, never SQL: no quote survives
+                self.con.execute(f"set memory_limit = '{quoted}'")
             except duckdb.Error as e:
                 self.con.close()
                 raise PhylolmError(f"catalog memory limit {memory_limit!r}: {str(e).splitlines()[0]}") from None
