@@ -93,6 +93,7 @@ class IndexWriter:
         since the newest full tree."""
         from indexer.core.lineage import FarRanks
 
+        self.catalog.one_thread(False)  # every allele read back: every core
         self.index = _reload(self)
         self._since_tree = self.catalog.placements_since_tree(self.genome.hash)
         self._current_tree_n = None  # the index's size when this writer last replaced current_tree
@@ -123,6 +124,7 @@ class IndexWriter:
         thousands): those already done are left as they are; the watermark advances past them."""
         if not models:
             return []
+        self.catalog.one_thread(False)  # a batch joined against the models table: every core
         done = set(self.catalog.done_revisions())
         todo = [m for m in models if m.id not in done]
         with self.catalog.transaction():
@@ -169,6 +171,7 @@ class IndexWriter:
         stats = {"timings_ms": dict(result.timings_ms), "rebuilt": bool(result.rebuilt),
                  "n_leaves": len(self.index)}
         failpoint("before_write")
+        self.catalog.one_thread(True)  # single-row statements: faster on one thread
         try:
             with self.catalog.transaction():
                 self.catalog.upsert_models([_with(model, ModelStatus.indexed, reason)])
@@ -237,6 +240,7 @@ class IndexWriter:
         least ``(1 / export_share - 1)`` times that export's length, so exporting takes at
         most ``export_share`` of the writer's time however large the index grows; a final
         publish (a bundle's end) always does. Returns whether the folder was refreshed."""
+        self.catalog.one_thread(False)  # whole tables written: every core
         if self._since_tree and self.index.tree is not None and self._current_tree_n != len(self.index):
             with self.catalog.transaction():
                 self.catalog.set_current_tree(self.genome.hash, self.index.newick(), len(self.index))

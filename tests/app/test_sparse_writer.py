@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -194,3 +195,17 @@ def test_whole_trees_are_spaced_by_the_index_size_so_their_bytes_grow_linearly(t
     again = IndexWriter(_config(tmp_path / "c.duckdb", eco, tree_every=every))
     assert again.index.newick() == current
     again.close()
+
+
+def test_inserts_run_on_one_thread_and_publishing_on_every_core(eco, tmp_path):
+    # A per-insert transaction is single-row statements (faster on one DuckDB thread); a
+    # publish writes whole tables (all cores). The writer switches between the two.
+    writer = _index_all(tmp_path / "c.duckdb", eco, 3)
+    setting = "select current_setting('threads')"
+    assert writer.catalog.con.execute(setting).fetchone()[0] == 1
+    writer.publish()
+    everything = duckdb.connect().execute(setting).fetchone()[0]  # DuckDB's default here
+    assert writer.catalog.con.execute(setting).fetchone()[0] == everything
+    writer.apply(simulated_outcome(writer, eco, 3))
+    assert writer.catalog.con.execute(setting).fetchone()[0] == 1
+    writer.close()

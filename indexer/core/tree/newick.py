@@ -8,6 +8,9 @@ standard Newick escape. Internal labels carry split support, written as a number
 from __future__ import annotations
 
 import re
+import weakref
+
+import numpy as np
 
 from indexer.core.tree.core import Tree
 
@@ -24,43 +27,101 @@ def quote(label: str) -> str:
     return "'" + label.replace("'", "''") + "'"
 
 
-def _fmt_len(x: float) -> str:
-    return repr(float(x))
-
-
 def to_newick(tree: Tree, support: bool = True, lengths: bool = True, digits: int | None = None) -> str:
     """The tree as one Newick line. ``support`` writes split support as internal labels
-    (rounded to 3 decimals); ``digits`` rounds branch lengths (default: exact repr)."""
+    (rounded to 3 decimals); ``digits`` rounds branch lengths (default: exact repr).
+
+    O(n) array operations over the tree's preorder layout (``Tree.order``, ``pos``,
+    ``size``) and one join, with no Python traversal; the label and length texts are kept
+    between calls (``_NodeTexts``), so a tree that changed by a few inserts formats only
+    the nodes that changed. A sparse index writes its whole tree at every publish."""
     if tree.root < 0:
         return ";"
-    fmt = _fmt_len if digits is None else (lambda x: f"{x:.{digits}g}")
-    out: list[str] = []
-    # iterative DFS: (node, state) with state 0 = enter, 1 = leave
-    stack = [(tree.root, 0)]
-    while stack:
-        v, state = stack.pop()
-        kids = tree.children[v]
-        if state == 0:
-            if kids:
-                out.append("(")
-                stack.append((v, 1))
-                for i, c in enumerate(reversed(kids)):
-                    stack.append((c, 0))
-                    if i < len(kids) - 1:
-                        stack.append((-1, 2))  # comma marker
-            else:
-                out.append(quote(tree.label[v]))
-                if lengths and v != tree.root:
-                    out.append(":" + fmt(tree.length[v]))
-        elif state == 2:
-            out.append(",")
-        else:
-            out.append(")")
-            if support and v in tree.support:
-                out.append(f"{tree.support[v]:.3f}".rstrip("0").rstrip(".") or "0")
-            if lengths and v != tree.root:
-                out.append(":" + fmt(tree.length[v]))
-    return "".join(out) + ";"
+    if tree.order.shape[0] != tree.n_nodes or tree.order[0] != tree.root:
+        tree = tree.copy().reindex()  # a layout not kept up (a tree built by hand): read a fresh one
+    order, pos, size, parent = tree.order, tree.pos, tree.size, tree.parent
+    n = order.shape[0]
+    texts = _NodeTexts.of(tree)
+    leaf = size[order] == 1
+    if not lengths:
+        edge = np.full(n, "", dtype=object)
+    elif digits is None:
+        edge = texts.lengths(tree)[order]
+    else:
+        edge = np.array([f":{x:.{digits}g}" for x in tree.length[order].tolist()], dtype=object)
+    edge[0] = ""  # the root's edge is not written
+    # each node opens with its label and edge (a leaf) or "(", after a "," unless it is
+    # a first child (it comes right after its parent in preorder)
+    opening = texts.labels(tree)[order] + edge
+    opening[~leaf] = "("
+    later = np.ones(n, dtype=bool)
+    later[0] = False
+    later[1:] = order[:-1] != parent[order[1:]]
+    opening[later] = "," + opening[later]
+    # an internal node closes after the last node of its subtree, inner ones first
+    inner = np.flatnonzero(~leaf)
+    nodes = order[inner]
+    closing = ")" + edge[inner]
+    if support and tree.support:
+        at = {int(v): i for i, v in enumerate(nodes.tolist())}
+        for v, s in tree.support.items():
+            if v in at:
+                closing[at[v]] = ")" + _support_text(s) + edge[inner[at[v]]]
+    key = np.concatenate([2 * np.arange(n), 2 * (pos[nodes] + size[nodes] - 1) + 1])
+    tie = np.concatenate([np.zeros(n, dtype=np.int64), -pos[nodes]])
+    return "".join(np.concatenate([opening, closing])[np.lexsort((tie, key))].tolist()) + ";"
+
+
+def _support_text(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") or "0"
+
+
+class _NodeTexts:
+    """Each node's quoted label and ``":" + repr(length)``, kept per tree between calls of
+    ``to_newick``: formatting 200,000 floats is most of writing a 100,000-leaf tree, and
+    between two publishes only the nodes an insert touched change. A length is formatted
+    again when its bits change (so -0.0 and 0.0 differ, as their reprs do); labels never
+    change once set, except by replacing the whole list (then all are quoted again)."""
+
+    _of: "weakref.WeakKeyDictionary[Tree, _NodeTexts]" = weakref.WeakKeyDictionary()
+
+    def __init__(self):
+        self._label_list: list | None = None
+        self._label_text = np.empty(0, dtype=object)
+        self._bits = np.empty(0, dtype=np.int64)
+        self._length_text = np.empty(0, dtype=object)
+
+    @classmethod
+    def of(cls, tree: Tree) -> "_NodeTexts":
+        texts = cls._of.get(tree)
+        if texts is None:
+            texts = cls._of[tree] = cls()
+        return texts
+
+    def labels(self, tree: Tree) -> np.ndarray:
+        """Quoted labels by node id ("" for an unlabelled node)."""
+        n = tree.n_nodes
+        if self._label_list is not tree.label:
+            self._label_list, self._label_text = tree.label, np.empty(0, dtype=object)
+        done = self._label_text.shape[0]
+        if done < n:
+            more = np.array([quote(x) if x is not None else "" for x in tree.label[done:n]] + [None], dtype=object)
+            self._label_text = np.concatenate([self._label_text, more[:-1]])
+        return self._label_text
+
+    def lengths(self, tree: Tree) -> np.ndarray:
+        """``":" + repr(length)`` by node id, formatting only what changed since the last call."""
+        n = tree.n_nodes
+        bits = tree.length[:n].view(np.int64)
+        if self._bits.shape[0] < n:
+            grow = n - self._bits.shape[0]
+            self._bits = np.concatenate([self._bits, np.full(grow, -1, dtype=np.int64)])  # a NaN: no length has it
+            self._length_text = np.concatenate([self._length_text, np.full(grow, "", dtype=object)])
+        stale = np.flatnonzero(self._bits[:n] != bits)
+        if stale.shape[0]:
+            self._length_text[stale] = [":" + repr(x) for x in tree.length[stale].tolist()]
+            self._bits[stale] = bits[stale]
+        return self._length_text[:n]
 
 
 _TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|([(),:;])|([^\s(),:;'\[\]]+)|(\[[^\]]*\]))")

@@ -42,6 +42,57 @@ def test_newick_round_trip_keeps_model_ids_intact():
     assert to_dict(back)["children"]
 
 
+def _newick_by_recursion(t, v=None):
+    """The plain reading of Newick: children in order, a label's quotes doubled, ``repr``
+    lengths, support as an internal label. Independent of to_newick's array layout."""
+    top = v is None
+    v = t.root if top else v
+    if t.children[v]:
+        sup = t.support.get(v)
+        text = "(" + ",".join(_newick_by_recursion(t, c) for c in t.children[v]) + ")"
+        text += "" if sup is None else (f"{sup:.3f}".rstrip("0").rstrip(".") or "0")
+    else:
+        lab = t.label[v]
+        text = lab if lab.isalnum() and lab.isascii() else "'" + lab.replace("'", "''") + "'"
+    return text + ";" if top else text + ":" + repr(float(t.length[v]))
+
+
+def test_newick_from_the_layout_matches_a_plain_recursion_as_the_tree_changes():
+    # to_newick writes from the preorder layout and keeps label and length texts between
+    # calls; every edit (a new leaf, a changed length, -0.0, new support) must show
+    rng = np.random.default_rng(7)
+    t = random_tree(60, rng)
+    t.support[t.children[t.root][0]] = 0.5
+    assert to_newick(t) == _newick_by_recursion(t)
+    for k in range(20):
+        edge = int(rng.choice([v for v in range(t.n_nodes) if v != t.root]))
+        q = t.insert_leaf(edge, t.length[edge] / 2, 0.25, f"it's/{k}" if k % 2 else f"plain{k}")
+        t.length[edge] = float(rng.uniform(0, 1))
+        t.support[int(t.parent[q])] = float(rng.uniform())
+        assert to_newick(t) == _newick_by_recursion(t)
+    t.length[t.children[t.root][1]] = -0.0  # equal to 0.0, but written "-0.0"
+    assert to_newick(t) == _newick_by_recursion(t) and ":-0.0" in to_newick(t)
+    t.label = [None if x is None else x + "x" for x in t.label]  # labels replaced wholesale
+    t.leaf_node = {x: v for v, x in enumerate(t.label) if x is not None}
+    assert to_newick(t) == _newick_by_recursion(t)
+    assert to_newick(t, support=False) == _newick_by_recursion(_no_support(t))
+
+
+def _no_support(t):
+    c = t.copy()
+    c.support = {}
+    return c
+
+
+def test_newick_of_a_tree_without_its_layout_is_read_from_the_topology():
+    t = Tree()
+    t.root = t.add_node()
+    inner = t.add_node(t.root, 0.5)
+    for name, parent in [("a", t.root), ("b", inner), ("c", inner)]:
+        t.add_node(parent, 0.25, name)
+    assert to_newick(t) == "((b:0.25,c:0.25):0.5,a:0.25);" == _newick_by_recursion(t)
+
+
 @pytest.mark.parametrize("bad", ["(a,b", "(a,b));", "(a,b)", "(a:x,b);", "(a,a);", "(a,b);(c,d);", "(a,(b,c)d e);"])
 def test_bad_newick_is_refused(bad):
     with pytest.raises(NewickError):
