@@ -105,8 +105,8 @@ class _NodeTexts:
             self._label_list, self._label_text = tree.label, np.empty(0, dtype=object)
         done = self._label_text.shape[0]
         if done < n:
-            more = np.array([quote(x) if x is not None else "" for x in tree.label[done:n]] + [None], dtype=object)
-            self._label_text = np.concatenate([self._label_text, more[:-1]])
+            more = np.array([quote(x) if x is not None else "" for x in tree.label[done:n]], dtype=object)
+            self._label_text = np.concatenate([self._label_text, more])
         return self._label_text
 
     def lengths(self, tree: Tree) -> np.ndarray:
