@@ -63,10 +63,12 @@ def to_newick(tree: Tree, support: bool = True, lengths: bool = True, digits: in
     nodes = order[inner]
     closing = ")" + edge[inner]
     if support and tree.support:
-        at = {int(v): i for i, v in enumerate(nodes.tolist())}
-        for v, s in tree.support.items():
-            if v in at:
-                closing[at[v]] = ")" + _support_text(s) + edge[inner[at[v]]]
+        # a supported node's place among the closings, from its preorder position: no
+        # lookup table of every internal node for the few that carry support
+        sv = np.fromiter(tree.support, dtype=np.int64, count=len(tree.support))
+        sv = sv[size[sv] > 1]
+        for v, i in zip(sv.tolist(), np.searchsorted(inner, pos[sv]).tolist()):
+            closing[i] = ")" + _support_text(tree.support[v]) + edge[inner[i]]
     key = np.concatenate([2 * np.arange(n), 2 * (pos[nodes] + size[nodes] - 1) + 1])
     tie = np.concatenate([np.zeros(n, dtype=np.int64), -pos[nodes]])
     return "".join(np.concatenate([opening, closing])[np.lexsort((tie, key))].tolist()) + ";"
